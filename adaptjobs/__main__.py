@@ -1,0 +1,5 @@
+import sys
+
+from adaptjobs.cli import main
+
+sys.exit(main())

@@ -1,0 +1,145 @@
+"""The `adaptjobs` command line: one entry point, one subcommand per job.
+
+`main(argv)` returns the exit code, so tests call it in process. Errors caused by the input (bad video,
+corrupted bitstream, wrong model) print one line naming the file and the cause and exit with 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from workers.errors import InputError
+
+EXIT_INPUT_ERROR = 1
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from workers.encode_job import DEFAULT_INTRA_PERIOD
+
+    parser = argparse.ArgumentParser(prog="adaptjobs", description="Per-video adaptation jobs for neural video compression.")
+    parser.add_argument("--threads", type=_positive_int, default=None,
+                        help="torch CPU threads for this process (default: torch's choice)")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    encode = commands.add_parser("encode", help="encode a video with the base model (no adaptation)")
+    encode.add_argument("input", help="video file, raw WxH .yuv, or folder of PNG frames")
+    encode.add_argument("-o", "--output", required=True, help="the bitstream to write (.bits)")
+    encode.add_argument("--model", help="checkpoint (.safetensors), model folder, CompressAI .pth.tar, or shipped name")
+    encode.add_argument("--quality", type=_positive_int, help="quality index 1..N (higher: more bits, better quality)")
+    encode.add_argument("--frames", type=_positive_int, help="encode at most this many frames")
+    encode.add_argument("--intra-period", type=_non_negative_int, default=DEFAULT_INTRA_PERIOD,
+                        help=f"frames per I-frame; 0 = only the first (default {DEFAULT_INTRA_PERIOD})")
+    encode.add_argument("--recon", help="also write the reconstruction (.y4m, or a folder of PNGs)")
+    encode.add_argument("--json", action="store_true", help="print the result as JSON")
+
+    decode = commands.add_parser("decode", help="decode a bitstream")
+    decode.add_argument("input", help="the bitstream (.bits)")
+    decode.add_argument("-o", "--output", required=True, help="the reconstruction to write (.y4m, or a folder of PNGs)")
+    decode.add_argument("--model", help="the base model (default: the one the bitstream names, if shipped)")
+    decode.add_argument("--json", action="store_true", help="print the bitstream header as JSON")
+
+    init = commands.add_parser("init-model", help="write an untrained, seeded checkpoint (tests, benchmarks, pretraining start)")
+    init.add_argument("output", help="the checkpoint to write (.safetensors)")
+    init.add_argument("--arch", default="compact", help="architecture preset: full, compact or tiny")
+    init.add_argument("--quality", type=_positive_int, default=1)
+    init.add_argument("--seed", type=int, default=0)
+    init.add_argument("--model-id", help="identifier stored in bitstreams (default: from the file name)")
+
+    info = commands.add_parser("info", help="describe a bitstream or a checkpoint")
+    info.add_argument("input")
+    return parser
+
+
+def _cmd_encode(args) -> int:
+    from workers.encode_job import encode_file
+
+    result = encode_file(args.input, args.output, model=args.model, quality=args.quality, frames=args.frames,
+                         intra_period=args.intra_period, recon=args.recon)
+    if args.json:
+        print(result.model_dump_json(indent=2))
+    else:
+        print(f"{result.bitstream}: {result.bytes_written} bytes, {result.frames} frames {result.width}x{result.height}, "
+              f"{result.bpp:.4f} bpp, PSNR-RGB {result.psnr_rgb:.2f} dB, PSNR-YUV {result.psnr_yuv:.2f} dB, "
+              f"MS-SSIM {result.ms_ssim_rgb:.4f} (model {result.model_id} q{result.quality}, verified by decoding)")
+    return 0
+
+
+def _cmd_decode(args) -> int:
+    from workers.encode_job import decode_file
+
+    header = decode_file(args.input, args.output, model=args.model)
+    if args.json:
+        print(header.model_dump_json(indent=2))
+    else:
+        print(f"{args.output}: {header.frame_count} frames {header.width}x{header.height} "
+              f"(model {header.model_id} q{header.quality})")
+    return 0
+
+
+def _cmd_init_model(args) -> int:
+    from schemas.codec import ARCHITECTURE_PRESETS
+    from workers.checkpoints import random_model, save_checkpoint
+
+    if args.arch not in ARCHITECTURE_PRESETS:
+        raise InputError(None, f"--arch must be one of {sorted(ARCHITECTURE_PRESETS)}, got {args.arch!r}")
+    model_id = args.model_id or Path(args.output).name.removesuffix(".safetensors")
+    loaded = random_model(ARCHITECTURE_PRESETS[args.arch], args.quality, args.seed, model_id)
+    save_checkpoint(args.output, loaded.model, loaded.metadata)
+    print(f"{args.output}: untrained {args.arch} SSF, quality {args.quality}, seed {args.seed}, "
+          f"sha256 {loaded.metadata.weights_sha256[:12]}")
+    return 0
+
+
+def _cmd_info(args) -> int:
+    from workers.bitstream import unpack
+    from workers.checkpoints import load_checkpoint
+
+    path = Path(args.input)
+    if path.suffix == ".safetensors":
+        print(load_checkpoint(path).metadata.model_dump_json(indent=2))
+        return 0
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise InputError(path, f"cannot read ({exc.strerror})") from None
+    header, frames = unpack(data, path)
+    print(header.model_dump_json(indent=2))
+    for index, frame in enumerate(frames):
+        print(f"frame {index}: {'IP'[frame.frame_type]} streams {[len(s) for s in frame.streams]} bytes")
+    return 0
+
+
+COMMANDS = {"encode": _cmd_encode, "decode": _cmd_decode, "init-model": _cmd_init_model, "info": _cmd_info}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    try:
+        return COMMANDS[args.command](args)
+    except InputError as exc:
+        print(f"adaptjobs {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_INPUT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

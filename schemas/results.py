@@ -1,0 +1,41 @@
+"""Result objects printed by `--json` and written as result.json."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class FrameTypeBits(BaseModel):
+    """Bits written per kind of data, summed over the sequence (bits of real streams, not estimates)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    intra: int = Field(0, ge=0, description="I-frame latents + hyper-latents")
+    motion: int = Field(0, ge=0, description="P-frame motion latents + hyper-latents")
+    residual: int = Field(0, ge=0, description="P-frame residual latents + hyper-latents")
+    container: int = Field(0, ge=0, description="magic, header, per-frame lengths and CRCs")
+
+
+class EncodeResult(BaseModel):
+    """One encoded sequence: sizes from the written file, distortion of the verified reconstruction."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    input: str
+    bitstream: str
+    model_id: str
+    weights_sha256: str
+    quality: int
+    method: str = "none"
+    width: int
+    height: int
+    frames: int
+    intra_period: int
+    bytes_written: int = Field(ge=0, description="size of the .bits file on disk")
+    bits: FrameTypeBits
+    bpp: float = Field(ge=0, description="bytes_written * 8 / (width * height * frames)")
+    psnr_rgb: float = Field(description="dB, RGB [0,255], mean over frames")
+    psnr_yuv: float = Field(description="dB, (6 Y + U + V) / 8 on the 4:2:0 planes, mean over frames")
+    ms_ssim_rgb: float = Field(description="MS-SSIM on RGB, mean over frames")
+    encode_seconds: float = Field(ge=0)
+    verified: bool = Field(description="the written file was decoded again and matched bit-exactly")

@@ -1,0 +1,178 @@
+"""Checkpoints of the SSF base codec.
+
+Our format is a safetensors file (one quality) whose ``__metadata__`` holds one key, ``adaptjobs``, with
+the JSON of :class:`schemas.CheckpointMetadata`. ``weights_sha256`` is a canonical hash of the weights
+(sorted names, dtype, shape, little-endian bytes): it identifies the model in bitstream headers, and a
+file whose weights do not hash to it is refused.
+
+CompressAI ``ssf2020`` ``.pth.tar`` files are imported with ``torch.load(weights_only=True)`` (no pickle
+code runs); both EntropyBottleneck key generations (``matrices.0`` and ``_matrix0``) are accepted and
+the derived CDF buffers are ignored (we rebuild coding tables from the weights).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from pydantic import ValidationError
+
+from schemas.codec import CheckpointMetadata, Provenance, SSFArchitecture
+from workers.atomic import atomic_write_bytes
+from workers.codec.ssf import ScaleSpaceFlow
+from workers.errors import ModelError
+
+METADATA_KEY = "adaptjobs"
+# Buffers CompressAI stores that are derived from the parameters (or constants): never loaded.
+_DERIVED_SUFFIXES = ("_quantized_cdf", "_offset", "_cdf_length", "scale_table", "scale_bound", "target",
+                     "likelihood_lower_bound.bound", "lower_bound_scale.bound")
+_OLD_EB_NAME = re.compile(r"entropy_bottleneck\._(matrix|bias|factor)(\d+)$")
+
+
+@dataclass
+class LoadedModel:
+    model: ScaleSpaceFlow
+    metadata: CheckpointMetadata
+    source: str
+
+
+def weights_sha256(state: dict[str, torch.Tensor]) -> str:
+    """Canonical sha256 of a state dict: independent of file layout and of key order."""
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        tensor = state[name].detach().to("cpu").contiguous()
+        digest.update(name.encode("utf-8") + b"\0")
+        digest.update(f"{tensor.dtype}|{tuple(tensor.shape)}".encode() + b"\0")
+        digest.update(tensor.numpy().astype(tensor.numpy().dtype.newbyteorder("<"), copy=False).tobytes())
+    return digest.hexdigest()
+
+
+def model_weights(model: ScaleSpaceFlow) -> dict[str, torch.Tensor]:
+    """The persistent tensors of a model (parameters only: every buffer is derived)."""
+    return {name: tensor.detach().float().contiguous() for name, tensor in model.state_dict().items()}
+
+
+def make_metadata(model: ScaleSpaceFlow, model_id: str, quality: int, lmbda: float | None,
+                  provenance: Provenance) -> CheckpointMetadata:
+    return CheckpointMetadata(model_id=model_id, architecture=model.architecture, quality=quality, lmbda=lmbda,
+                              provenance=provenance, weights_sha256=weights_sha256(model_weights(model)))
+
+
+def checkpoint_bytes(model: ScaleSpaceFlow, metadata: CheckpointMetadata) -> bytes:
+    from safetensors.torch import save
+
+    weights = model_weights(model)
+    if weights_sha256(weights) != metadata.weights_sha256:
+        raise ValueError("metadata.weights_sha256 does not match the model's weights")
+    return save(weights, metadata={METADATA_KEY: metadata.model_dump_json()})
+
+
+def save_checkpoint(path: str | Path, model: ScaleSpaceFlow, metadata: CheckpointMetadata) -> None:
+    atomic_write_bytes(path, checkpoint_bytes(model, metadata))
+
+
+def load_checkpoint(path: str | Path) -> LoadedModel:
+    """Load one of our safetensors checkpoints, checking its metadata and weight hash."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ModelError(path, f"cannot read the checkpoint ({exc.strerror})") from None
+    try:
+        weights = load(data)
+        header_len = int.from_bytes(data[:8], "little")
+        header = json.loads(data[8: 8 + header_len])
+        raw_metadata = (header.get("__metadata__") or {}).get(METADATA_KEY)
+    except (SafetensorError, ValueError, UnicodeDecodeError) as exc:
+        raise ModelError(path, f"not a safetensors checkpoint ({str(exc).splitlines()[0]})") from None
+    if raw_metadata is None:
+        raise ModelError(path, "a safetensors file without adaptjobs metadata (not an adaptjobs checkpoint)")
+    try:
+        metadata = CheckpointMetadata.model_validate_json(raw_metadata)
+    except ValidationError as exc:
+        raise ModelError(path, f"invalid checkpoint metadata ({str(exc).splitlines()[0]})") from None
+    actual = weights_sha256(weights)
+    if actual != metadata.weights_sha256:
+        raise ModelError(path, f"weights hash {actual[:12]} does not match its metadata {metadata.weights_sha256[:12]} "
+                               "(corrupted or edited checkpoint)")
+    model = ScaleSpaceFlow(metadata.architecture)
+    _load_state(model, weights, path)
+    return LoadedModel(model.eval(), metadata, str(path))
+
+
+def _load_state(model: ScaleSpaceFlow, weights: dict[str, torch.Tensor], path: Path) -> None:
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(weights))
+    unexpected = sorted(set(weights) - set(expected))
+    if missing or unexpected:
+        raise ModelError(path, f"weights do not fit the SSF architecture (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    for name, tensor in weights.items():
+        if tensor.shape != expected[name].shape:
+            raise ModelError(path, f"{name} has shape {tuple(tensor.shape)}, the architecture needs {tuple(expected[name].shape)}")
+    model.load_state_dict(weights)
+
+
+def _canonical_compressai_name(name: str) -> str:
+    name = name.removeprefix("module.")
+    match = _OLD_EB_NAME.search(name)
+    if match:
+        plural = {"matrix": "matrices", "bias": "biases", "factor": "factors"}[match.group(1)]
+        name = name[: match.start()] + f"entropy_bottleneck.{plural}.{match.group(2)}"
+    return name
+
+
+def import_compressai(path: str | Path, quality: int | None = None) -> LoadedModel:
+    """Load a CompressAI ``ssf2020`` checkpoint (``.pth.tar``) into our model.
+
+    The quality comes from ``quality`` or the file name (``ssf2020-mse-3-...``). Widths are read off
+    the tensor shapes, so compact re-trainings in CompressAI's layout load too.
+    """
+    path = Path(path)
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many kinds for non-checkpoints
+        raise ModelError(path, f"not a loadable CompressAI checkpoint ({str(exc).splitlines()[0][:200]})") from None
+    if isinstance(raw, dict) and "state_dict" in raw and isinstance(raw["state_dict"], dict):
+        raw = raw["state_dict"]
+    if not isinstance(raw, dict) or not all(isinstance(v, torch.Tensor) for v in raw.values()):
+        raise ModelError(path, "the checkpoint does not hold a state dict of tensors")
+    weights = {_canonical_compressai_name(k): v.float() for k, v in raw.items()
+               if not any(k.endswith(suffix) for suffix in _DERIVED_SUFFIXES)}
+    try:
+        architecture = SSFArchitecture(
+            mid_channels=weights["img_encoder.0.weight"].shape[0],
+            latent_channels=weights["img_encoder.6.weight"].shape[0],
+            hyper_channels=weights["img_hyperprior.hyper_encoder.0.weight"].shape[0])
+    except KeyError as exc:
+        raise ModelError(path, f"not an ssf2020 state dict (no {exc.args[0]})") from None
+    if quality is None:
+        match = re.search(r"ssf2020-\w+-(\d+)", path.name)
+        if not match:
+            raise ModelError(path, "cannot tell the quality from the file name; pass --quality")
+        quality = int(match.group(1))
+    model = ScaleSpaceFlow(architecture)
+    _load_state(model, weights, path)
+    model_id = re.sub(r"[^A-Za-z0-9_.+-]", "_", path.name.removesuffix(".tar").removesuffix(".pth"))[:128]
+    metadata = make_metadata(model, model_id, quality, None,
+                             Provenance(source="compressai-import", notes=f"imported from {path.name}"))
+    return LoadedModel(model.eval(), metadata, str(path))
+
+
+def random_model(architecture: SSFArchitecture, quality: int, seed: int, model_id: str) -> LoadedModel:
+    """An untrained model with seeded weights (tests, benchmarks, and the start of pretraining)."""
+    generator_state = torch.random.get_rng_state()
+    try:
+        torch.manual_seed(seed)
+        model = ScaleSpaceFlow(architecture)
+    finally:
+        torch.random.set_rng_state(generator_state)
+    metadata = make_metadata(model, model_id, quality, None, Provenance(source="random-init", seed=seed,
+                                                                         notes="untrained: for tests only"))
+    return LoadedModel(model.eval(), metadata, f"random-init(seed={seed})")

@@ -1,0 +1,1 @@
+"""The scale-space-flow (SSF) base codec in plain torch, with CompressAI-compatible module names."""

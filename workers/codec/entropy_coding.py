@@ -1,0 +1,213 @@
+"""Entropy coding of latents with constriction's ANS coder.
+
+Tables are built once per model, in float64 on the CPU, and every call codes whole arrays: one
+constriction call per channel (hyper-latents) or per scale-table entry (latents), never per symbol.
+Symbols that fall outside a table's range are clamped BEFORE coding, and the encoder reconstructs from the
+clamped symbols, so the decoder always reproduces the encoder's reconstruction exactly.
+
+ANS is a stack: we encode the groups in reverse order so the decoder pops them in forward order.
+Compressed data is a sequence of little-endian uint32 words.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import constriction
+import numpy as np
+import torch
+
+from workers.codec.entropy_models import EntropyBottleneck, scale_table
+from workers.errors import BitstreamError
+
+FACTORIZED_TAIL_MASS = 1e-9   # per side; mass beyond is folded into the outermost bins
+FACTORIZED_MAX_OFFSET = 1024  # symbols are searched within median +- this
+GAUSSIAN_TAIL_STDS = 8.0      # latent symbols range over +- ceil(8 std) of their table entry
+GAUSSIAN_MIN_RANGE = 4
+
+
+def words_to_bytes(words: np.ndarray) -> bytes:
+    return np.ascontiguousarray(words, dtype="<u4").tobytes()
+
+
+def bytes_to_words(data: bytes, what: str) -> np.ndarray:
+    if len(data) % 4:
+        raise BitstreamError(None, f"{what}: length {len(data)} is not a multiple of 4 bytes")
+    return np.frombuffer(data, dtype="<u4").astype(np.uint32)
+
+
+def _open_decoder(data: bytes, what: str):
+    words = bytes_to_words(data, what)
+    try:
+        return constriction.stream.stack.AnsCoder(words)
+    except BaseException as exc:  # constriction panics are BaseExceptions
+        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            raise
+        raise BitstreamError(None, f"{what}: invalid compressed data ({exc})") from None
+
+
+def _finish_decoding(coder, what: str) -> None:
+    if not coder.is_empty():
+        raise BitstreamError(None, f"{what}: data left over after decoding (corrupted stream)")
+
+
+def _decode_guarded(coder, model, count: int, what: str) -> np.ndarray:
+    try:
+        return coder.decode(model, count)
+    except BaseException as exc:
+        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            raise
+        raise BitstreamError(None, f"{what}: decoding failed ({exc})") from None
+
+
+@dataclass
+class FactorizedTable:
+    """Per-channel probability tables of an :class:`EntropyBottleneck`.
+
+    ``probabilities[c, :lengths[c]]`` is the float64 PMF of symbols ``min_offset[c] .. min_offset[c] +
+    lengths[c] - 1`` relative to ``medians[c]``; the first and last bins hold the tails.
+    """
+
+    probabilities: np.ndarray   # (C, L) float64, zero-padded past lengths[c]
+    lengths: np.ndarray         # (C,) int64
+    min_offset: torch.Tensor    # (C,) int64
+    medians: torch.Tensor       # (C,) float32
+
+    def __post_init__(self):
+        self._models = [constriction.stream.model.Categorical(self.probabilities[c, : self.lengths[c]], perfect=False)
+                        for c in range(len(self.lengths))]
+        self._max_index = torch.from_numpy(self.lengths - 1)
+
+    @classmethod
+    @torch.no_grad()
+    def build(cls, bottleneck: EntropyBottleneck) -> "FactorizedTable":
+        medians64 = bottleneck.medians().double()
+        offsets = torch.arange(-FACTORIZED_MAX_OFFSET, FACTORIZED_MAX_OFFSET + 2, dtype=torch.float64) - 0.5
+        edges = medians64[:, None] + offsets[None, :]                      # (C, M + 1) bin edges
+        logits = bottleneck.logits_cumulative(edges[:, None, :]).squeeze(1)  # float64
+        below = torch.sigmoid(logits)      # mass below each edge
+        above = torch.sigmoid(-logits)     # mass above each edge, accurate where `below` is ~1
+        channels, num_bins = edges.shape[0], edges.shape[1] - 1
+        rows, lengths, first = [], [], []
+        for c in range(channels):
+            # first bin whose upper edge has more than the tail below it; last bin whose lower edge
+            # has more than the tail above it
+            heavy_below = torch.nonzero(below[c, 1:] > FACTORIZED_TAIL_MASS)
+            heavy_above = torch.nonzero(above[c, :-1] > FACTORIZED_TAIL_MASS)
+            lo = int(heavy_below[0]) if len(heavy_below) else 0
+            hi = int(heavy_above[-1]) if len(heavy_above) else num_bins - 1
+            hi = max(hi, lo)
+            pmf = (below[c, lo + 1: hi + 2] - below[c, lo: hi + 1]).clone()
+            pmf[0] = below[c, lo + 1]
+            pmf[-1] = above[c, hi] if hi > lo else 1.0
+            rows.append(pmf.clamp_min(0.0).numpy())
+            lengths.append(hi - lo + 1)
+            first.append(lo - FACTORIZED_MAX_OFFSET)
+        width = max(lengths)
+        probabilities = np.zeros((channels, width), dtype=np.float64)
+        for c, row in enumerate(rows):
+            probabilities[c, : len(row)] = row / row.sum()
+        return cls(probabilities, np.asarray(lengths, dtype=np.int64),
+                   torch.tensor(first, dtype=torch.int64), bottleneck.medians().float().clone())
+
+    def quantize(self, z: torch.Tensor) -> torch.Tensor:
+        """z (N, C, H, W) -> symbol indices (N, C, H, W) int64 into each channel's table (clamped)."""
+        medians = self.medians.view(1, -1, 1, 1)
+        offsets = torch.round(z.detach() - medians).to(torch.int64) - self.min_offset.view(1, -1, 1, 1)
+        return torch.minimum(offsets.clamp_min(0), self._max_index.view(1, -1, 1, 1))
+
+    def dequantize(self, symbols: torch.Tensor) -> torch.Tensor:
+        """Symbol indices (N, C, H, W) -> z_hat float32, exactly as the decoder computes it."""
+        values = (symbols + self.min_offset.view(1, -1, 1, 1)).to(torch.float32)
+        return values + self.medians.view(1, -1, 1, 1)
+
+    def encode(self, symbols: torch.Tensor) -> bytes:
+        per_channel = symbols.transpose(0, 1).reshape(symbols.shape[1], -1).numpy().astype(np.int32)
+        coder = constriction.stream.stack.AnsCoder()
+        for c in reversed(range(per_channel.shape[0])):
+            coder.encode_reverse(per_channel[c], self._models[c])
+        return words_to_bytes(coder.get_compressed())
+
+    def decode(self, data: bytes, shape: tuple[int, int, int, int], what: str = "hyper-latents") -> torch.Tensor:
+        n, c, h, w = shape
+        coder = _open_decoder(data, what)
+        per_channel = np.empty((c, n * h * w), dtype=np.int64)
+        for channel in range(c):
+            per_channel[channel] = _decode_guarded(coder, self._models[channel], n * h * w, what)
+        _finish_decoding(coder, what)
+        return torch.from_numpy(per_channel).reshape(c, n, h, w).transpose(0, 1).contiguous()
+
+    def ideal_bits(self, symbols: torch.Tensor) -> float:
+        """sum of -log2 p(symbol) under the float64 tables (the information content)."""
+        channel = torch.arange(symbols.shape[1]).view(1, -1, 1, 1).expand_as(symbols)
+        p = self.probabilities[channel.reshape(-1).numpy(), symbols.reshape(-1).numpy()]
+        return float(-np.log2(p).sum())
+
+
+class GaussianTable:
+    """Coding models for latents: one quantized Gaussian (mean 0) per scale-table entry.
+
+    Element i with table index k codes ``clamp(round(y_i - mean_i), -R_k, R_k)`` under
+    N(0, table[k]^2) restricted to [-R_k - 0.5, R_k + 0.5], with R_k = max(4, ceil(8 table[k])).
+    """
+
+    def __init__(self):
+        self.stds = scale_table()
+        self.ranges = np.maximum(GAUSSIAN_MIN_RANGE, np.ceil(GAUSSIAN_TAIL_STDS * self.stds)).astype(np.int64)
+        self._ranges_t = torch.from_numpy(self.ranges)
+        self._models = [constriction.stream.model.QuantizedGaussian(-int(r), int(r), 0.0, float(s))
+                        for r, s in zip(self.ranges, self.stds)]
+
+    def quantize(self, residual: torch.Tensor, indexes: torch.Tensor) -> torch.Tensor:
+        """round(y - mean) clamped to the range of each element's table entry; int64."""
+        bound = self._ranges_t[indexes]
+        return torch.maximum(torch.minimum(torch.round(residual.detach()).to(torch.int64), bound), -bound)
+
+    def _groups(self, indexes: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        flat = indexes.reshape(-1).numpy()
+        order = np.argsort(flat, kind="stable")
+        counts = np.bincount(flat, minlength=len(self.stds))
+        return order, counts
+
+    def encode(self, symbols: torch.Tensor, indexes: torch.Tensor) -> bytes:
+        order, counts = self._groups(indexes)
+        ordered = symbols.reshape(-1).numpy()[order].astype(np.int32)
+        bounds = np.concatenate([[0], np.cumsum(counts)])
+        coder = constriction.stream.stack.AnsCoder()
+        for k in reversed(np.nonzero(counts)[0]):
+            coder.encode_reverse(ordered[bounds[k]: bounds[k + 1]], self._models[k])
+        return words_to_bytes(coder.get_compressed())
+
+    def decode(self, data: bytes, indexes: torch.Tensor, what: str = "latents") -> torch.Tensor:
+        order, counts = self._groups(indexes)
+        coder = _open_decoder(data, what)
+        ordered = np.empty(len(order), dtype=np.int64)
+        start = 0
+        for k in np.nonzero(counts)[0]:
+            ordered[start: start + counts[k]] = _decode_guarded(coder, self._models[k], int(counts[k]), what)
+            start += counts[k]
+        _finish_decoding(coder, what)
+        symbols = np.empty_like(ordered)
+        symbols[order] = ordered
+        return torch.from_numpy(symbols).reshape(indexes.shape)
+
+    def ideal_bits(self, symbols: torch.Tensor, indexes: torch.Tensor) -> float:
+        """sum of -log2 p(symbol) under the truncated, renormalised float64 Gaussians."""
+        std = torch.from_numpy(self.stds)[indexes].reshape(-1)
+        bound = self._ranges_t[indexes].reshape(-1).double()
+        s = symbols.reshape(-1).abs().double()
+        upper_tail = torch.special.ndtr  # P(X <= x); upper tails via symmetry for accuracy
+        mass = upper_tail(-(s - 0.5) / std) - upper_tail(-(s + 0.5) / std)
+        inside = 1.0 - 2.0 * upper_tail(-(bound + 0.5) / std)
+        return float(-(torch.log2(mass) - torch.log2(inside)).sum())
+
+
+_GAUSSIAN_TABLE: GaussianTable | None = None
+
+
+def gaussian_table() -> GaussianTable:
+    """The shared latent coding table (it depends on nothing but constants)."""
+    global _GAUSSIAN_TABLE
+    if _GAUSSIAN_TABLE is None:
+        _GAUSSIAN_TABLE = GaussianTable()
+    return _GAUSSIAN_TABLE

@@ -1,0 +1,166 @@
+"""Scale-space flow (Agustsson et al., CVPR 2020): the base codec.
+
+I-frame:   x --img_encoder--> y --img_hyperprior--> y_hat --img_decoder--> x_hat
+P-frame:   cat(x, x_ref) --motion_encoder--> y_m --motion_hyperprior--> y_m_hat --motion_decoder-->
+           (flow_x, flow_y, scale) --scale-space warp of x_ref--> x_pred
+           x - x_pred --res_encoder--> y_r --res_hyperprior--> y_r_hat
+           cat(y_r_hat, y_m_hat) --res_decoder--> r_hat;   x_hat = x_pred + r_hat
+
+Frames are RGB (N, 3, H, W) in [0, 1] with H and W multiples of 128 (see :func:`pad_to_multiple`).
+Module names match CompressAI's ``ScaleSpaceFlow`` so an official ``ssf2020`` state dict loads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from schemas.codec import SSFArchitecture
+from workers.codec.entropy_coding import FactorizedTable
+from workers.codec.hyperprior import CodedLatent, Hyperprior
+from workers.codec.layers import conv, deconv, gaussian_volume, scale_space_warp
+
+PAD_MULTIPLE = 128  # 4 stride-2 layers in the autoencoder, 3 more in the hyperprior
+
+
+class Encoder(nn.Sequential):
+    """(N, in, H, W) -> (N, latent, H/16, W/16)."""
+
+    def __init__(self, in_channels: int, mid_channels: int, latent_channels: int):
+        super().__init__(
+            conv(in_channels, mid_channels), nn.ReLU(inplace=True),
+            conv(mid_channels, mid_channels), nn.ReLU(inplace=True),
+            conv(mid_channels, mid_channels), nn.ReLU(inplace=True),
+            conv(mid_channels, latent_channels),
+        )
+
+
+class Decoder(nn.Sequential):
+    """(N, in, h, w) -> (N, out, 16h, 16w)."""
+
+    def __init__(self, out_channels: int, in_channels: int, mid_channels: int):
+        super().__init__(
+            deconv(in_channels, mid_channels), nn.ReLU(inplace=True),
+            deconv(mid_channels, mid_channels), nn.ReLU(inplace=True),
+            deconv(mid_channels, mid_channels), nn.ReLU(inplace=True),
+            deconv(mid_channels, out_channels),
+        )
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int = PAD_MULTIPLE) -> torch.Tensor:
+    """Replicate-pad (N, C, H, W) on the right and bottom up to multiples of ``multiple``."""
+    height, width = x.shape[-2:]
+    pad_h, pad_w = (-height) % multiple, (-width) % multiple
+    if pad_h == 0 and pad_w == 0:
+        return x
+    return F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
+
+
+def padded_size(height: int, width: int, multiple: int = PAD_MULTIPLE) -> tuple[int, int]:
+    return height + (-height) % multiple, width + (-width) % multiple
+
+
+@dataclass
+class EntropyTables:
+    """Coding tables of the three hyperpriors, built once per set of weights."""
+
+    intra: FactorizedTable
+    motion: FactorizedTable
+    residual: FactorizedTable
+
+
+class ScaleSpaceFlow(nn.Module):
+    def __init__(self, architecture: SSFArchitecture | None = None):
+        super().__init__()
+        self.architecture = architecture or SSFArchitecture()
+        mid, latent, hyper = (self.architecture.mid_channels, self.architecture.latent_channels,
+                              self.architecture.hyper_channels)
+        self.img_encoder = Encoder(3, mid, latent)
+        self.img_decoder = Decoder(3, latent, mid)
+        self.img_hyperprior = Hyperprior(latent, hyper)
+        self.res_encoder = Encoder(3, mid, latent)
+        self.res_decoder = Decoder(3, 2 * latent, mid)
+        self.res_hyperprior = Hyperprior(latent, hyper)
+        self.motion_encoder = Encoder(2 * 3, mid, latent)
+        self.motion_decoder = Decoder(2 + 1, latent, mid)
+        self.motion_hyperprior = Hyperprior(latent, hyper)
+
+    # ------------------------------------------------------------------ shared by every path
+    def predict(self, x_ref: torch.Tensor, y_motion_hat: torch.Tensor) -> torch.Tensor:
+        """Warp the reference with the decoded scale-space flow: (N, 3, H, W)."""
+        flow, scale = self.motion_decoder(y_motion_hat).split([2, 1], dim=1)
+        volume = gaussian_volume(x_ref, self.architecture.sigma0, self.architecture.num_levels)
+        return scale_space_warp(volume, flow, scale)
+
+    def reconstruct_inter(self, x_pred: torch.Tensor, y_res_hat: torch.Tensor, y_motion_hat: torch.Tensor) -> torch.Tensor:
+        return x_pred + self.res_decoder(torch.cat((y_res_hat, y_motion_hat), dim=1))
+
+    # ------------------------------------------------------------------ training
+    def forward_intra(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, dict[str, torch.Tensor]]]:
+        y_hat, likelihoods = self.img_hyperprior(self.img_encoder(x))
+        return self.img_decoder(y_hat), {"intra": likelihoods}
+
+    def forward_inter(self, x: torch.Tensor, x_ref: torch.Tensor) -> tuple[torch.Tensor, dict[str, dict[str, torch.Tensor]]]:
+        y_motion_hat, motion_likelihoods = self.motion_hyperprior(self.motion_encoder(torch.cat((x, x_ref), dim=1)))
+        x_pred = self.predict(x_ref, y_motion_hat)
+        y_res_hat, res_likelihoods = self.res_hyperprior(self.res_encoder(x - x_pred))
+        x_hat = self.reconstruct_inter(x_pred, y_res_hat, y_motion_hat)
+        return x_hat, {"motion": motion_likelihoods, "residual": res_likelihoods}
+
+    def forward(self, frames: list[torch.Tensor]) -> dict[str, list]:
+        """Likelihoods for training: the first frame is intra, the others predicted from the previous
+        reconstruction (detached, as in the paper)."""
+        x_hat, likelihoods = self.forward_intra(frames[0])
+        reconstructions, frame_likelihoods = [x_hat], [likelihoods]
+        for x in frames[1:]:
+            x_hat, likelihoods = self.forward_inter(x, x_hat.detach())
+            reconstructions.append(x_hat)
+            frame_likelihoods.append(likelihoods)
+        return {"x_hat": reconstructions, "likelihoods": frame_likelihoods}
+
+    def aux_loss(self) -> torch.Tensor:
+        return sum(h.entropy_bottleneck.aux_loss() for h in
+                   (self.img_hyperprior, self.motion_hyperprior, self.res_hyperprior))
+
+    # ------------------------------------------------------------------ real bits
+    @torch.no_grad()
+    def entropy_tables(self) -> EntropyTables:
+        return EntropyTables(intra=FactorizedTable.build(self.img_hyperprior.entropy_bottleneck),
+                             motion=FactorizedTable.build(self.motion_hyperprior.entropy_bottleneck),
+                             residual=FactorizedTable.build(self.res_hyperprior.entropy_bottleneck))
+
+    def hyper_latent_shape(self, padded_height: int, padded_width: int) -> tuple[int, int, int, int]:
+        """Shape (1, hyper, H/128, W/128) of z for a padded frame: derivable, so never sent."""
+        return (1, self.architecture.hyper_channels, padded_height // PAD_MULTIPLE, padded_width // PAD_MULTIPLE)
+
+    @torch.no_grad()
+    def encode_intra(self, x: torch.Tensor, tables: EntropyTables) -> tuple[torch.Tensor, CodedLatent]:
+        coded = self.img_hyperprior.compress(self.img_encoder(x), tables.intra)
+        return self.img_decoder(coded.y_hat).clamp_(0.0, 1.0), coded
+
+    @torch.no_grad()
+    def decode_intra(self, y_stream: bytes, z_stream: bytes, padded: tuple[int, int], tables: EntropyTables) -> torch.Tensor:
+        y_hat = self.img_hyperprior.decompress(y_stream, z_stream, self.hyper_latent_shape(*padded),
+                                               tables.intra, what="I-frame")
+        return self.img_decoder(y_hat).clamp_(0.0, 1.0)
+
+    @torch.no_grad()
+    def encode_inter(self, x: torch.Tensor, x_ref: torch.Tensor, tables: EntropyTables) -> tuple[torch.Tensor, CodedLatent, CodedLatent]:
+        motion = self.motion_hyperprior.compress(self.motion_encoder(torch.cat((x, x_ref), dim=1)), tables.motion)
+        x_pred = self.predict(x_ref, motion.y_hat)
+        residual = self.res_hyperprior.compress(self.res_encoder(x - x_pred), tables.residual)
+        x_hat = self.reconstruct_inter(x_pred, residual.y_hat, motion.y_hat)
+        return x_hat.clamp_(0.0, 1.0), motion, residual
+
+    @torch.no_grad()
+    def decode_inter(self, x_ref: torch.Tensor, streams: list[bytes], padded: tuple[int, int],
+                     tables: EntropyTables) -> torch.Tensor:
+        """``streams`` = [motion y, motion z, residual y, residual z]."""
+        z_shape = self.hyper_latent_shape(*padded)
+        y_motion_hat = self.motion_hyperprior.decompress(streams[0], streams[1], z_shape, tables.motion, what="motion")
+        x_pred = self.predict(x_ref, y_motion_hat)
+        y_res_hat = self.res_hyperprior.decompress(streams[2], streams[3], z_shape, tables.residual, what="residual")
+        return self.reconstruct_inter(x_pred, y_res_hat, y_motion_hat).clamp_(0.0, 1.0)

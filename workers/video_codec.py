@@ -1,0 +1,87 @@
+"""Code a whole sequence with the base codec: frames -> bitstream bytes -> frames.
+
+The encoder reconstructs every frame from the symbols it actually wrote, with the same functions the
+decoder runs, and P-frames reference that reconstruction, so ``decode_sequence(encode_sequence(...))``
+returns the encoder's frames bit for bit on the same machine and software.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from schemas.bitstream import BitstreamHeader
+from schemas.results import FrameTypeBits
+from workers.bitstream import FRAME_INTER, FRAME_INTRA, FrameChunk, pack, unpack
+from workers.codec.hyperprior import CodedLatent
+from workers.codec.ssf import EntropyTables, ScaleSpaceFlow, pad_to_multiple, padded_size
+from workers.errors import BitstreamError
+
+
+@dataclass
+class EncodedSequence:
+    """A coded sequence: the bytes, the encoder's reconstruction (cropped frames (3, H, W)), and the
+    coded latents per frame (for rate analysis and tests)."""
+
+    data: bytes
+    header: BitstreamHeader
+    reconstruction: list[torch.Tensor]
+    bits: FrameTypeBits
+    coded_latents: list[dict[str, CodedLatent]] = field(default_factory=list)
+
+
+def encode_sequence(model: ScaleSpaceFlow, tables: EntropyTables, frames: Iterable[torch.Tensor],
+                    header: BitstreamHeader, keep_latents: bool = False) -> EncodedSequence:
+    """Encode ``header.frame_count`` RGB frames (3, H, W) in [0, 1] of ``header``'s size."""
+    padded = padded_size(header.height, header.width)
+    chunks, reconstruction, latents = [], [], []
+    bits = FrameTypeBits()
+    x_ref = None
+    for index, frame in enumerate(frames):
+        if tuple(frame.shape) != (3, header.height, header.width):
+            raise ValueError(f"frame {index} has shape {tuple(frame.shape)}, header says 3x{header.height}x{header.width}")
+        x = pad_to_multiple(frame.unsqueeze(0))
+        if header.is_intra(index):
+            x_ref, intra = model.encode_intra(x, tables)
+            streams, coded = [intra.y_stream, intra.z_stream], {"intra": intra}
+            chunks.append(FrameChunk(FRAME_INTRA, streams))
+            bits.intra += 8 * sum(map(len, streams))
+        else:
+            x_ref, motion, residual = model.encode_inter(x, x_ref, tables)
+            streams = [motion.y_stream, motion.z_stream, residual.y_stream, residual.z_stream]
+            coded = {"motion": motion, "residual": residual}
+            chunks.append(FrameChunk(FRAME_INTER, streams))
+            bits.motion += 8 * (len(streams[0]) + len(streams[1]))
+            bits.residual += 8 * (len(streams[2]) + len(streams[3]))
+        reconstruction.append(x_ref[0, :, : header.height, : header.width].clone())
+        if keep_latents:
+            latents.append(coded)
+    if len(chunks) != header.frame_count:
+        raise ValueError(f"header says {header.frame_count} frames, got {len(chunks)}")
+    assert x_ref is None or x_ref.shape[-2:] == padded
+    data = pack(header, chunks)
+    bits.container = 8 * len(data) - (bits.intra + bits.motion + bits.residual)
+    return EncodedSequence(data, header, reconstruction, bits, latents)
+
+
+def decode_sequence(data: bytes, model_for: Callable[[BitstreamHeader], tuple[ScaleSpaceFlow, EntropyTables]],
+                    source: str | Path | None = None) -> tuple[BitstreamHeader, list[torch.Tensor]]:
+    """Decode a bitstream. ``model_for(header)`` returns the model (already checked against
+    ``header.weights_sha256``) and its tables. Returns the header and the frames (3, H, W)."""
+    header, chunks = unpack(data, source)
+    model, tables = model_for(header)
+    padded = padded_size(header.height, header.width)
+    frames, x_ref = [], None
+    for index, chunk in enumerate(chunks):
+        try:
+            if chunk.frame_type == FRAME_INTRA:
+                x_ref = model.decode_intra(chunk.streams[0], chunk.streams[1], padded, tables)
+            else:
+                x_ref = model.decode_inter(x_ref, chunk.streams, padded, tables)
+        except BitstreamError as exc:
+            raise BitstreamError(source, f"frame {index}: {exc.cause}") from None
+        frames.append(x_ref[0, :, : header.height, : header.width].clone())
+    return header, frames
