@@ -3,9 +3,10 @@
 - PSNR-RGB: on RGB scaled to [0, 255], the reconstruction clamped to [0, 1] (CompressAI's convention).
 - PSNR-YUV: (6 PSNR_Y + PSNR_U + PSNR_V) / 8 on the 8-bit 4:2:0 planes: the source's planes against the
   planes written to the reconstruction file.
-- MS-SSIM-RGB: pytorch_msssim on RGB in [0, 1]. The standard 11x11 window over 5 scales needs a shorter
-  side above 160 px; for smaller frames (QCIF is 144) the window shrinks to the largest odd size that
-  fits, and below 33 px scales are dropped; :func:`ms_ssim_settings` says what is used.
+- MS-SSIM-RGB: pytorch_msssim on RGB in [0, 1], 5 scales. The standard 11x11 window needs a shorter side
+  above 160 px; for smaller frames (QCIF is 144) the window shrinks to the largest odd size that fits
+  ((window - 1) * 16 < side); frames with a side of 32 px or less get single-scale SSIM (3x3 window).
+  :func:`ms_ssim_settings` says what is used.
 """
 
 from __future__ import annotations
@@ -38,27 +39,28 @@ def psnr_yuv(original: tuple[np.ndarray, ...], reconstruction: tuple[np.ndarray,
     return (6.0 * values[0] + values[1] + values[2]) / 8.0
 
 
-def ms_ssim_settings(height: int, width: int) -> tuple[int, tuple[float, ...]]:
-    """(window size, scale weights) that pytorch_msssim accepts for a frame of this size."""
+def ms_ssim_settings(height: int, width: int) -> tuple[int, int]:
+    """(window size, number of scales) used for a frame of this size."""
     side = min(height, width)
-    levels = len(_MSSSIM_WEIGHTS)
-    while levels > 1 and side <= 2 * 2 ** (levels - 1):
-        levels -= 1
     window = 11
-    while window > 3 and side <= (window - 1) * 2 ** (levels - 1):
+    while window > 3 and side <= (window - 1) * 16:
         window -= 2
-    weights = _MSSSIM_WEIGHTS[:levels]
-    total = sum(weights)
-    return window, tuple(w / total for w in weights)
+    if side <= (window - 1) * 16:
+        return 3, 1
+    return window, len(_MSSSIM_WEIGHTS)
 
 
 def ms_ssim_rgb(originals: torch.Tensor, reconstructions: torch.Tensor) -> float:
     """Mean MS-SSIM over frames of (T, 3, H, W) tensors in [0, 1]."""
-    from pytorch_msssim import ms_ssim
+    from pytorch_msssim import ms_ssim, ssim
 
-    window, weights = ms_ssim_settings(*originals.shape[-2:])
+    window, scales = ms_ssim_settings(*originals.shape[-2:])
     values = []
     for start in range(0, len(originals), 16):  # bounded memory on long sequences
-        values.append(ms_ssim(originals[start:start + 16].float(), reconstructions[start:start + 16].clamp(0, 1).float(),
-                              data_range=1.0, size_average=False, win_size=window, weights=list(weights)))
+        a, b = originals[start:start + 16].float(), reconstructions[start:start + 16].clamp(0, 1).float()
+        if scales == 1:
+            values.append(ssim(a, b, data_range=1.0, size_average=False, win_size=window))
+        else:
+            values.append(ms_ssim(a, b, data_range=1.0, size_average=False, win_size=window,
+                                  weights=list(_MSSSIM_WEIGHTS)))
     return float(torch.cat(values).double().mean())

@@ -1,0 +1,124 @@
+"""Real bits against the ideal information content, and exact symbol round trips."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from workers.codec.entropy_coding import FactorizedTable, gaussian_table
+from workers.codec.entropy_models import EntropyBottleneck
+from workers.errors import BitstreamError
+
+PER_STREAM_CONSTANT_BITS = 64  # ANS initial state and final flush
+
+
+def _bottleneck(channels: int = 6, seed: int = 0) -> EntropyBottleneck:
+    torch.manual_seed(seed)
+    bottleneck = EntropyBottleneck(channels)
+    with torch.no_grad():  # give each channel a different shape, width and median
+        for parameter in [*bottleneck.matrices, *bottleneck.biases, *bottleneck.factors]:
+            parameter.add_(0.3 * torch.randn_like(parameter))
+        bottleneck.quantiles[:, 0, 1] = torch.linspace(-2.3, 1.7, channels)
+    return bottleneck
+
+
+def test_factorized_tables_are_normalised_pmfs():
+    table = FactorizedTable.build(_bottleneck())
+    for c, length in enumerate(table.lengths):
+        assert np.isclose(table.probabilities[c, :length].sum(), 1.0, atol=1e-12)
+        assert np.all(table.probabilities[c, length:] == 0)
+        assert length > 3
+
+
+def test_factorized_real_bits_close_to_ideal_and_exact_round_trip():
+    table = FactorizedTable.build(_bottleneck())
+    rng = np.random.default_rng(0)
+    n, h, w = 2, 40, 50
+    symbols = np.stack([rng.choice(table.lengths[c], size=(n, h, w), p=table.probabilities[c, : table.lengths[c]])
+                        for c in range(len(table.lengths))], axis=1)
+    symbols = torch.from_numpy(symbols)
+    data = table.encode(symbols)
+    real, ideal = 8 * len(data), table.ideal_bits(symbols)
+    assert ideal <= real <= 1.01 * ideal + PER_STREAM_CONSTANT_BITS
+    assert torch.equal(table.decode(data, tuple(symbols.shape)), symbols)
+
+
+def test_factorized_quantize_clamps_outliers_and_decoder_sees_the_same_values():
+    table = FactorizedTable.build(_bottleneck())
+    z = torch.randn(1, 6, 4, 4) * 3
+    z[0, 0, 0, 0], z[0, 1, 0, 0] = 1e6, -1e6
+    symbols = table.quantize(z)
+    assert int(symbols[0, 0, 0, 0]) == table.lengths[0] - 1 and int(symbols[0, 1, 0, 0]) == 0
+    decoded = table.decode(table.encode(symbols), tuple(symbols.shape))
+    assert torch.equal(table.dequantize(decoded), table.dequantize(symbols))
+    inside = (z - table.medians.view(1, -1, 1, 1)).abs() < 2
+    assert torch.equal(table.dequantize(symbols)[inside], (torch.round(z - table.medians.view(1, -1, 1, 1))
+                                                           + table.medians.view(1, -1, 1, 1))[inside])
+
+
+@pytest.mark.parametrize("index_range", [(0, 20), (20, 64), (0, 64)])
+def test_gaussian_real_bits_close_to_ideal_and_exact_round_trip(index_range):
+    gaussian = gaussian_table()
+    generator = torch.Generator().manual_seed(1)
+    indexes = torch.randint(*index_range, (1, 8, 30, 40), generator=generator)
+    stds = torch.from_numpy(gaussian.stds).float()[indexes]
+    residual = torch.randn(indexes.shape, generator=generator) * stds
+    symbols = gaussian.quantize(residual, indexes)
+    data = gaussian.encode(symbols, indexes)
+    real, ideal = 8 * len(data), gaussian.ideal_bits(symbols, indexes)
+    assert ideal <= real <= 1.01 * ideal + PER_STREAM_CONSTANT_BITS
+    assert torch.equal(gaussian.decode(data, indexes), symbols)
+
+
+def test_gaussian_symbols_are_clamped_to_the_table_range():
+    gaussian = gaussian_table()
+    indexes = torch.zeros(1, 1, 1, 3, dtype=torch.int64)
+    symbols = gaussian.quantize(torch.tensor([[[[100.0, -100.0, 1.0]]]]), indexes)
+    bound = int(gaussian.ranges[0])
+    assert symbols.flatten().tolist() == [bound, -bound, 1]
+    assert torch.equal(gaussian.decode(gaussian.encode(symbols, indexes), indexes), symbols)
+
+
+def test_codec_latents_bits_close_to_ideal(carphone, tiny_model):
+    """On a real video through the (random) tiny model: every stream is within the bound."""
+    from schemas.bitstream import BitstreamHeader
+    from workers.video_codec import encode_sequence
+
+    meta = tiny_model.metadata
+    header = BitstreamHeader(model_id=meta.model_id, weights_sha256=meta.weights_sha256, quality=meta.quality,
+                             width=carphone.width, height=carphone.height, frame_count=3, fps_num=30, fps_den=1,
+                             intra_period=12)
+    tables = tiny_model.model.entropy_tables()
+    frames = [carphone.frame_rgb(i) for i in range(3)]
+    encoded = encode_sequence(tiny_model.model, tables, frames, header, keep_latents=True)
+    gaussian = gaussian_table()
+    table_of = {"intra": tables.intra, "motion": tables.motion, "residual": tables.residual}
+    checked = 0
+    for frame in encoded.coded_latents:
+        for kind, latent in frame.items():
+            y_ideal = gaussian.ideal_bits(latent.y_symbols, latent.y_indexes)
+            z_ideal = table_of[kind].ideal_bits(latent.z_symbols)
+            for real, ideal in ((8 * len(latent.y_stream), y_ideal), (8 * len(latent.z_stream), z_ideal)):
+                assert ideal <= real <= 1.01 * ideal + PER_STREAM_CONSTANT_BITS
+                checked += 1
+    assert checked == 2 + 4 * 2
+
+
+@pytest.mark.parametrize("garbage", [b"\x01\x02\x03", b"\x00\x00\x00\x00"])
+def test_decoding_malformed_data_raises_bitstream_error(garbage):
+    """Wrong length or an invalid final word. (Other corruption can decode to valid-looking symbols:
+    the container's CRC32 is what catches it, see test_bitstream.py.)"""
+    gaussian = gaussian_table()
+    indexes = torch.zeros(1, 2, 8, 8, dtype=torch.int64)
+    with pytest.raises(BitstreamError):
+        gaussian.decode(garbage, indexes)
+
+
+def test_decoding_with_data_left_over_raises_bitstream_error():
+    gaussian = gaussian_table()
+    indexes = torch.full((1, 4, 16, 16), 40, dtype=torch.int64)
+    symbols = gaussian.quantize(torch.randn(indexes.shape, generator=torch.Generator().manual_seed(0)) * 20, indexes)
+    data = gaussian.encode(symbols, indexes)
+    with pytest.raises(BitstreamError, match="left over"):
+        gaussian.decode(data, indexes[:, :1])
