@@ -61,6 +61,27 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--seed", type=int, default=0)
     init.add_argument("--model-id", help="identifier stored in bitstreams (default: from the file name)")
 
+    pretrain = commands.add_parser("pretrain", help="train the base codec on folders of videos and images (resumable)")
+    pretrain.add_argument("data", nargs="+", help="folders of training videos and images (searched recursively)")
+    pretrain.add_argument("-o", "--output", required=True, help="run folder: config, cache, state, log, models/")
+    pretrain.add_argument("--arch", default="compact", help="architecture preset: full, compact or tiny")
+    pretrain.add_argument("--qualities", default="1,2,3,4", help="comma-separated quality indices (default 1,2,3,4)")
+    pretrain.add_argument("--model-id", default="ssf-compact", help="identifier written into checkpoints and bitstreams")
+    pretrain.add_argument("--seed", type=int, default=0)
+    pretrain.add_argument("--crop", type=_positive_int, default=128, help="crop side in px, a multiple of 128")
+    pretrain.add_argument("--batch", type=_positive_int, default=8)
+    pretrain.add_argument("--clip-frames", type=_positive_int, default=3, help="frames per training clip (I + P-frames)")
+    pretrain.add_argument("--intra-steps", type=_non_negative_int, default=2000)
+    pretrain.add_argument("--inter-steps", type=_positive_int, default=4000)
+    pretrain.add_argument("--finetune-steps", type=_positive_int, default=1000)
+    pretrain.add_argument("--lr", type=float, default=2e-4)
+    pretrain.add_argument("--checkpoint-every", type=_positive_int, default=100)
+    pretrain.add_argument("--clips-per-video", type=_positive_int, default=24)
+    pretrain.add_argument("--storage-dtype", choices=["float32", "float16"], default="float16")
+    pretrain.add_argument("--stop-after-steps", type=_positive_int, help="train at most this many steps now, then save and exit")
+    pretrain.add_argument("--time-limit", type=float, help="train at most this many minutes now, then save and exit")
+    pretrain.add_argument("--no-progress", action="store_true", help="no progress bar")
+
     info = commands.add_parser("info", help="describe a bitstream or a checkpoint")
     info.add_argument("input")
     return parser
@@ -106,6 +127,33 @@ def _cmd_init_model(args) -> int:
     return 0
 
 
+def _cmd_pretrain(args) -> int:
+    from pydantic import ValidationError
+
+    from schemas.codec import ARCHITECTURE_PRESETS
+    from schemas.pretrain import PretrainConfig
+    from workers.pretrain.loop import run_pretrain
+
+    if args.arch not in ARCHITECTURE_PRESETS:
+        raise InputError(None, f"--arch must be one of {sorted(ARCHITECTURE_PRESETS)}, got {args.arch!r}")
+    try:
+        qualities = [int(q) for q in args.qualities.split(",") if q.strip()]
+        config = PretrainConfig(
+            data=[str(Path(d).resolve()) for d in args.data], architecture=ARCHITECTURE_PRESETS[args.arch],
+            qualities=qualities, model_id=args.model_id, seed=args.seed, crop=args.crop, batch=args.batch,
+            clip_frames=args.clip_frames, intra_steps=args.intra_steps, inter_steps=args.inter_steps,
+            finetune_steps=args.finetune_steps, learning_rate=args.lr, checkpoint_every=args.checkpoint_every,
+            clips_per_video=args.clips_per_video, storage_dtype=args.storage_dtype)
+    except (ValueError, ValidationError) as exc:
+        raise InputError(None, f"invalid pretraining options: {str(exc).splitlines()[-1].strip()}") from None
+    trainer = run_pretrain(config, Path(args.output), stop_after_steps=args.stop_after_steps,
+                           time_limit_s=None if args.time_limit is None else 60 * args.time_limit,
+                           progress=not args.no_progress)
+    done = "finished" if trainer.done else f"stopped at step {trainer.steps_done} (run the same command to continue)"
+    print(f"{args.output}: pretraining {done}; models in {Path(args.output) / 'models'}")
+    return 0
+
+
 def _cmd_info(args) -> int:
     from workers.bitstream import unpack
     from workers.checkpoints import load_checkpoint
@@ -125,7 +173,8 @@ def _cmd_info(args) -> int:
     return 0
 
 
-COMMANDS = {"encode": _cmd_encode, "decode": _cmd_decode, "init-model": _cmd_init_model, "info": _cmd_info}
+COMMANDS = {"encode": _cmd_encode, "decode": _cmd_decode, "init-model": _cmd_init_model, "pretrain": _cmd_pretrain,
+            "info": _cmd_info}
 
 
 def main(argv: list[str] | None = None) -> int:

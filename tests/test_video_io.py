@@ -77,6 +77,27 @@ def test_h264_elementary_stream_and_mkv(tmp_path, carphone):
             assert all(_planes_equal(video.yuv[i], carphone.yuv[i]) for i in range(len(carphone)))
 
 
+def test_container_with_odd_chroma_height(tmp_path, carphone):
+    """H/2 odd (e.g. 480x270): chroma planes have ceil(H/2) rows; read plane by plane, not packed."""
+    planes = crop_planes(carphone, 176, 134)
+    path = tmp_path / "odd_chroma.mkv"
+    with av.open(str(path), "w", format="matroska") as out:
+        stream = out.add_stream("ffv1", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 176, 134, "yuv420p"
+        for y, u, v in planes:
+            frame = av.VideoFrame(176, 134, "yuv420p")
+            for plane, data in zip(frame.planes, (y, u, v)):
+                rows = np.frombuffer(plane, dtype=np.uint8).reshape(-1, plane.line_size)
+                buffer = np.zeros_like(rows)
+                buffer[: data.shape[0], : data.shape[1]] = data
+                plane.update(buffer.tobytes())
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    video = read_video(path)
+    assert video.yuv[0][1].shape == (67, 88)
+    assert all(_planes_equal(video.yuv[i], planes[i]) for i in range(len(planes)))
+
+
 def test_y4m_writer_is_read_back_exactly(tmp_path, carphone):
     frames = [carphone.frame_rgb(i) for i in range(2)]
     path = tmp_path / "rec.y4m"

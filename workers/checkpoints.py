@@ -56,23 +56,44 @@ def model_weights(model: ScaleSpaceFlow) -> dict[str, torch.Tensor]:
     return {name: tensor.detach().float().contiguous() for name, tensor in model.state_dict().items()}
 
 
+def round_weights(model: ScaleSpaceFlow, storage_dtype: str) -> None:
+    """Round the model's weights in place to what ``storage_dtype`` ("float32" or "float16") can hold,
+    so that the weights the model runs with are exactly the stored ones."""
+    if storage_dtype == "float32":
+        return
+    if storage_dtype != "float16":
+        raise ValueError(f"unsupported storage dtype {storage_dtype!r}")
+    with torch.no_grad():
+        for tensor in model.state_dict().values():
+            if tensor.is_floating_point():
+                tensor.copy_(tensor.half().float())
+
+
 def make_metadata(model: ScaleSpaceFlow, model_id: str, quality: int, lmbda: float | None,
                   provenance: Provenance) -> CheckpointMetadata:
     return CheckpointMetadata(model_id=model_id, architecture=model.architecture, quality=quality, lmbda=lmbda,
                               provenance=provenance, weights_sha256=weights_sha256(model_weights(model)))
 
 
-def checkpoint_bytes(model: ScaleSpaceFlow, metadata: CheckpointMetadata) -> bytes:
+def checkpoint_bytes(model: ScaleSpaceFlow, metadata: CheckpointMetadata, storage_dtype: str = "float32") -> bytes:
+    """safetensors bytes of the weights, stored as ``storage_dtype`` (float16 halves the size; the
+    weights must already be rounded with :func:`round_weights`, which the hash check enforces)."""
     from safetensors.torch import save
 
     weights = model_weights(model)
     if weights_sha256(weights) != metadata.weights_sha256:
         raise ValueError("metadata.weights_sha256 does not match the model's weights")
+    if storage_dtype == "float16":
+        stored = {k: v.half() for k, v in weights.items()}
+        if weights_sha256({k: v.float() for k, v in stored.items()}) != metadata.weights_sha256:
+            raise ValueError("weights are not representable in float16: call round_weights first")
+        weights = stored
     return save(weights, metadata={METADATA_KEY: metadata.model_dump_json()})
 
 
-def save_checkpoint(path: str | Path, model: ScaleSpaceFlow, metadata: CheckpointMetadata) -> None:
-    atomic_write_bytes(path, checkpoint_bytes(model, metadata))
+def save_checkpoint(path: str | Path, model: ScaleSpaceFlow, metadata: CheckpointMetadata,
+                    storage_dtype: str = "float32") -> None:
+    atomic_write_bytes(path, checkpoint_bytes(model, metadata, storage_dtype))
 
 
 def load_checkpoint(path: str | Path) -> LoadedModel:
@@ -86,7 +107,7 @@ def load_checkpoint(path: str | Path) -> LoadedModel:
     except OSError as exc:
         raise ModelError(path, f"cannot read the checkpoint ({exc.strerror})") from None
     try:
-        weights = load(data)
+        weights = {name: tensor.float() for name, tensor in load(data).items()}
         header_len = int.from_bytes(data[:8], "little")
         header = json.loads(data[8: 8 + header_len])
         raw_metadata = (header.get("__metadata__") or {}).get(METADATA_KEY)

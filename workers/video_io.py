@@ -143,12 +143,18 @@ def _append_frame(video: Video, frame) -> None:
         return
     if video.rgb:
         raise InputError(video.path, f"frame {len(video)} switches from RGB to {frame.format.name}")
-    packed = frame.to_ndarray(format="yuv420p")  # (H * 3 / 2, W): Y rows, then U and V packed
-    h, w = video.height, video.width
-    y = packed[:h]
-    u = packed[h:h + h // 4].reshape(h // 2, w // 2)
-    v = packed[h + h // 4:].reshape(h // 2, w // 2)
-    video.yuv.append((y.copy(), u.copy(), v.copy()))
+    video.yuv.append(_yuv420_planes(frame))
+
+
+def _yuv420_planes(frame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The Y, U, V planes of a frame as 8-bit 4:2:0 arrays (code values kept as they are)."""
+    if frame.format.name not in ("yuv420p", "yuvj420p"):  # yuvj420p: same planes, only the range flag differs
+        frame = frame.reformat(format="yuv420p")
+    planes = []
+    for plane in frame.planes[:3]:
+        rows = np.frombuffer(plane, dtype=np.uint8).reshape(-1, plane.line_size)
+        planes.append(rows[: plane.height, : plane.width].copy())
+    return planes[0], planes[1], planes[2]
 
 
 def _ffmpeg_reason(exc: Exception) -> str:
