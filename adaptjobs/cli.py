@@ -40,8 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
     encode = commands.add_parser("encode", help="encode a video with the base model (no adaptation)")
     encode.add_argument("input", help="video file, raw WxH .yuv, or folder of PNG frames")
     encode.add_argument("-o", "--output", required=True, help="the bitstream to write (.bits)")
-    encode.add_argument("--model", help="checkpoint (.safetensors), model folder, CompressAI .pth.tar, or shipped name")
-    encode.add_argument("--quality", type=_positive_int, help="quality index 1..N (higher: more bits, better quality)")
+    encode.add_argument("--model", help="checkpoint (.safetensors), model folder, CompressAI .pth.tar, or shipped name "
+                                        "(default: the shipped base model)")
+    encode.add_argument("--quality", type=_positive_int,
+                        help="quality index 1..N (higher: more bits, better quality; default 3 for a model family)")
     encode.add_argument("--frames", type=_positive_int, help="encode at most this many frames")
     encode.add_argument("--intra-period", type=_non_negative_int, default=DEFAULT_INTRA_PERIOD,
                         help=f"frames per I-frame; 0 = only the first (default {DEFAULT_INTRA_PERIOD})")

@@ -51,6 +51,7 @@ def test_quality_mismatch_and_family_folder(tmp_path, tiny_checkpoint, tiny_mode
     family.mkdir()
     (family / "q2.safetensors").write_bytes(tiny_checkpoint.read_bytes())
     assert resolve_model(str(family), 2).metadata == tiny_model.metadata
+    assert resolve_model(str(family)).metadata.quality == 2  # the only (middle) quality is the default
     with pytest.raises(ModelError, match="no quality 5"):
         resolve_model(str(family), 5)
     with pytest.raises(ModelError, match="no such checkpoint file, folder or shipped model"):

@@ -12,7 +12,7 @@ import torch
 from tests.conftest import crop_planes, write_raw_yuv, write_y4m_planes
 from workers.colour import rgb_to_yuv420, yuv420_to_rgb
 from workers.errors import InputError
-from workers.video_io import png_bytes, read_video, write_reconstruction, y4m_bytes
+from workers.video_io import png_bytes, read_video, write_reconstruction, y4m_bytes, yuv420_frame
 
 
 def _planes_equal(a, b) -> bool:
@@ -85,13 +85,7 @@ def test_container_with_odd_chroma_height(tmp_path, carphone):
         stream = out.add_stream("ffv1", rate=25)
         stream.width, stream.height, stream.pix_fmt = 176, 134, "yuv420p"
         for y, u, v in planes:
-            frame = av.VideoFrame(176, 134, "yuv420p")
-            for plane, data in zip(frame.planes, (y, u, v)):
-                rows = np.frombuffer(plane, dtype=np.uint8).reshape(-1, plane.line_size)
-                buffer = np.zeros_like(rows)
-                buffer[: data.shape[0], : data.shape[1]] = data
-                plane.update(buffer.tobytes())
-            out.mux(stream.encode(frame))
+            out.mux(stream.encode(yuv420_frame(y, u, v)))
         out.mux(stream.encode(None))
     video = read_video(path)
     assert video.yuv[0][1].shape == (67, 88)

@@ -1,7 +1,8 @@
 """Find a base model from what the user typed: a checkpoint file, a folder of them, or a name.
 
 - ``path/to/model.safetensors``: one of our checkpoints (one quality).
-- ``path/to/folder/``: a model family, one ``*.safetensors`` per quality; ``--quality`` picks one.
+- ``path/to/folder/``: a model family, one ``*.safetensors`` per quality; ``--quality`` picks one
+  (default: quality 3, or the middle one of what the family has).
 - ``path/to/ssf2020-mse-3-*.pth.tar``: a CompressAI checkpoint, imported in memory.
 - ``NAME``: a model family shipped inside the package (``workers/models/NAME/``).
 """
@@ -26,6 +27,14 @@ def default_model_name() -> str | None:
     """The shipped family used when no --model is given (None until one ships)."""
     names = shipped_model_names()
     return names[0] if names else None
+
+
+DEFAULT_QUALITY = 3
+
+
+def default_quality(available: list[int]) -> int:
+    ordered = sorted(available)
+    return DEFAULT_QUALITY if DEFAULT_QUALITY in ordered else ordered[len(ordered) // 2]
 
 
 def family_qualities(folder: Path) -> dict[int, Path]:
@@ -56,7 +65,7 @@ def resolve_model(spec: str | Path | None, quality: int | None = None) -> Loaded
     if path.is_dir():
         qualities = family_qualities(path)
         if quality is None:
-            raise ModelError(path, f"a model family: pass --quality (one of {sorted(qualities)})")
+            quality = default_quality(list(qualities))
         if quality not in qualities:
             raise ModelError(path, f"has no quality {quality} (available: {sorted(qualities)})")
         return load_checkpoint(qualities[quality])

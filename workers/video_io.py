@@ -157,6 +157,18 @@ def _yuv420_planes(frame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return planes[0], planes[1], planes[2]
 
 
+def yuv420_frame(y: np.ndarray, u: np.ndarray, v: np.ndarray):
+    """8-bit 4:2:0 planes -> a PyAV yuv420p VideoFrame (handles line padding and odd chroma heights)."""
+    import av
+
+    frame = av.VideoFrame(y.shape[1], y.shape[0], "yuv420p")
+    for plane, data in zip(frame.planes, (y, u, v)):
+        buffer = np.zeros((plane.height, plane.line_size), dtype=np.uint8)
+        buffer[: data.shape[0], : data.shape[1]] = data
+        plane.update(buffer.tobytes())
+    return frame
+
+
 def _ffmpeg_reason(exc: Exception) -> str:
     message = getattr(exc, "strerror", None) or str(exc)
     return message.splitlines()[0] if message else type(exc).__name__

