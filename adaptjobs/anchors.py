@@ -19,11 +19,11 @@ import torch
 from schemas.anchors import AnchorPoint
 from workers.errors import InputError
 from workers.metrics import ms_ssim_rgb, psnr_rgb, psnr_yuv
-from workers.video_io import Video, yuv420_frame
 from workers.colour import yuv420_to_rgb
+from workers.video_io import Video, yuv420_frame, yuv420_planes
 
 ENCODERS = {"x264": ("libx264", "h264", "x264-params"), "x265": ("libx265", "hevc", "x265-params")}
-DEFAULT_CRFS = (17.0, 22.0, 27.0, 32.0, 37.0, 42.0)
+DEFAULT_CRFS = (22.0, 27.0, 32.0, 37.0, 42.0, 47.0, 51.0)  # wide, so that low-rate curves overlap
 DEFAULT_PRESET = "medium"
 # keys of x264-params / x265-params that adaptjobs sets or lets users set
 _PARAM_KEYS = {"keyint", "min-keyint", "scenecut", "bframes", "log-level", "ref", "rc-lookahead", "aq-mode",
@@ -96,18 +96,10 @@ def encode_anchor(video: Video, codec: str, crf: float, intra_period: int, prese
     decoded = []
     for packet in [*packets, None]:
         for frame in decoder.decode(packet):
-            decoded.append(_planes(frame))
+            decoded.append(yuv420_planes(frame))
     if len(decoded) != len(video):
         raise RuntimeError(f"{codec} at crf {crf}: decoded {len(decoded)} frames of {len(video)}")
     return _measure(video, codec, crf, preset, intra_period, total, decoded), decoded
-
-
-def _planes(frame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    planes = []
-    for plane in frame.planes[:3]:
-        rows = np.frombuffer(plane, dtype=np.uint8).reshape(-1, plane.line_size)
-        planes.append(rows[: plane.height, : plane.width].copy())
-    return planes[0], planes[1], planes[2]
 
 
 def _measure(video: Video, codec: str, crf: float, preset: str, intra_period: int, total: int,

@@ -1,7 +1,7 @@
-"""The quick-start job (`make demo`): encode a real sample video, decode it back, print bpp and PSNR.
+"""The quick-start job (`make demo`): encode a real sample video with the shipped base model, decode it
+back, print bpp and PSNR, and check the decoder reproduced the encoder's reconstruction byte for byte.
 
-Until the pretrained base model ships (see the README's roadmap), the demo writes an untrained, seeded
-compact checkpoint and says so: the bits and bytes are real, the quality is that of random weights.
+(An installation without a shipped model falls back to an untrained seeded checkpoint and says so.)
 """
 
 from __future__ import annotations

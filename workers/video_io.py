@@ -143,10 +143,10 @@ def _append_frame(video: Video, frame) -> None:
         return
     if video.rgb:
         raise InputError(video.path, f"frame {len(video)} switches from RGB to {frame.format.name}")
-    video.yuv.append(_yuv420_planes(frame))
+    video.yuv.append(yuv420_planes(frame))
 
 
-def _yuv420_planes(frame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def yuv420_planes(frame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The Y, U, V planes of a frame as 8-bit 4:2:0 arrays (code values kept as they are)."""
     if frame.format.name not in ("yuv420p", "yuvj420p"):  # yuvj420p: same planes, only the range flag differs
         frame = frame.reformat(format="yuv420p")
