@@ -10,7 +10,10 @@ import argparse
 import sys
 from pathlib import Path
 
+from schemas.adapt import METHOD_CONFIGS
 from workers.errors import InputError
+
+METHOD_NAMES = tuple(METHOD_CONFIGS)
 
 EXIT_INPUT_ERROR = 1
 
@@ -54,7 +57,27 @@ def build_parser() -> argparse.ArgumentParser:
     decode.add_argument("input", help="the bitstream (.bits)")
     decode.add_argument("-o", "--output", required=True, help="the reconstruction to write (.y4m, or a folder of PNGs)")
     decode.add_argument("--model", help="the base model (default: the one the bitstream names, if shipped)")
+    decode.add_argument("--payload", help="the weight payload the stream needs (default: <name>.payload beside it)")
     decode.add_argument("--json", action="store_true", help="print the bitstream header as JSON")
+
+    adapt = commands.add_parser("adapt", help="adapt the codec to one video and code it (bitstream + weight payload)")
+    adapt.add_argument("input", help="video file, raw WxH .yuv, or folder of PNG frames")
+    adapt.add_argument("-o", "--output", required=True, help="output folder: <name>.bits, <name>.payload, result.json, "
+                                                             "adapt.log, checkpoint/")
+    adapt.add_argument("--method", required=True, choices=sorted(METHOD_NAMES), help="adaptation method")
+    adapt.add_argument("--model", help="base model (default: the shipped one)")
+    adapt.add_argument("--quality", type=_positive_int, help="quality index of the base model family")
+    adapt.add_argument("--frames", type=_positive_int, help="use at most this many frames")
+    adapt.add_argument("--intra-period", type=_non_negative_int, default=DEFAULT_INTRA_PERIOD,
+                       help=f"frames per I-frame; 0 = only the first (default {DEFAULT_INTRA_PERIOD})")
+    adapt.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="method option, e.g. training.epochs=3, variant=repeat, prior.grid=0.004, steps=2, "
+                            "lora.ranks=[8,4,4,2] (JSON values; repeatable; see `adaptjobs methods`)")
+    adapt.add_argument("--recon", help="also write the reconstruction (.y4m, or a folder of PNGs)")
+    adapt.add_argument("--json", action="store_true", help="print result.json")
+
+    methods = commands.add_parser("methods", help="list the adaptation methods and their options with defaults")
+    methods.add_argument("--json", action="store_true")
 
     init = commands.add_parser("init-model", help="write an untrained, seeded checkpoint (tests, benchmarks, pretraining start)")
     init.add_argument("output", help="the checkpoint to write (.safetensors)")
@@ -83,6 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     pretrain.add_argument("--stop-after-steps", type=_positive_int, help="train at most this many steps now, then save and exit")
     pretrain.add_argument("--time-limit", type=float, help="train at most this many minutes now, then save and exit")
     pretrain.add_argument("--no-progress", action="store_true", help="no progress bar")
+    pretrain.add_argument("--lambdas", help="comma-separated MSE lambdas, one per quality in increasing order "
+                                            "(default: CompressAI's lambdas of those quality indices)")
+    pretrain.add_argument("--init-from", help="start from this checkpoint's weights instead of random ones")
 
     info = commands.add_parser("info", help="describe a bitstream or a checkpoint")
     info.add_argument("input")
@@ -106,12 +132,71 @@ def _cmd_encode(args) -> int:
 def _cmd_decode(args) -> int:
     from workers.encode_job import decode_file
 
-    header = decode_file(args.input, args.output, model=args.model)
+    header = decode_file(args.input, args.output, model=args.model, payload_path=args.payload)
     if args.json:
         print(header.model_dump_json(indent=2))
     else:
         print(f"{args.output}: {header.frame_count} frames {header.width}x{header.height} "
               f"(model {header.model_id} q{header.quality})")
+    return 0
+
+
+def parse_set_options(pairs: list[str]) -> dict:
+    """["training.epochs=3", "variant=repeat"] -> {"training": {"epochs": 3}, "variant": "repeat"}."""
+    import json
+
+    options: dict = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise InputError(None, f"--set expects KEY=VALUE, got {pair!r}")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw  # a bare string such as repeat
+        node = options
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise InputError(None, f"--set {key}: {part} is not a group of options")
+        node[leaf] = value
+    return options
+
+
+def _cmd_adapt(args) -> int:
+    from workers.adapt.job import adapt_video, parse_method_config
+    from workers.model_store import resolve_model
+    from workers.video_io import read_video
+
+    config = parse_method_config(args.method, parse_set_options(args.set))
+    video = read_video(args.input, args.frames)
+    base = resolve_model(args.model, args.quality)
+    result = adapt_video(video, base, args.output, config, intra_period=args.intra_period, recon=args.recon)
+    if args.json:
+        print(result.model_dump_json(indent=2))
+    else:
+        sent = {"sent": "update sent", "base-cheaper": "no update sent (the base model was cheaper)",
+                "zero-update": "no update sent (training left it at zero)", "base-method": "base model"}[result.decision]
+        print(f"{args.output}: {result.method} q{result.quality}: {result.bpp_with_payload:.4f} bpp "
+              f"({result.payload_bytes} payload bytes, {100 * result.payload_share:.2f}% of the total), "
+              f"PSNR-RGB {result.psnr_rgb:.2f} dB, RD cost {result.rd_cost:.4f} vs base {result.rd_cost_base:.4f}; "
+              f"{sent}; {result.adaptation_steps} steps in {result.adapt_seconds:.1f} s; verified by decoding")
+    return 0
+
+
+def _cmd_methods(args) -> int:
+    import json
+
+    from schemas.adapt import METHOD_CONFIGS
+
+    defaults = {name: cls().model_dump(mode="json") for name, cls in METHOD_CONFIGS.items()}
+    if args.json:
+        print(json.dumps(defaults, indent=2))
+    else:
+        for name, cls in METHOD_CONFIGS.items():
+            print(f"{name}: {(cls.__doc__ or '').strip().splitlines()[0]}")
+            print(f"    defaults: {json.dumps({k: v for k, v in defaults[name].items() if k != 'method'})}")
     return 0
 
 
@@ -139,13 +224,25 @@ def _cmd_pretrain(args) -> int:
     if args.arch not in ARCHITECTURE_PRESETS:
         raise InputError(None, f"--arch must be one of {sorted(ARCHITECTURE_PRESETS)}, got {args.arch!r}")
     try:
-        qualities = [int(q) for q in args.qualities.split(",") if q.strip()]
+        qualities = sorted({int(q) for q in args.qualities.split(",") if q.strip()})
+        lambdas = None
+        if args.lambdas:
+            values = [float(v) for v in args.lambdas.split(",") if v.strip()]
+            if len(values) != len(qualities):
+                raise ValueError(f"--lambdas gives {len(values)} values for {len(qualities)} qualities")
+            lambdas = dict(zip(qualities, values))
+        init_from = init_sha256 = None
+        if args.init_from:
+            from workers.checkpoints import load_checkpoint
+            init_from = str(Path(args.init_from).resolve())
+            init_sha256 = load_checkpoint(init_from).metadata.weights_sha256
         config = PretrainConfig(
             data=[str(Path(d).resolve()) for d in args.data], architecture=ARCHITECTURE_PRESETS[args.arch],
             qualities=qualities, model_id=args.model_id, seed=args.seed, crop=args.crop, batch=args.batch,
             clip_frames=args.clip_frames, intra_steps=args.intra_steps, inter_steps=args.inter_steps,
             finetune_steps=args.finetune_steps, learning_rate=args.lr, checkpoint_every=args.checkpoint_every,
-            clips_per_video=args.clips_per_video, storage_dtype=args.storage_dtype)
+            clips_per_video=args.clips_per_video, storage_dtype=args.storage_dtype, lambdas=lambdas,
+            init_from=init_from, init_sha256=init_sha256)
     except (ValueError, ValidationError) as exc:
         raise InputError(None, f"invalid pretraining options: {str(exc).splitlines()[-1].strip()}") from None
     trainer = run_pretrain(config, Path(args.output), stop_after_steps=args.stop_after_steps,
@@ -176,7 +273,7 @@ def _cmd_info(args) -> int:
 
 
 COMMANDS = {"encode": _cmd_encode, "decode": _cmd_decode, "init-model": _cmd_init_model, "pretrain": _cmd_pretrain,
-            "info": _cmd_info}
+            "info": _cmd_info, "adapt": _cmd_adapt, "methods": _cmd_methods}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,7 +25,10 @@ class BitstreamHeader(BaseModel):
     fps_num: int = Field(ge=1)
     fps_den: int = Field(ge=1)
     intra_period: int = Field(ge=0, description="frames per I-frame; 0 = only the first frame is intra")
-    method: str = Field("none", min_length=1, max_length=64)
+    method: str = Field("none", min_length=1, max_length=64,
+                        description="the adaptation the frames were coded with ('none' when no update was sent)")
+    payload_sha256: str | None = Field(None, pattern="^[0-9a-f]{64}$",
+                                       description="sha256 of the weight payload the decoder must apply; absent: none")
 
     @model_validator(mode="after")
     def _even_sizes(self) -> "BitstreamHeader":

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from schemas.codec import MSE_LAMBDAS, SSFArchitecture
 
@@ -40,6 +40,16 @@ class PretrainConfig(BaseModel):
     clips_per_video: int = Field(24, ge=1)
     max_frames_per_video: int = Field(300, ge=2)
     storage_dtype: Literal["float32", "float16"] = "float16"
+    lambdas: dict[int, float] | None = Field(
+        None, description="quality -> MSE lambda; default CompressAI's table (MSE_LAMBDAS) for every quality")
+    init_from: str | None = Field(None, description="checkpoint whose weights start the first phase (else random)")
+    init_sha256: str | None = Field(None, description="sha256 of init_from's weights, so a resumed run checks them")
+
+    def lambda_for(self, quality: int) -> float:
+        """The MSE lambda this run trains ``quality`` with."""
+        if self.lambdas is not None:
+            return self.lambdas[quality]
+        return MSE_LAMBDAS[quality - 1]
 
     @field_validator("crop")
     @classmethod
@@ -54,3 +64,13 @@ class PretrainConfig(BaseModel):
         if any(not 1 <= q <= len(MSE_LAMBDAS) for q in value):
             raise ValueError(f"qualities must be in 1..{len(MSE_LAMBDAS)}")
         return sorted(set(value))
+
+    @model_validator(mode="after")
+    def _lambdas_cover_qualities(self) -> "PretrainConfig":
+        if self.lambdas is not None:
+            if sorted(self.lambdas) != self.qualities:
+                raise ValueError("lambdas must give exactly one lambda per quality")
+            ordered = [self.lambdas[q] for q in self.qualities]
+            if any(value <= 0 for value in ordered) or ordered != sorted(set(ordered)):
+                raise ValueError("lambdas must be positive and increase with the quality")
+        return self

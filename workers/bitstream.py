@@ -46,7 +46,7 @@ class FrameChunk:
 
 
 def header_json(header: BitstreamHeader) -> bytes:
-    return json.dumps(header.model_dump(), sort_keys=True, separators=(",", ":")).encode("utf-8")
+    return json.dumps(header.model_dump(exclude_none=True), sort_keys=True, separators=(",", ":")).encode("utf-8")
 
 
 def pack(header: BitstreamHeader, frames: list[FrameChunk]) -> bytes:

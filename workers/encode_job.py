@@ -88,16 +88,35 @@ def encode_file(input_path: str | Path, output: str | Path, model: str | None = 
     return encode_video(video, loaded, output, intra_period, recon)
 
 
-def decode_file(bits_path: str | Path, output: str | Path, model: str | None = None) -> BitstreamHeader:
+def decode_file(bits_path: str | Path, output: str | Path, model: str | None = None,
+                payload_path: str | Path | None = None) -> BitstreamHeader:
     """Decode ``bits_path`` to ``output`` (.y4m, or a PNG folder). The model defaults to the one the
-    header names when it ships with the package."""
+    header names when it ships with the package. A stream made with a decoder update needs its payload:
+    ``payload_path``, by default <bits stem>.payload beside the bitstream."""
+    from workers.adapt.job import check_payload_binding, decoder_model
+
     bits_path = Path(bits_path)
     try:
         data = bits_path.read_bytes()
     except OSError as exc:
         raise InputError(bits_path, f"cannot read the bitstream ({exc.strerror})") from None
     header, _ = unpack_header(data, bits_path)
+    if payload_path is None and header.payload_sha256 is not None and bits_path.with_suffix(".payload").exists():
+        payload_path = bits_path.with_suffix(".payload")
+    payload = None
+    if payload_path is not None:
+        try:
+            payload = Path(payload_path).read_bytes()
+        except OSError as exc:
+            raise InputError(payload_path, f"cannot read the payload ({exc.strerror})") from None
     loaded = resolve_model(model if model is not None else header.model_id, header.quality)
-    _, frames = decode_sequence(data, lambda h: checked_model(loaded, h, bits_path), bits_path)
+
+    def model_for(h: BitstreamHeader) -> tuple[ScaleSpaceFlow, EntropyTables]:
+        checked_model(loaded, h, bits_path)
+        check_payload_binding(h, payload, bits_path, payload_path)
+        adapted = decoder_model(loaded, payload, payload_path)
+        return adapted, adapted.entropy_tables()
+
+    _, frames = decode_sequence(data, model_for, bits_path)
     write_reconstruction(output, frames, header.fps)
     return header

@@ -34,8 +34,14 @@ class EncodedSequence:
 
 
 def encode_sequence(model: ScaleSpaceFlow, tables: EntropyTables, frames: Iterable[torch.Tensor],
-                    header: BitstreamHeader, keep_latents: bool = False) -> EncodedSequence:
-    """Encode ``header.frame_count`` RGB frames (3, H, W) in [0, 1] of ``header``'s size."""
+                    header: BitstreamHeader, keep_latents: bool = False,
+                    inter_encoder: Callable[[int, torch.Tensor], ScaleSpaceFlow] | None = None) -> EncodedSequence:
+    """Encode ``header.frame_count`` RGB frames (3, H, W) in [0, 1] of ``header``'s size.
+
+    ``inter_encoder(index, intra_hat)``, called after each I-frame with its index and padded
+    reconstruction (1, 3, H, W), returns the model whose encoder codes the GoP's P-frames (encoder-side
+    adaptation); its decoder parts must be ``model``'s, so a stock decoder decodes the stream.
+    """
     padded = padded_size(header.height, header.width)
     chunks, reconstruction, latents = [], [], []
     bits = FrameTypeBits()
@@ -46,11 +52,12 @@ def encode_sequence(model: ScaleSpaceFlow, tables: EntropyTables, frames: Iterab
         x = pad_to_multiple(frame.unsqueeze(0))
         if header.is_intra(index):
             x_ref, intra = model.encode_intra(x, tables)
+            inter_model = model if inter_encoder is None else inter_encoder(index, x_ref)
             streams, coded = [intra.y_stream, intra.z_stream], {"intra": intra}
             chunks.append(FrameChunk(FRAME_INTRA, streams))
             bits.intra += 8 * sum(map(len, streams))
         else:
-            x_ref, motion, residual = model.encode_inter(x, x_ref, tables)
+            x_ref, motion, residual = inter_model.encode_inter(x, x_ref, tables)
             streams = [motion.y_stream, motion.z_stream, residual.y_stream, residual.z_stream]
             coded = {"motion": motion, "residual": residual}
             chunks.append(FrameChunk(FRAME_INTER, streams))

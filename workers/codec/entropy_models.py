@@ -96,12 +96,13 @@ class EntropyBottleneck(nn.Module):
         return likelihood.reshape(c, n, h, w).permute(1, 0, 2, 3)
 
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Training: noisy z and its likelihood; eval: z rounded around the medians."""
+        """Training: noisy z and its likelihood; eval: z rounded around the medians (straight-through
+        gradient, so adaptation can train through the exact quantization the coder uses)."""
         if self.training:
             z_hat = add_quantization_noise(z)
         else:
             medians = self.medians().view(1, -1, 1, 1)
-            z_hat = torch.round(z - medians) + medians
+            z_hat = round_ste(z - medians) + medians
         return z_hat, self.likelihood(z_hat)
 
     def aux_loss(self) -> torch.Tensor:
@@ -130,8 +131,8 @@ class GaussianConditional(nn.Module):
         return lower_bound(upper - lower, LIKELIHOOD_BOUND)
 
     def forward(self, y: torch.Tensor, scales: torch.Tensor, means: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Training: likelihood of y + noise; eval: likelihood of round(y - mean) + mean."""
-        y_tilde = add_quantization_noise(y) if self.training else torch.round(y - means) + means
+        """Training: likelihood of y + noise; eval: likelihood of round(y - mean) + mean (straight-through)."""
+        y_tilde = add_quantization_noise(y) if self.training else round_ste(y - means) + means
         return y_tilde, self.likelihood(y_tilde, scales, means)
 
     def indexes(self, scales: torch.Tensor) -> torch.Tensor:

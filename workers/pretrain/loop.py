@@ -29,7 +29,7 @@ from workers.checkpoints import make_metadata, round_weights, save_checkpoint
 from workers.codec.ssf import ScaleSpaceFlow
 from workers.errors import InputError
 from workers.pretrain.dataset import TrainingData, build_cache, load_cache
-from workers.rd_loss import lambda_for_quality, rate_distortion
+from workers.rd_loss import rate_distortion
 
 STATE_FORMAT = "adaptjobs-pretrain-state-1"
 
@@ -69,8 +69,21 @@ class Trainer:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)  # the initial weights
             self.model = ScaleSpaceFlow(config.architecture)
+        if config.init_from is not None:
+            self._load_initial_weights(Path(config.init_from))
         self.phase_index, self.step = 0, 0
         self._new_optimizers()
+
+    def _load_initial_weights(self, path: Path) -> None:
+        """Start from a checkpoint (e.g. to continue a finished run with a new schedule or lambdas)."""
+        from workers.checkpoints import load_checkpoint
+
+        loaded = load_checkpoint(path)
+        if loaded.metadata.architecture != self.config.architecture:
+            raise InputError(path, "the initial checkpoint has another architecture than --arch")
+        if self.config.init_sha256 and loaded.metadata.weights_sha256 != self.config.init_sha256:
+            raise InputError(path, "the initial checkpoint changed since this run started (sha256 differs)")
+        self.model.load_state_dict(loaded.model.state_dict())
 
     # ------------------------------------------------------------------ optimizers and state
     def _new_optimizers(self) -> None:
@@ -122,7 +135,7 @@ class Trainer:
         seed = _step_seed(self.config, self.phase_index, self.step)
         batch_generator = torch.Generator().manual_seed(seed)
         frames = data.sample_batch(batch_generator, self.config.batch, frames_per_sample, self.config.crop)
-        lmbda = lambda_for_quality(phase.quality)
+        lmbda = self.config.lambda_for(phase.quality)
         learning_rate = phase_learning_rate(self.config, phase, self.step)
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate
@@ -158,7 +171,7 @@ class Trainer:
     def save_quality(self, quality: int) -> Path:
         """Write models/q{quality}.safetensors from the current weights (rounded to the storage dtype)."""
         round_weights(self.model, self.config.storage_dtype)
-        metadata = make_metadata(self.model.eval(), self.config.model_id, quality, lambda_for_quality(quality),
+        metadata = make_metadata(self.model.eval(), self.config.model_id, quality, self.config.lambda_for(quality),
                                  Provenance(source="adaptjobs-pretrain", seed=self.config.seed,
                                             training_data=", ".join(self.config.data),
                                             notes=f"phases: {[p.kind + ':' + str(p.steps) for p in self.plan if p.quality >= quality]}"))

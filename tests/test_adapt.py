@@ -1,0 +1,278 @@
+"""Adaptation: the weight prior and payload coding, every method's round trip, decisions, resume, damage.
+
+Runs on a tiny seeded model and the first frames of the real carphone sample (176x144), CPU only."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+import torch
+
+from adaptjobs.cli import main
+from schemas.adapt import DecoderLoraConfig, FullDecoderConfig, GopAdaptersConfig, PayloadHeader, WeightPrior
+from workers.adapt.decoder_updates import LoraUpdate, apply_update, decoder_deconvs
+from workers.adapt.job import adapt_video, decode_files, parse_method_config
+from workers.adapt.payload import WeightUpdate, decode_payload, encode_payload, make_header
+from workers.adapt.prior import (bin_probability, coding_probabilities, ideal_bits, quantize_ste, weight_bits)
+from workers.bitstream import unpack
+from workers.checkpoints import save_checkpoint
+from workers.errors import BitstreamError, InputError
+from workers.video_codec import decode_sequence
+
+FAST_DECODER = {"training": {"epochs": 2, "crop": 128, "batch": 2, "train_gop": 2, "learning_rate": 0.02,
+                             "checkpoint_every": 1}}
+
+
+def config_for(method: str, **options):
+    return parse_method_config(method, options)
+
+
+# ------------------------------------------------------------------ prior
+def test_bin_probabilities_form_a_distribution_and_favour_zero():
+    prior = WeightPrior()
+    probabilities = coding_probabilities(prior, 2000)
+    assert abs(probabilities.sum() - 1.0) < 1e-12
+    mass = bin_probability(prior, torch.arange(-4000, 4001, dtype=torch.float64) * prior.grid)
+    assert abs(float(mass.sum()) - 1.0) < 1e-9  # untruncated bins cover the real line
+    assert probabilities[2000] > 0.99 and probabilities[2000] == probabilities.max()
+    assert probabilities[2001] == pytest.approx(probabilities[1999])  # symmetric
+
+
+def test_weight_rate_carries_gradients_towards_zero():
+    prior = WeightPrior()
+    update = torch.tensor([0.0, 0.012, -0.03, 0.2], requires_grad=True)
+    bits = weight_bits(prior, quantize_ste(update, prior.grid))
+    bits.backward()
+    assert bits.item() > 0
+    gradient = update.grad
+    assert gradient[0] == 0  # the zero bin is a minimum of the rate
+    assert torch.all(torch.sign(gradient[1:]) == torch.sign(update.detach()[1:]))  # descent shrinks |d|
+
+
+# ------------------------------------------------------------------ payload
+def sample_indices(prior: WeightPrior, count: int, seed: int) -> torch.Tensor:
+    """Grid indices drawn from the spike-and-slab prior itself."""
+    generator = torch.Generator().manual_seed(seed)
+    slab = torch.rand(count, generator=generator) < 1.0 / (1.0 + prior.alpha) * 50  # more slab than the prior, still sparse
+    values = torch.where(slab, torch.randn(count, generator=generator) * prior.slab_std,
+                         torch.randn(count, generator=generator) * prior.spike)
+    return torch.round(values / prior.grid).to(torch.int64)
+
+
+def payload_for(indices: dict[str, torch.Tensor], sha: str = "a" * 64, prior: WeightPrior = WeightPrior()) -> WeightUpdate:
+    header = make_header("base", sha, 2, "decoder-lora", {"method": "decoder-lora"}, prior, indices)
+    return WeightUpdate(header, indices)
+
+
+def test_payload_round_trip_and_bits_within_one_percent_of_the_prior():
+    prior = WeightPrior()
+    indices = {"layer.lora_A_delta": sample_indices(prior, 120_000, 0).reshape(300, 400),
+               "layer.lora_B": sample_indices(prior, 80_000, 1).reshape(200, 400)}
+    data = encode_payload(payload_for(indices))
+    decoded = decode_payload(data, "a" * 64)
+    assert all(torch.equal(decoded.indices[k], v) for k, v in indices.items())
+    header = decoded.header
+    flat = torch.cat([v.reshape(-1) for v in indices.values()])
+    ideal = ideal_bits(prior, flat, header.bound)
+    stream_bits = 8 * (len(data) - len(encode_payload(payload_for({k: torch.zeros(0, dtype=torch.int64)
+                                                                   for k in indices})))) 
+    assert ideal > 1000
+    assert abs(stream_bits - ideal) / ideal < 0.01, (stream_bits, ideal)
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "extend", "magic", "other-model"])
+def test_damaged_or_foreign_payloads_are_refused(damage):
+    data = bytearray(encode_payload(payload_for({"w": torch.tensor([[0, 3, -2, 0]])})))
+    sha = "a" * 64
+    if damage == "flip":
+        data[len(data) // 2] ^= 0x40
+    elif damage == "truncate":
+        data = data[:-5]
+    elif damage == "extend":
+        data += b"\0"
+    elif damage == "magic":
+        data[:4] = b"XXXX"
+    else:
+        sha = "b" * 64
+    with pytest.raises(BitstreamError) as error:
+        decode_payload(bytes(data), sha, "x.payload")
+    assert str(error.value).startswith("x.payload: ") and "\n" not in str(error.value)
+
+
+# ------------------------------------------------------------------ LoRA
+@pytest.mark.parametrize("variant", ["extended", "repeat"])
+def test_lora_starts_at_the_base_model_and_shapes_follow_the_paper(tiny_model, variant):
+    config = DecoderLoraConfig(variant=variant, ranks=(4, 2, 2, 1))
+    update = LoraUpdate(tiny_model.model, config)
+    zeros = {k: torch.zeros_like(v) for k, v in update.coded.items()}
+    weights = update.weights(zeros)
+    parameters = dict(tiny_model.model.named_parameters())
+    assert all(torch.equal(w, parameters[name]) for name, w in weights.items())
+    layers = decoder_deconvs(tiny_model.model)
+    assert len(weights) == len(layers) == 12  # 4 transposed convs in each of the three decoders
+    name, index, deconv = layers[0]
+    c_in, c_out, k, _ = deconv.weight.shape
+    rank = 4
+    a, b = update.coded[f"{name}.lora_A_delta".replace(".", "__")], update.coded[f"{name}.lora_B".replace(".", "__")]
+    if variant == "extended":
+        assert a.shape == (rank * k, c_in * k) and b.shape == (c_out * k, rank * k)
+    else:
+        assert a.shape == (rank, c_in) and b.shape == (c_out, rank)
+    # A's initialisation is regenerated from the seed, never sent
+    again = LoraUpdate(tiny_model.model, config)
+    assert all(torch.equal(update.a_init[n], again.a_init[n]) for n in update.a_init)
+
+
+# ------------------------------------------------------------------ whole units
+@pytest.fixture(scope="module")
+def none_result(tmp_path_factory, carphone, tiny_model):
+    out = tmp_path_factory.mktemp("none")
+    return out, adapt_video(carphone, tiny_model, out, config_for("none"), intra_period=2)
+
+
+def test_none_is_the_base_stream(none_result, carphone):
+    out, result = none_result
+    assert result.decision == "base-method" and result.payload_bytes == 0 and not (out / "carphone_pristine.payload").exists()
+    assert result.bytes_written == (out / "carphone_pristine.bits").stat().st_size
+    assert json.loads((out / "result.json").read_text())["bpp_with_payload"] == result.bpp
+
+
+@pytest.mark.parametrize("method,options", [("decoder-lora", {"training": {"epochs": 0}}),
+                                            ("full-decoder", {"training": {"epochs": 0}}),
+                                            ("gop-adapters", {"steps": 0}),
+                                            ("gop-adapters+decoder-lora", {"lora": {"training": {"epochs": 0}},
+                                                                           "adapters": {"steps": 0}})])
+def test_zero_step_adaptation_is_exactly_the_none_bitstream(tmp_path, none_result, carphone, tiny_model, method, options):
+    out, _ = none_result
+    result = adapt_video(carphone, tiny_model, tmp_path, config_for(method, send_update="always", **options), intra_period=2)
+    assert result.payload_bytes == 0 and not (tmp_path / "carphone_pristine.payload").exists()
+    if method.startswith("gop"):  # zero-initialised adapters: same encoder outputs, same bytes
+        assert result.decision == "sent"
+        header_a, frames_a = unpack((tmp_path / "carphone_pristine.bits").read_bytes())
+        header_b, frames_b = unpack((out / "carphone_pristine.bits").read_bytes())
+        assert [f.streams for f in frames_a] == [f.streams for f in frames_b]
+        assert header_a.payload_sha256 is None
+    else:
+        assert result.decision == "zero-update"
+        assert (tmp_path / "carphone_pristine.bits").read_bytes() == (out / "carphone_pristine.bits").read_bytes()
+
+
+@pytest.mark.parametrize("method,options", [
+    ("decoder-lora", dict(FAST_DECODER, ranks=[2, 2, 2, 1])),
+    ("decoder-lora", dict(FAST_DECODER, variant="repeat")),
+    ("full-decoder", FAST_DECODER),
+])
+def test_decoder_update_round_trip_through_the_cli(tmp_path, carphone_path, tiny_checkpoint, method, options, capsys):
+    out = tmp_path / "unit"
+    sets = [f"--set=training={json.dumps(options['training'])}"] + [
+        f"--set={k}={json.dumps(v)}" for k, v in options.items() if k != "training"]
+    code = main(["adapt", str(carphone_path), "-o", str(out), "--method", method, "--model", str(tiny_checkpoint),
+                 "--frames", "4", "--intra-period", "2", "--set", "send_update=always", *sets,
+                 "--recon", str(tmp_path / "recon.y4m"), "--json"])
+    assert code == 0
+    result = json.loads(capsys.readouterr().out)
+    payload = out / "carphone_pristine.payload"
+    assert result["decision"] == "sent" and payload.stat().st_size == result["payload_bytes"] > 0
+    assert result["bpp_with_payload"] == pytest.approx(
+        8 * (result["bytes_written"] + result["payload_bytes"]) / (176 * 144 * 4))
+    header, _ = unpack((out / "carphone_pristine.bits").read_bytes())
+    assert header.payload_sha256 == hashlib.sha256(payload.read_bytes()).hexdigest()
+    assert main(["decode", str(out / "carphone_pristine.bits"), "-o", str(tmp_path / "decoded.y4m"),
+                 "--model", str(tiny_checkpoint)]) == 0  # finds <name>.payload beside the stream
+    assert (tmp_path / "decoded.y4m").read_bytes() == (tmp_path / "recon.y4m").read_bytes()
+    # 4 frames -> clips of 2 frames starting at 0 and 2 -> one batch of 2 per epoch, 2 epochs
+    assert json.loads((out / "result.json").read_text())["adaptation_steps"] == 2
+
+
+def test_decoding_needs_the_right_payload(tmp_path, carphone, tiny_model, other_tiny_model, tiny_checkpoint, capsys):
+    first = adapt_video(carphone, tiny_model, tmp_path / "a", config_for("decoder-lora", send_update="always", **FAST_DECODER),
+                        intra_period=2)
+    second = adapt_video(carphone, tiny_model, tmp_path / "b",
+                         config_for("decoder-lora", send_update="always", seed=1, **FAST_DECODER), intra_period=2)
+    bits = tmp_path / "a" / "carphone_pristine.bits"
+    with pytest.raises(BitstreamError, match="needs its weight payload"):
+        decode_files(bits, None, tiny_model)
+    with pytest.raises(BitstreamError, match="is not the payload of"):
+        decode_files(bits, tmp_path / "b" / "carphone_pristine.payload", tiny_model)
+    # a payload made for another base model
+    foreign = tmp_path / "other.safetensors"
+    save_checkpoint(foreign, other_tiny_model.model, other_tiny_model.metadata)
+    with pytest.raises(BitstreamError, match="encoded with model|payload was made for"):
+        decode_files(bits, tmp_path / "a" / "carphone_pristine.payload", other_tiny_model)
+    payload = tmp_path / "a" / "carphone_pristine.payload"
+    header_bytes = bytearray(payload.read_bytes())
+    header_bytes[-2] ^= 1
+    payload.write_bytes(bytes(header_bytes))
+    code = main(["decode", str(bits), "-o", str(tmp_path / "x.y4m"), "--model", str(tiny_checkpoint)])
+    error = capsys.readouterr().err.strip()
+    assert code != 0 and "\n" not in error and "carphone_pristine" in error
+    assert not (tmp_path / "x.y4m").exists()
+    assert first.update_sent and second.update_sent
+
+
+def test_gop_adapter_streams_decode_with_the_stock_decoder(tmp_path, carphone, tiny_model):
+    config = config_for("gop-adapters", send_update="always", steps=2)
+    result = adapt_video(carphone, tiny_model, tmp_path, config, intra_period=2, recon=tmp_path / "r.y4m")
+    assert result.decision == "sent" and result.adaptation_steps == 2 * 2 * 4  # GoPs x steps x patches
+    data = (tmp_path / "carphone_pristine.bits").read_bytes()
+    header, frames = decode_sequence(data, lambda h: (tiny_model.model, tiny_model.model.entropy_tables()))
+    assert header.method == "gop-adapters" and header.payload_sha256 is None
+    from workers.video_io import read_video
+    decoded = read_video(tmp_path / "r.y4m")
+    assert len(frames) == len(decoded) == 4
+
+
+@pytest.mark.parametrize("method", ["decoder-lora", "gop-adapters"])
+def test_resumed_equals_uninterrupted(tmp_path, carphone, tiny_model, monkeypatch, method):
+    # 4 frames: 2 clips of 2 frames, one per step: 6 steps; adapters: 2 GoPs x 2 steps x 4 patches
+    options = {"training": dict(FAST_DECODER["training"], batch=1, epochs=3)} if method == "decoder-lora" else {"steps": 2}
+    config = config_for(method, send_update="always", **options)
+    reference = adapt_video(carphone, tiny_model, tmp_path / "reference", config, intra_period=2)
+
+    crash_after = 3 if method == "decoder-lora" else 6  # past the first checkpoint (adapters: after a full pass)
+    calls = {"n": 0}
+    original = torch.optim.Adam.step
+
+    def crashing_step(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] > crash_after:
+            raise KeyboardInterrupt("simulated crash")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", crashing_step)
+    with pytest.raises(KeyboardInterrupt):
+        adapt_video(carphone, tiny_model, tmp_path / "resumed", config, intra_period=2)
+    monkeypatch.setattr(torch.optim.Adam, "step", original)
+    assert not (tmp_path / "resumed" / "result.json").exists()
+    resumed = adapt_video(carphone, tiny_model, tmp_path / "resumed", config, intra_period=2)
+    assert resumed.resumed_from_step > 0
+    for suffix in (".bits", ".payload"):
+        a, b = tmp_path / "reference" / f"carphone_pristine{suffix}", tmp_path / "resumed" / f"carphone_pristine{suffix}"
+        assert a.exists() == b.exists()
+        if a.exists():
+            assert a.read_bytes() == b.read_bytes()
+    assert resumed.adaptation_steps == reference.adaptation_steps
+
+
+def test_patch_gops_cover_the_picture_not_the_padding():
+    from workers.adapt.training import patch_windows
+    assert patch_windows(144, 176, 256, 256, 128) == [(0, 0, 128, 128), (0, 48, 128, 128), (16, 0, 128, 128), (16, 48, 128, 128)]
+    assert patch_windows(96, 100, 128, 128, 256) == [(0, 0, 128, 128)]
+    assert patch_windows(288, 352, 384, 384, 256) == [(0, 0, 256, 256), (0, 96, 256, 256), (32, 0, 256, 256), (32, 96, 256, 256)]
+
+
+def test_a_checkpoint_of_another_config_is_refused(tmp_path, carphone, tiny_model):
+    adapt_video(carphone, tiny_model, tmp_path, config_for("decoder-lora", **FAST_DECODER), intra_period=2)
+    other = config_for("decoder-lora", seed=5, **FAST_DECODER)
+    with pytest.raises(InputError, match="another adaptation config"):
+        adapt_video(carphone, tiny_model, tmp_path, other, intra_period=2)
+
+
+def test_bad_method_options_are_one_line_errors(tmp_path, carphone_path, tiny_checkpoint, capsys):
+    code = main(["adapt", str(carphone_path), "-o", str(tmp_path), "--method", "decoder-lora",
+                 "--model", str(tiny_checkpoint), "--set", "training.crop=100"])
+    error = capsys.readouterr().err.strip()
+    assert code != 0 and "\n" not in error and "crop" in error
+    assert not any(tmp_path.iterdir())
