@@ -17,11 +17,15 @@ import datetime
 import importlib.util
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results_file import replace_section  # noqa: E402
 
 from schemas.bitstream import BitstreamHeader
 from schemas.codec import ARCHITECTURE_PRESETS
@@ -110,10 +114,10 @@ def main() -> None:
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
                platform.processor())
     lines = [
-        "# Benchmarks", "",
+        "## Codec speed and entropy coder", "",
         f"Measured {datetime.date.today()} on {cpu}, {os.cpu_count()} cores, torch {torch.__version__} "
         f"({torch.get_num_threads()} threads), Python {platform.python_version()}.", "",
-        "## Codec speed (frames per second, untrained seeded weights, real bigbuckbunny frames)", "",
+        "### Codec speed (frames per second, untrained seeded weights, real bigbuckbunny frames)", "",
         f"`python benchmarks/bench_codec.py --frames {args.frames}`: every frame an I-frame (I), or one I-frame then "
         "P-frames (P; the I-frame is included in the P timing).", "",
         "| width | size | I encode | I decode | I+P encode | I+P decode |", "|---|---|---|---|---|---|",
@@ -124,12 +128,12 @@ def main() -> None:
             lines.append(f"| {arch} | {width}x{height} | {t['I encode fps']:.2f} | {t['I decode fps']:.2f} | "
                          f"{t['P encode fps']:.2f} | {t['P decode fps']:.2f} |")
             print(lines[-1], flush=True)
-    lines += ["", "## Entropy coder (constriction ANS)", "",
+    lines += ["", "### Entropy coder (constriction ANS)", "",
               "| stream | symbols | ideal bits | real bits | overhead | encode M symbols/s | decode M symbols/s |",
               "|---|---|---|---|---|---|---|", *coder_rows(), ""]
     text = "\n".join(lines)
     if args.out:
-        args.out.write_text(text)
+        replace_section(args.out, "codec", text)
     print(text)
 
 

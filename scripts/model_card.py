@@ -61,7 +61,7 @@ def training_summary(run: Path | None) -> dict:
     final = {}
     for record in records:
         final[(record["phase"], record["quality"])] = record
-    return {"config": json.loads(config.model_dump_json()), "wall_seconds": wall,
+    return {"run": run.name, "config": json.loads(config.model_dump_json()), "wall_seconds": wall,
             "final_training_records": [final[k] for k in final]}
 
 
@@ -139,23 +139,32 @@ def render(card: dict) -> str:
              "| quality | lambda (MSE) | file | bytes | file sha256 | weights sha256 |", "|---|---|---|---|---|---|"]
     for f in card["files"]:
         lines.append(f"| {f['quality']} | {f['lambda']} | {f['file']} | {f['bytes']:,} | `{f['file_sha256']}` | `{f['weights_sha256']}` |")
-    training = card.get("training", {})
     lines += ["", "## Training", ""]
-    if training:
+    for training in card.get("training", []):
         config = training["config"]
-        lines += [f"`adaptjobs pretrain` (workers/pretrain/), seed {config['seed']}: {config['intra_steps']} I-frame steps "
-                  f"then {config['inter_steps']} clip steps ({config['clip_frames']}-frame clips, I + P on the reference chain) "
-                  f"at quality {max(config['qualities'])}, then {config['finetune_steps']} fine-tuning steps per lower quality, "
-                  f"each from the next higher one. Batch {config['batch']} crops of {config['crop']}x{config['crop']}, Adam lr "
-                  f"{config['learning_rate']} (a tenth for the last {int(100 * config['lr_decay_fraction'])}% of each phase), "
-                  f"gradient norm clipped at {config['clip_grad_norm']}. Loss: lambda * 255^2 * MSE + estimated bpp.", "",
-                  f"Wall time: {training['wall_seconds'] / 60:.0f} min on {card['machine']} (CPU only; no GPU was available).", "",
-                  f"Training data: `{', '.join(config['data'])}` only (never eval-dev). Sources and licences:", ""]
-        lines += card["train_data_table"]
-        lines += ["", "Last training log window per phase (estimated bpp and PSNR on training crops):", "",
+        lambdas = config.get("lambdas") or "CompressAI's table"
+        start = (f"starting from `{Path(config['init_from']).name}` (sha256 {config['init_sha256'][:12]})"
+                 if config.get("init_from") else "from random weights")
+        lines += [f"### Run `{training['run']}`", "",
+                  f"`adaptjobs pretrain` (workers/pretrain/), seed {config['seed']}, {start}: {config['intra_steps']} "
+                  f"I-frame steps then {config['inter_steps']} clip steps ({config['clip_frames']}-frame clips, I + P on the "
+                  f"reference chain) at quality {max(config['qualities'])}, then {config['finetune_steps']} fine-tuning "
+                  f"steps per lower quality, each from the next higher one; lambdas {lambdas}. Batch {config['batch']} crops "
+                  f"of {config['crop']}x{config['crop']}, Adam lr {config['learning_rate']} (a tenth for the last "
+                  f"{int(100 * config['lr_decay_fraction'])}% of each phase), gradient norm clipped at "
+                  f"{config['clip_grad_norm']}. Loss: lambda * 255^2 * MSE + estimated bpp. Wall time "
+                  f"{training['wall_seconds'] / 60:.0f} min (CPU only; no GPU was available).", "",
+                  "Last training log window per phase (estimated bpp and PSNR on training crops):", "",
                   "| phase | quality | step | est. bpp | PSNR dB |", "|---|---|---|---|---|"]
         for r in training["final_training_records"]:
             lines.append(f"| {r['phase']} | {r['quality']} | {r['step']} | {r['bpp']:.3f} | {r['psnr']:.2f} |")
+        lines.append("")
+    if card.get("training"):
+        data = sorted({d for t in card["training"] for d in t["config"]["data"]})
+        lines += [f"Training data: `{', '.join(data)}` only (never eval-dev). Sources and licences:", ""]
+        lines += card["train_data_table"]
+    lines += ["", "Where each shipped quality comes from:", ""]
+    lines += [f"- q{f['quality']}: {f.get('provenance', '')}" for f in card["files"]]
     lines += ["", "## Measured on eval-dev", "",
               f"Every frame of every sequence in `../shared/data/eval-dev`, intra period {card['intra_period']}; bpp from the "
               f"bytes written (each bitstream decoded again and checked), PSNR-RGB in dB. Anchors: x264 and x265 through PyAV, "
@@ -190,6 +199,24 @@ def render(card: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def rd_target_summary(card: dict) -> str:
+    """Monotone, ~1 dB apart, rate span: the base-codec issue's targets, checked on the measured points."""
+    problems = []
+    for name, entry in card["eval"].items():
+        points = entry["ours"]
+        for low, high in zip(points, points[1:]):
+            if not (high["bpp"] > low["bpp"] and high["psnr_rgb"] > low["psnr_rgb"]):
+                problems.append(f"{name}: q{high['quality']} is not above q{low['quality']}")
+            elif high["psnr_rgb"] - low["psnr_rgb"] < 0.8:
+                problems.append(f"{name}: q{low['quality']}->q{high['quality']} only "
+                                f"{high['psnr_rgb'] - low['psnr_rgb']:.2f} dB apart")
+    rates = [b for b, _ in card["average"]["ours"]]
+    span = f"average rates span {rates[0]:.3f} to {rates[-1]:.3f} bpp (target roughly 0.05 to 0.5)"
+    if not problems:
+        return f"The RD points are monotone on every sequence and at least 0.8 dB apart; {span}."
+    return f"RD-point targets not met everywhere: {'; '.join(problems)}. {span[0].upper() + span[1:]}."
+
+
 def verdict(card: dict) -> str:
     avg = card["average"]
     x264 = avg["bd_rate_vs_x264"]
@@ -197,16 +224,17 @@ def verdict(card: dict) -> str:
     return (f"Averaged over eval-dev, this model needs {_fmt(x264, 1, '%')} bits relative to x264 (medium, zerolatency) "
             f"and {_fmt(avg['bd_rate_vs_x265'], 1, '%')} relative to x265 at equal PSNR-RGB; it {target} the +50% target "
             "against x264. It was trained for about "
-            f"{card.get('training', {}).get('wall_seconds', 0) / 60:.0f} minutes on a 2-core CPU; CompressAI's full-size SSF, "
+            f"{sum(t['wall_seconds'] for t in card.get('training', [])) / 60:.0f} minutes on a 2-core CPU; CompressAI's full-size SSF, "
             "trained for days on GPUs, sits around x264 on UVG. More training steps (the command resumes) and the full "
-            "width are the way to close the gap.")
+            "width are the way to close the gap. " + rd_target_summary(card))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", type=Path, required=True, help="the family folder (one checkpoint per quality)")
     parser.add_argument("--eval", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data/eval-dev")
-    parser.add_argument("--train-run", type=Path, help="the pretraining run folder (config and log)")
+    parser.add_argument("--train-run", type=Path, action="append", default=[],
+                        help="a pretraining run folder the weights come from (config and log); repeatable")
     parser.add_argument("--data-readme", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data/README.md")
     parser.add_argument("--intra-period", type=int, default=DEFAULT_INTRA_PERIOD)
     parser.add_argument("--frames", type=int, default=None, help="limit frames per sequence (quick checks only)")
@@ -225,8 +253,10 @@ def main() -> None:
         "files": [{"quality": q, "file": p.name, "bytes": p.stat().st_size,
                    "file_sha256": hashlib.sha256(p.read_bytes()).hexdigest(),
                    "weights_sha256": load_checkpoint(p).metadata.weights_sha256,
-                   "lambda": load_checkpoint(p).metadata.lmbda} for q, p in sorted(models.items())],
-        "training": training_summary(args.train_run), "train_data_table": train_data_table(args.data_readme),
+                   "lambda": load_checkpoint(p).metadata.lmbda,
+                   "provenance": load_checkpoint(p).metadata.provenance.notes or ""} for q, p in sorted(models.items())],
+        "training": [training_summary(run) for run in args.train_run],
+        "train_data_table": train_data_table(args.data_readme),
     }
     card["eval"] = measure(models, args.eval, args.intra_period, args.frames, crfs)
     entries = list(card["eval"].values())

@@ -102,6 +102,11 @@ def _mean_mse(video: Video, reconstruction: list[torch.Tensor]) -> float:
     return sum(float(torch.mean((video.frame_rgb(i) - r) ** 2)) for i, r in enumerate(reconstruction)) / len(reconstruction)
 
 
+def _mean_psnr(video: Video, reconstruction: list[torch.Tensor]) -> float:
+    from workers.metrics import psnr_rgb
+    return sum(psnr_rgb(video.frame_rgb(i), r) for i, r in enumerate(reconstruction)) / len(reconstruction)
+
+
 class _LogFile:
     def __init__(self, path: Path):
         self.handle = open(path, "a")
@@ -172,9 +177,11 @@ def _gop_adapter_encoder(model: ScaleSpaceFlow, config: GopAdaptersConfig, padde
                 save_state(path, tensors, {"config": config_json, "step": step, "param_groups": groups,
                                            "optimizer_steps": gop_steps})
 
+            began = time.perf_counter()
             train_gop_adapters(adapted, parameters, optimizer, padded[index:end], intra_hat,
                                (header.height, header.width), config, lmbda,
                                start_step, checkpoint, on_log=on_log)
+            counters["seconds"] += time.perf_counter() - began
         counters["steps"] += gop_steps
         return adapted
 
@@ -209,18 +216,22 @@ def adapt_video(video: Video, base: LoadedModel, outdir: str | Path, config, int
     base_candidate = Candidate(base_encoded, None, _mean_mse(video, base_encoded.reconstruction))
     candidate, steps, resumed = base_candidate, 0, 0
     decision = "base-method" if isinstance(config, NoneConfig) else "zero-update"
+    train_seconds = 0.0
+    adapted = None
 
     lora = config.lora if isinstance(config, GopAdaptersDecoderLoraConfig) else config
     adapters = config.adapters if isinstance(config, GopAdaptersDecoderLoraConfig) else config
     try:
         model, payload = base.model, None
         if isinstance(lora, (DecoderLoraConfig, FullDecoderConfig)):
+            began = time.perf_counter()
             update, steps, resumed = _train_lora_or_full(base, lora, [p[0] for p in padded], pixels, lmbda,
                                                          checkpoint_dir, config_json, logger)
+            train_seconds += time.perf_counter() - began
             payload = _payload_for(base, lora, update)
             model = decoder_model(base, payload)  # exactly what the decoder will rebuild
         inter_encoder = None
-        counters = {"steps": 0, "resumed": 0}
+        counters = {"steps": 0, "resumed": 0, "seconds": 0.0}
         if isinstance(adapters, GopAdaptersConfig):
             inter_encoder = _gop_adapter_encoder(model, adapters, padded, header, lmbda, checkpoint_dir, config_json,
                                                  logger, counters)
@@ -233,6 +244,7 @@ def adapt_video(video: Video, base: LoadedModel, outdir: str | Path, config, int
             adapted = Candidate(encoded, payload, _mean_mse(video, encoded.reconstruction))
             steps += counters["steps"]
             resumed += counters["resumed"]
+            train_seconds += counters["seconds"]
             if config.send_update == "always" or adapted.cost(lmbda, pixels) < base_candidate.cost(lmbda, pixels):
                 candidate, decision = adapted, "sent"
             else:
@@ -263,7 +275,12 @@ def adapt_video(video: Video, base: LoadedModel, outdir: str | Path, config, int
         bpp_without_payload=8 * bits_bytes / pixels, bpp_with_payload=8 * (bits_bytes + payload_bytes) / pixels,
         payload_share=payload_bytes / (bits_bytes + payload_bytes), update_sent=candidate is not base_candidate, decision=decision,
         rd_cost=candidate.cost(lmbda, pixels), rd_cost_base=base_candidate.cost(lmbda, pixels), lmbda=lmbda,
-        adaptation_steps=steps, adapt_seconds=seconds, resumed_from_step=resumed,
+        bpp_base=8 * len(base_candidate.encoded.data) / pixels,
+        psnr_rgb_base=_mean_psnr(video, base_candidate.encoded.reconstruction),
+        rd_cost_adapted=None if adapted is None else adapted.cost(lmbda, pixels),
+        bpp_adapted=None if adapted is None else 8 * (len(adapted.encoded.data) + len(adapted.payload or b"")) / pixels,
+        psnr_rgb_adapted=None if adapted is None else _mean_psnr(video, adapted.encoded.reconstruction),
+        adaptation_steps=steps, train_seconds=train_seconds, adapt_seconds=seconds, resumed_from_step=resumed,
         config=config.model_dump(mode="json"))
     atomic_write_text(outdir / "result.json", result.model_dump_json(indent=2))
     return result

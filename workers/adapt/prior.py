@@ -2,8 +2,8 @@
 
 p(d) = [N(d | 0, slab^2) + alpha N(d | 0, spike^2)] / (1 + alpha), integrated over the quantization bin
 [k t - t/2, k t + t/2] of every grid index k. Training and coding use the same bin probabilities: during
-training the rate is evaluated at the straight-through-quantized update (its value is the exact coded
-cost, its gradient the slope of the continuous bin probability), and the coder normalises the same
+training the rate's value is the exact coded cost of the quantized update and its gradient the slope of
+the bin probability at the continuous update (see :func:`weight_bits`); the coder normalises the same
 probabilities over the table range [-K, K].
 """
 
@@ -50,10 +50,15 @@ def quantize_ste(update: torch.Tensor, grid: float) -> torch.Tensor:
     return (scaled + (torch.round(scaled) - scaled).detach()) * grid
 
 
-def weight_bits(prior: WeightPrior, quantized: torch.Tensor) -> torch.Tensor:
-    """-log2 prior mass of every (straight-through quantized) update, summed: scalar float32 with
-    gradients. Its value is the ideal cost of coding these grid indices under the untruncated prior."""
-    return (-torch.log2(bin_probability(prior, quantized))).sum().to(torch.float32)
+def weight_bits(prior: WeightPrior, update: torch.Tensor) -> torch.Tensor:
+    """Rate of the update (scalar float32): its value is the exact cost of coding the grid indices of
+    ``update`` under the (untruncated) prior; its gradient is that of -log2 P(bin centred on the
+    continuous update). The continuous bin keeps a pull towards zero inside the zero bin, where the
+    quantized cost is flat: without it Adam walks every weight out of the zero bin at once and the
+    payload explodes (measured: 620 kbit after 7 steps on carphone)."""
+    continuous = -torch.log2(bin_probability(prior, update)).sum()
+    quantized = -torch.log2(bin_probability(prior, torch.round(update.detach() / prior.grid) * prior.grid)).sum()
+    return (continuous + (quantized - continuous).detach()).to(torch.float32)
 
 
 def grid_indices(update: torch.Tensor, grid: float) -> torch.Tensor:

@@ -66,7 +66,7 @@ def decoder_update_cost(model: ScaleSpaceFlow, update: DecoderUpdate, prior: Wei
     quantized = {name: quantize_ste(value, prior.grid) for name, value in update.coded.items()}
     out = functional_call(model, update.weights(quantized), (clip,))
     terms = rate_distortion(clip, out["x_hat"], out["likelihoods"], lmbda)
-    bits = sum(weight_bits(prior, q) for q in quantized.values())
+    bits = sum(weight_bits(prior, value) for value in update.coded.values())
     terms["weight_bits"] = bits
     terms["loss"] = terms["loss"] + bits / sequence_pixels
     return terms
@@ -95,7 +95,7 @@ def train_decoder_update(model: ScaleSpaceFlow, update: DecoderUpdate, prior: We
 def _train_decoder_update(model, update, prior, training, frames, sequence_pixels, lmbda, seed, state_path,
                           config_json, on_log) -> tuple[int, int]:
     parameters = list(update.coded.values())
-    optimizer = torch.optim.Adam(parameters, lr=training.learning_rate)
+    optimizer = torch.optim.Adam(parameters, lr=training.learning_rate, eps=training.adam_eps)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=training.plateau_factor,
                                                            patience=training.plateau_patience)
     starts = clip_starts(len(frames), training.train_gop)
