@@ -16,6 +16,8 @@ from workers.errors import InputError
 METHOD_NAMES = tuple(METHOD_CONFIGS)
 
 EXIT_INPUT_ERROR = 1
+EXIT_INTERNAL_ERROR = 3  # a bug or a crash, not the user's input
+EXIT_RUN_INCOMPLETE = 4  # submit/resume: some units failed or did not run
 
 
 def _positive_int(text: str) -> int:
@@ -30,6 +32,25 @@ def _non_negative_int(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
     return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _add_execution_options(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--address", help="Ray cluster: auto, ray://HOST:PORT or HOST:PORT (default: RAY_ADDRESS if "
+                                           "set, else an embedded local Ray)")
+    command.add_argument("--cpus-per-task", type=_non_negative_float, default=1.0,
+                         help="CPUs reserved per unit; also its torch threads (default 1)")
+    command.add_argument("--gpus-per-task", type=_non_negative_float, default=0.0,
+                         help="GPUs reserved per adaptation unit (default 0)")
+    command.add_argument("--max-retries", type=_non_negative_int, default=3,
+                         help="retries of a unit whose worker or node died (default 3); errors are never retried")
+    command.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -110,6 +131,33 @@ def build_parser() -> argparse.ArgumentParser:
                                             "(default: CompressAI's lambdas of those quality indices)")
     pretrain.add_argument("--init-from", help="start from this checkpoint's weights instead of random ones")
 
+    submit = commands.add_parser("submit", help="run a directory of videos on Ray: one unit per (video, method, "
+                                                "quality), plus x264/x265 anchors")
+    submit.add_argument("videos", help="folder of videos (files with a video suffix, and folders of PNG frames)")
+    submit.add_argument("--run", required=True, help="run directory (on storage every node sees, for a cluster)")
+    submit.add_argument("--methods", default="none,decoder-lora",
+                        help=f"comma-separated adaptation methods (default none,decoder-lora; known: {', '.join(METHOD_NAMES)})")
+    submit.add_argument("--qualities", help="comma-separated quality indices (default: every quality of the model)")
+    submit.add_argument("--model", help="base model family or checkpoint (default: the shipped one)")
+    submit.add_argument("--frames", type=_positive_int, help="use at most this many frames of each video")
+    submit.add_argument("--intra-period", type=_non_negative_int, default=DEFAULT_INTRA_PERIOD,
+                        help=f"frames per I-frame; 0 = only the first (default {DEFAULT_INTRA_PERIOD})")
+    submit.add_argument("--set", action="append", default=[], metavar="[METHOD:]KEY=VALUE",
+                        help="method option, e.g. decoder-lora:training.epochs=3 (without METHOD: for every chosen "
+                             "method; repeatable; see `adaptjobs methods`)")
+    submit.add_argument("--anchors", help="x264,x265 (default), a subset, or none")
+    _add_execution_options(submit)
+
+    resume = commands.add_parser("resume", help="continue a run: DONE units are kept, others continue from their "
+                                                "checkpoints")
+    resume.add_argument("run", help="the run directory")
+    resume.add_argument("--retry-failed", action="store_true", help="also run the FAILED units again")
+    _add_execution_options(resume)
+
+    status = commands.add_parser("status", help="show a run's units: state, attempts, last error, time")
+    status.add_argument("run", help="the run directory")
+    status.add_argument("--json", action="store_true", help="print the status as JSON")
+
     info = commands.add_parser("info", help="describe a bitstream or a checkpoint")
     info.add_argument("input")
     return parser
@@ -165,14 +213,26 @@ def parse_set_options(pairs: list[str]) -> dict:
 
 
 def _cmd_adapt(args) -> int:
-    from workers.adapt.job import adapt_video, parse_method_config
-    from workers.model_store import resolve_model
-    from workers.video_io import read_video
+    from schemas.adapt import AdaptResult
+    from schemas.job import VideoTask
+    from workers.adapt.job import parse_method_config
+    from workers.model_store import default_model_name, resolve_model
+    from workers.task import describe_input, run_task
 
     config = parse_method_config(args.method, parse_set_options(args.set))
-    video = read_video(args.input, args.frames)
-    base = resolve_model(args.model, args.quality)
-    result = adapt_video(video, base, args.output, config, intra_period=args.intra_period, recon=args.recon)
+    model_spec = args.model or default_model_name()
+    base = resolve_model(model_spec, args.quality)
+    outdir = Path(args.output).resolve()
+    task = VideoTask(unit_dir=str(outdir), video=describe_input(args.input), method=config, model_spec=str(model_spec),
+                     quality=base.metadata.quality, weights_sha256=base.metadata.weights_sha256, frames=args.frames,
+                     intra_period=args.intra_period, recon=None if args.recon is None else str(Path(args.recon).resolve()))
+    outcome = run_task(task, redo=True)
+    if outcome.state == "failed":
+        failure = outcome.failure
+        detail = "" if failure.kind == "input" else f" (traceback in {outdir / 'adapt.log'})"
+        print(f"adaptjobs adapt: error: {failure.error}{detail}", file=sys.stderr)
+        return EXIT_INPUT_ERROR if failure.kind == "input" else EXIT_INTERNAL_ERROR
+    result = AdaptResult.model_validate_json((outdir / "result.json").read_text())
     if args.json:
         print(result.model_dump_json(indent=2))
     else:
@@ -272,7 +332,87 @@ def _cmd_info(args) -> int:
     return 0
 
 
-COMMANDS = {"encode": _cmd_encode, "decode": _cmd_decode, "init-model": _cmd_init_model, "pretrain": _cmd_pretrain,
+def _execution(args):
+    from adaptjobs.runner import Execution
+
+    if args.cpus_per_task <= 0:
+        raise InputError(None, f"--cpus-per-task must be > 0, got {args.cpus_per_task}")
+    return Execution(address=args.address, cpus_per_task=args.cpus_per_task, gpus_per_task=args.gpus_per_task,
+                     max_retries=args.max_retries, progress=not args.no_progress)
+
+
+def _int_list(text: str | None, flag: str) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        return sorted({int(v) for v in text.split(",") if v.strip()})
+    except ValueError:
+        raise InputError(None, f"{flag} takes comma-separated integers, got {text!r}") from None
+
+
+def _drive(store, spec, execution, retry_failed: bool) -> int:
+    from adaptjobs.runner import run
+
+    summary = run(store, spec, execution, retry_failed=retry_failed)
+    status = store.status()
+    counts = status.counts
+    print(f"{store.root}: {counts['done']}/{counts['total']} units done, {counts['failed']} failed, "
+          f"{counts['pending'] + counts['interrupted'] + counts['running']} not run "
+          f"({summary.done} finished and {summary.failed} failed now, {summary.skipped_done} were already done; "
+          f"{summary.seconds:.1f} s)")
+    for row in status.units:
+        if row.state == "failed":
+            print(f"  FAILED {row.unit}: {row.last_error}")
+    if summary.skipped_failed and not retry_failed:
+        print(f"  {summary.skipped_failed} unit(s) failed before and were not retried (adaptjobs resume --retry-failed)")
+    return 0 if counts["done"] == counts["total"] else EXIT_RUN_INCOMPLETE
+
+
+def _cmd_submit(args) -> int:
+    from adaptjobs.run_store import RunStore
+    from adaptjobs.spec import build_spec
+
+    execution = _execution(args)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    spec = build_spec(args.videos, methods, args.set, _int_list(args.qualities, "--qualities"), args.model,
+                      args.frames, args.intra_period, args.anchors)
+    store = RunStore(args.run)
+    with store.driver_lock():
+        store.write_spec_once(spec)
+        return _drive(store, spec, execution, retry_failed=False)
+
+
+def _cmd_resume(args) -> int:
+    from adaptjobs.run_store import RunStore
+
+    execution = _execution(args)
+    store = RunStore(args.run)
+    spec = store.read_spec()
+    with store.driver_lock():
+        return _drive(store, spec, execution, retry_failed=args.retry_failed)
+
+
+def _cmd_status(args) -> int:
+    from adaptjobs.run_store import RunStore
+
+    status = RunStore(args.run).status()
+    if args.json:
+        print(status.model_dump_json(indent=2))
+        return 0
+    counts = status.counts
+    print(f"{status.run}: {counts['total']} units: {counts['done']} done, {counts['failed']} failed, "
+          f"{counts['running']} running, {counts['interrupted']} interrupted, {counts['pending']} pending"
+          f"{' (a driver is working on it)' if status.driver_active else ''}")
+    header = ("unit", "state", "tries", "seconds", "last error")
+    rows = [(r.unit, r.state, str(r.attempts), "" if r.seconds is None else f"{r.seconds:.1f}", r.last_error or "")
+            for r in status.units]
+    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(header[:-1])]
+    for row in [header, *rows]:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row[:-1], widths)) + "  " + row[-1])
+    return 0
+
+
+COMMANDS = {"submit": _cmd_submit, "resume": _cmd_resume, "status": _cmd_status, "encode": _cmd_encode, "decode": _cmd_decode, "init-model": _cmd_init_model, "pretrain": _cmd_pretrain,
             "info": _cmd_info, "adapt": _cmd_adapt, "methods": _cmd_methods}
 
 

@@ -25,6 +25,10 @@ from workers.colour import rgb_to_yuv420, to_uint8, yuv420_to_rgb
 from workers.errors import InputError
 
 MIN_SIDE = 16
+# File suffixes taken as videos when a folder is scanned (pretraining data, `adaptjobs submit VIDEO_DIR`);
+# a single path given by the user is tried whatever its suffix. Folders of PNG frames count too.
+VIDEO_SUFFIXES = frozenset({".mp4", ".mkv", ".avi", ".mov", ".webm", ".m4v", ".ts", ".mpg", ".mpeg", ".flv", ".ivf",
+                            ".y4m", ".yuv", ".h264", ".264", ".avc", ".hevc", ".265", ".h265"})
 DEFAULT_FPS = Fraction(30, 1)
 _RGB_FORMATS = {"rgb24", "bgr24", "rgba", "bgra", "argb", "abgr", "gbrp", "rgb48be", "rgb48le", "rgba64be",
                 "rgba64le", "gbrp16le", "gbrp16be", "pal8", "gray", "gray16be", "gray16le", "ya8", "monob"}

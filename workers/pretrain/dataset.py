@@ -22,12 +22,11 @@ import torch.nn.functional as F
 
 from workers.atomic import atomic_write, atomic_write_text
 from workers.errors import InputError
-from workers.video_io import read_video
+from workers.video_io import VIDEO_SUFFIXES, read_video
 
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp"}
-VIDEO_SUFFIXES = {".mp4", ".mkv", ".avi", ".mov", ".webm", ".y4m", ".yuv", ".h264", ".264", ".hevc", ".265"}
 TARGET_SHORT_SIDE = 360
 CACHE_VERSION = 1
 

@@ -1,0 +1,180 @@
+"""The run directory seen from the driver: the job spec, the driver lock, the units and their states.
+
+Everything here reads or writes RUN only (no Ray), so `status` and `report` work on a copied or finished
+run, and tests can check exactly what a runner leaves on disk. Layout: schemas/job.py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from schemas.job import AnchorTask, JobSpec, RunStatus, UnitStatus, VideoEntry, VideoTask
+from workers.atomic import atomic_write_text
+from workers.errors import InputError
+from workers.run_layout import (ADAPT_LOG, ANCHOR_LOG, host_name, now_iso, read_done, read_failed, read_log)
+from workers.task import JOB_FILE
+
+DRIVER_LOCK = "driver.lock"
+
+
+def unit_path(video: str, method: str, quality: int) -> str:
+    """units/<video>/<method>/q<k>: relative to RUN."""
+    return f"units/{video}/{method}/q{quality}"
+
+
+def anchor_path(video: str, codec: str) -> str:
+    return f"anchors/{video}/{codec}"
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One unit of a run, as the spec defines it (whether or not it has run)."""
+
+    kind: str          # "adapt" or "anchor"
+    video: VideoEntry
+    method: str        # the adaptation method, or the anchor codec
+    quality: int | None
+    rel: str           # folder relative to RUN
+
+    @property
+    def log_name(self) -> str:
+        return ADAPT_LOG if self.kind == "adapt" else ANCHOR_LOG
+
+
+class RunStore:
+    """A run directory: RUN/job.json, RUN/driver.lock, RUN/units/..., RUN/anchors/..."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root).resolve()
+
+    # ------------------------------------------------------------------ the spec
+    @property
+    def job_path(self) -> Path:
+        return self.root / JOB_FILE
+
+    def exists(self) -> bool:
+        return self.job_path.exists()
+
+    def read_spec(self) -> JobSpec:
+        try:
+            return JobSpec.model_validate_json(self.job_path.read_text())
+        except FileNotFoundError:
+            raise InputError(self.root, "is not a run directory (no job.json); start one with `adaptjobs submit`") from None
+        except ValidationError as exc:
+            raise InputError(self.job_path, f"is not a valid job spec ({str(exc).splitlines()[0]})") from None
+
+    def write_spec_once(self, spec: JobSpec) -> bool:
+        """Write job.json if RUN has none (returns True); if it has one, require the same spec (False)."""
+        if self.exists():
+            existing = self.read_spec()
+            if existing != spec:
+                raise InputError(self.root, "holds a run with another spec (" + spec_difference(existing, spec) +
+                                 "); resume it with `adaptjobs resume`, or submit to a new --run folder")
+            return False
+        self.root.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.job_path, spec.model_dump_json(indent=2))
+        return True
+
+    # ------------------------------------------------------------------ one driver at a time
+    @contextlib.contextmanager
+    def driver_lock(self) -> Iterator[None]:
+        """Hold RUN/driver.lock for the life of a submit/resume; a second driver is refused."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        handle = open(self.root / DRIVER_LOCK, "a+")
+        try:
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                    raise
+                handle.seek(0)
+                holder = handle.read().strip() or "unknown process"
+                raise InputError(self.root, f"another driver is working on this run ({holder}); wait for it to "
+                                            "finish or stop it, then resume") from None
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"pid {os.getpid()} on {host_name()} since {now_iso()}\n")
+            handle.flush()
+            yield
+        finally:
+            handle.close()
+
+    def driver_active(self) -> bool:
+        """Whether a live driver holds RUN/driver.lock (the kernel drops it when the driver dies)."""
+        path = self.root / DRIVER_LOCK
+        if not path.exists():
+            return False
+        with open(path) as handle:
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except OSError:
+                return True
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+            return False
+
+    # ------------------------------------------------------------------ units
+    def units(self, spec: JobSpec) -> list[Unit]:
+        """Every unit the spec defines: adaptation units, then anchor units, in a fixed order."""
+        out = [Unit("adapt", video, method.method, quality, unit_path(video.name, method.method, quality))
+               for video in spec.videos for method in spec.methods for quality in spec.qualities]
+        out += [Unit("anchor", video, codec, None, anchor_path(video.name, codec))
+                for video in spec.videos for codec in spec.anchors.codecs]
+        return out
+
+    def unit_dir(self, unit: Unit) -> Path:
+        return self.root / unit.rel
+
+    def video_task(self, spec: JobSpec, unit: Unit, threads: int | None) -> VideoTask:
+        method = next(m for m in spec.methods if m.method == unit.method)
+        return VideoTask(unit_dir=str(self.unit_dir(unit)), run_dir=str(self.root), video=unit.video, method=method,
+                         model_spec=spec.model.spec, quality=unit.quality,
+                         weights_sha256=spec.model.weights_sha256[unit.quality], frames=spec.frames,
+                         intra_period=spec.intra_period, threads=threads)
+
+    def anchor_task(self, spec: JobSpec, unit: Unit) -> AnchorTask:
+        return AnchorTask(unit_dir=str(self.unit_dir(unit)), run_dir=str(self.root), video=unit.video,
+                          codec=unit.method, crfs=spec.anchors.crfs, preset=spec.anchors.preset, frames=spec.frames,
+                          intra_period=spec.intra_period)
+
+    def unit_status(self, unit: Unit, driver_active: bool) -> UnitStatus:
+        folder = self.unit_dir(unit)
+        log = read_log(folder / unit.log_name)
+        tried = [r for r in log if r.get("event") == "attempt"]
+        failed_events = [r for r in log if r.get("event") == "failed"]
+        done_events = [r for r in log if r.get("event") == "done"]
+        done, failure = read_done(folder), read_failed(folder)
+        if done is not None:
+            state = "done"
+        elif failure is not None:
+            state = "failed"
+        elif tried:
+            state = "running" if driver_active else "interrupted"
+        else:
+            state = "pending"
+        last_error = failure.error if failure is not None else (failed_events[-1].get("error") if failed_events else None)
+        return UnitStatus(unit=unit.rel, kind=unit.kind, video=unit.video.name, method=unit.method, quality=unit.quality,
+                          state=state, attempts=len(tried), last_error=last_error,
+                          seconds=None if done is None else round(done.seconds, 3),
+                          resumed_from_step=done_events[-1].get("resumed_from_step") if done_events else None)
+
+    def status(self) -> RunStatus:
+        spec = self.read_spec()
+        active = self.driver_active()
+        rows = [self.unit_status(unit, active) for unit in self.units(spec)]
+        counts = {state: sum(1 for r in rows if r.state == state)
+                  for state in ("done", "failed", "running", "interrupted", "pending")}
+        return RunStatus(run=str(self.root), driver_active=active, counts={"total": len(rows), **counts}, units=rows)
+
+
+def spec_difference(old: JobSpec, new: JobSpec) -> str:
+    """'differs in methods, qualities': the top-level fields that changed."""
+    changed = [name for name in JobSpec.model_fields if getattr(old, name) != getattr(new, name)]
+    return "differs in " + ", ".join(changed)
