@@ -33,7 +33,7 @@ from schemas.bitstream import BitstreamHeader
 from workers.errors import BitstreamError
 
 MAGIC = b"AJVB"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: frames padded to multiples of 16, latents to x8 inside each hyperprior (1: frames to 128)
 FRAME_INTRA, FRAME_INTER = 0, 1
 STREAMS_PER_FRAME_TYPE = {FRAME_INTRA: 2, FRAME_INTER: 4}
 FRAME_TYPE_NAMES = {FRAME_INTRA: "I", FRAME_INTER: "P"}

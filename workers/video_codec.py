@@ -17,7 +17,7 @@ from schemas.bitstream import BitstreamHeader
 from schemas.results import FrameTypeBits
 from workers.bitstream import FRAME_INTER, FRAME_INTRA, FrameChunk, pack, unpack
 from workers.codec.hyperprior import CodedLatent
-from workers.codec.ssf import EntropyTables, ScaleSpaceFlow, pad_to_multiple, padded_size
+from workers.codec.ssf import EntropyTables, ScaleSpaceFlow, pad_frame, padded_size
 from workers.errors import BitstreamError
 
 
@@ -49,7 +49,7 @@ def encode_sequence(model: ScaleSpaceFlow, tables: EntropyTables, frames: Iterab
     for index, frame in enumerate(frames):
         if tuple(frame.shape) != (3, header.height, header.width):
             raise ValueError(f"frame {index} has shape {tuple(frame.shape)}, header says 3x{header.height}x{header.width}")
-        x = pad_to_multiple(frame.unsqueeze(0))
+        x = pad_frame(frame.unsqueeze(0))
         if header.is_intra(index):
             x_ref, intra = model.encode_intra(x, tables)
             inter_model = model if inter_encoder is None else inter_encoder(index, x_ref)

@@ -32,7 +32,7 @@ from workers.adapt.state import load_state, optimizer_tensors, restore_optimizer
 from workers.adapt.training import dumps, train_decoder_update, train_gop_adapters
 from workers.atomic import atomic_write_bytes, atomic_write_text
 from workers.checkpoints import LoadedModel
-from workers.codec.ssf import ScaleSpaceFlow, pad_to_multiple
+from workers.codec.ssf import ScaleSpaceFlow, pad_frame
 from workers.encode_job import DEFAULT_INTRA_PERIOD, ReconstructionMismatch, sequence_metrics
 from workers.errors import BitstreamError, InputError
 from workers.rd_loss import lambda_for_quality
@@ -210,7 +210,7 @@ def adapt_video(video: Video, base: LoadedModel, outdir: str | Path, config, int
                              width=video.width, height=video.height, frame_count=len(video),
                              fps_num=video.fps.numerator, fps_den=video.fps.denominator, intra_period=intra_period)
     tables = base.model.entropy_tables()
-    padded = [pad_to_multiple(f.unsqueeze(0)) for f in video.frames_rgb()]
+    padded = [pad_frame(f.unsqueeze(0)) for f in video.frames_rgb()]
 
     base_encoded = encode_sequence(base.model, tables, (p[0, :, : video.height, : video.width] for p in padded), header)
     base_candidate = Candidate(base_encoded, None, _mean_mse(video, base_encoded.reconstruction))

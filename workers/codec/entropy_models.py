@@ -137,4 +137,4 @@ class GaussianConditional(nn.Module):
 
     def indexes(self, scales: torch.Tensor) -> torch.Tensor:
         """Index of the smallest table entry >= scale (the last entry for larger scales), int64."""
-        return torch.bucketize(scales.detach().float(), self.scale_table[:-1], right=False)
+        return torch.bucketize(scales.detach().float().contiguous(), self.scale_table[:-1], right=False)

@@ -1,8 +1,13 @@
 """A latent's hyperprior: hyper-encoder, hyper-decoders for mean and scale, and the two entropy models.
 
-    y --hyper_encoder--> z --Q--> z_hat --hyper_decoder_mean--> mean
-                                   \\---hyper_decoder_scale--> scale --snap to table--> index
+    y --pad to x8--> --hyper_encoder--> z --Q--> z_hat --hyper_decoder_mean--> mean  --crop to y-->
+                                                  \\---hyper_decoder_scale--> scale --crop--> --snap to table--> index
     y --Q(y - mean) + mean--> y_hat
+
+The hyper-encoder downsamples by 8, so y is replicate-padded (right, bottom) to a multiple of 8 for it and
+the hyper-decoders' outputs are cropped back to y's size: frames need only be padded to multiples of 16
+(the autoencoders' own factor), and no latent is coded for padding beyond that. Only z covers the
+latent-space padding (an eighth of the size in each direction).
 
 Module names follow CompressAI's ``ScaleSpaceFlow.Hyperprior`` so its checkpoints load.
 """
@@ -16,7 +21,9 @@ import torch.nn as nn
 
 from workers.codec.entropy_coding import FactorizedTable, gaussian_table
 from workers.codec.entropy_models import EntropyBottleneck, GaussianConditional, round_ste
-from workers.codec.layers import conv, deconv, qrelu
+from workers.codec.layers import conv, deconv, pad_to_multiple, qrelu
+
+HYPER_FACTOR = 8  # the hyper-encoder's downsampling (3 stride-2 convs)
 
 
 class HyperEncoder(nn.Sequential):
@@ -79,27 +86,30 @@ class Hyperprior(nn.Module):
 
     def forward(self, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Training/evaluation pass: y_hat (rounded around the mean, straight-through) and likelihoods."""
-        z = self.hyper_encoder(y)
+        z = self.hyper_encoder(pad_to_multiple(y, HYPER_FACTOR))
         z_hat, z_likelihoods = self.entropy_bottleneck(z)
-        scales = self.hyper_decoder_scale(z_hat)
-        means = self.hyper_decoder_mean(z_hat)
+        height, width = y.shape[-2:]
+        scales = self.hyper_decoder_scale(z_hat)[..., :height, :width]
+        means = self.hyper_decoder_mean(z_hat)[..., :height, :width]
         _, y_likelihoods = self.gaussian_conditional(y, scales, means)
         y_hat = round_ste(y - means) + means
         return y_hat, {"y": y_likelihoods, "z": z_likelihoods}
 
-    def latent_parameters(self, z_hat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Means (float) and scale-table indexes (int64) of y, from the decoded hyper-latents.
+    def latent_parameters(self, z_hat: torch.Tensor, y_size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Means (float) and scale-table indexes (int64) of y (cropped to ``y_size`` = (h, w)), from the
+        decoded hyper-latents.
 
         Encoder and decoder both call exactly this, on identical z_hat, so they agree bit for bit.
         """
-        means = self.hyper_decoder_mean(z_hat)
-        indexes = self.gaussian_conditional.indexes(self.hyper_decoder_scale(z_hat))
+        height, width = y_size
+        means = self.hyper_decoder_mean(z_hat)[..., :height, :width]
+        indexes = self.gaussian_conditional.indexes(self.hyper_decoder_scale(z_hat)[..., :height, :width])
         return means, indexes
 
     @torch.no_grad()
     def compress(self, y: torch.Tensor, table: FactorizedTable) -> CodedLatent:
-        z_symbols = table.quantize(self.hyper_encoder(y))
-        means, indexes = self.latent_parameters(table.dequantize(z_symbols))
+        z_symbols = table.quantize(self.hyper_encoder(pad_to_multiple(y, HYPER_FACTOR)))
+        means, indexes = self.latent_parameters(table.dequantize(z_symbols), tuple(y.shape[-2:]))
         gaussian = gaussian_table()
         y_symbols = gaussian.quantize(y - means, indexes)
         y_hat = y_symbols.to(torch.float32) + means
@@ -109,8 +119,9 @@ class Hyperprior(nn.Module):
 
     @torch.no_grad()
     def decompress(self, y_stream: bytes, z_stream: bytes, z_shape: tuple[int, int, int, int],
-                   table: FactorizedTable, what: str) -> torch.Tensor:
+                   y_size: tuple[int, int], table: FactorizedTable, what: str) -> torch.Tensor:
+        """y_hat of size ``y_size`` (h, w) from its two streams; ``z_shape`` is derived from the frame size."""
         z_symbols = table.decode(z_stream, z_shape, what=f"{what} hyper-latents")
-        means, indexes = self.latent_parameters(table.dequantize(z_symbols))
+        means, indexes = self.latent_parameters(table.dequantize(z_symbols), y_size)
         y_symbols = gaussian_table().decode(y_stream, indexes, what=f"{what} latents")
         return y_symbols.to(torch.float32) + means

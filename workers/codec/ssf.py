@@ -6,7 +6,9 @@ P-frame:   cat(x, x_ref) --motion_encoder--> y_m --motion_hyperprior--> y_m_hat 
            x - x_pred --res_encoder--> y_r --res_hyperprior--> y_r_hat
            cat(y_r_hat, y_m_hat) --res_decoder--> r_hat;   x_hat = x_pred + r_hat
 
-Frames are RGB (N, 3, H, W) in [0, 1] with H and W multiples of 128 (see :func:`pad_to_multiple`).
+Frames are RGB (N, 3, H, W) in [0, 1] with H and W multiples of 16 (see :func:`pad_frame`): the
+autoencoders downsample by 16 and the scale-space volume halves the frame 4 times; each hyperprior pads its
+latent to a multiple of 8 itself (workers/codec/hyperprior.py).
 Module names match CompressAI's ``ScaleSpaceFlow`` so an official ``ssf2020`` state dict loads.
 """
 
@@ -16,14 +18,14 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from schemas.codec import SSFArchitecture
 from workers.codec.entropy_coding import FactorizedTable
-from workers.codec.hyperprior import CodedLatent, Hyperprior
-from workers.codec.layers import conv, deconv, gaussian_volume, scale_space_warp
+from workers.codec.hyperprior import HYPER_FACTOR, CodedLatent, Hyperprior
+from workers.codec.layers import conv, deconv, gaussian_volume, pad_to_multiple, scale_space_warp
 
-PAD_MULTIPLE = 128  # 4 stride-2 layers in the autoencoder, 3 more in the hyperprior
+LATENT_FACTOR = 16  # 4 stride-2 layers in each autoencoder
+PAD_MULTIPLE = LATENT_FACTOR  # frames are padded to this; the hyperpriors pad their latents to x8 themselves
 
 
 class Encoder(nn.Sequential):
@@ -50,13 +52,9 @@ class Decoder(nn.Sequential):
         )
 
 
-def pad_to_multiple(x: torch.Tensor, multiple: int = PAD_MULTIPLE) -> torch.Tensor:
-    """Replicate-pad (N, C, H, W) on the right and bottom up to multiples of ``multiple``."""
-    height, width = x.shape[-2:]
-    pad_h, pad_w = (-height) % multiple, (-width) % multiple
-    if pad_h == 0 and pad_w == 0:
-        return x
-    return F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
+def pad_frame(x: torch.Tensor) -> torch.Tensor:
+    """Replicate-pad a frame batch (N, 3, H, W) on the right and bottom to multiples of PAD_MULTIPLE."""
+    return pad_to_multiple(x, PAD_MULTIPLE)
 
 
 def padded_size(height: int, width: int, multiple: int = PAD_MULTIPLE) -> tuple[int, int]:
@@ -132,9 +130,15 @@ class ScaleSpaceFlow(nn.Module):
                              motion=FactorizedTable.build(self.motion_hyperprior.entropy_bottleneck),
                              residual=FactorizedTable.build(self.res_hyperprior.entropy_bottleneck))
 
+    @staticmethod
+    def latent_size(padded_height: int, padded_width: int) -> tuple[int, int]:
+        """(H/16, W/16): the spatial size of every latent y of a padded frame."""
+        return padded_height // LATENT_FACTOR, padded_width // LATENT_FACTOR
+
     def hyper_latent_shape(self, padded_height: int, padded_width: int) -> tuple[int, int, int, int]:
-        """Shape (1, hyper, H/128, W/128) of z for a padded frame: derivable, so never sent."""
-        return (1, self.architecture.hyper_channels, padded_height // PAD_MULTIPLE, padded_width // PAD_MULTIPLE)
+        """Shape (1, hyper, ceil(H/128), ceil(W/128)) of z for a padded frame: derivable, so never sent."""
+        height, width = self.latent_size(padded_height, padded_width)
+        return (1, self.architecture.hyper_channels, -(-height // HYPER_FACTOR), -(-width // HYPER_FACTOR))
 
     @torch.no_grad()
     def encode_intra(self, x: torch.Tensor, tables: EntropyTables) -> tuple[torch.Tensor, CodedLatent]:
@@ -144,7 +148,7 @@ class ScaleSpaceFlow(nn.Module):
     @torch.no_grad()
     def decode_intra(self, y_stream: bytes, z_stream: bytes, padded: tuple[int, int], tables: EntropyTables) -> torch.Tensor:
         y_hat = self.img_hyperprior.decompress(y_stream, z_stream, self.hyper_latent_shape(*padded),
-                                               tables.intra, what="I-frame")
+                                               self.latent_size(*padded), tables.intra, what="I-frame")
         return self.img_decoder(y_hat).clamp_(0.0, 1.0)
 
     @torch.no_grad()
@@ -159,8 +163,10 @@ class ScaleSpaceFlow(nn.Module):
     def decode_inter(self, x_ref: torch.Tensor, streams: list[bytes], padded: tuple[int, int],
                      tables: EntropyTables) -> torch.Tensor:
         """``streams`` = [motion y, motion z, residual y, residual z]."""
-        z_shape = self.hyper_latent_shape(*padded)
-        y_motion_hat = self.motion_hyperprior.decompress(streams[0], streams[1], z_shape, tables.motion, what="motion")
+        z_shape, y_size = self.hyper_latent_shape(*padded), self.latent_size(*padded)
+        y_motion_hat = self.motion_hyperprior.decompress(streams[0], streams[1], z_shape, y_size, tables.motion,
+                                                         what="motion")
         x_pred = self.predict(x_ref, y_motion_hat)
-        y_res_hat = self.res_hyperprior.decompress(streams[2], streams[3], z_shape, tables.residual, what="residual")
+        y_res_hat = self.res_hyperprior.decompress(streams[2], streams[3], z_shape, y_size, tables.residual,
+                                                   what="residual")
         return self.reconstruct_inter(x_pred, y_res_hat, y_motion_hat).clamp_(0.0, 1.0)
