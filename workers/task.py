@@ -102,14 +102,16 @@ def run_task(task: VideoTask, redo: bool = False) -> TaskOutcome:
     unit_dir = Path(task.unit_dir)
 
     def work() -> dict:
-        result = _adapt(task, unit_dir)
-        return {"resumed_from_step": result.resumed_from_step, "decision": result.decision}
+        timings: dict[str, float] = {}
+        result = _adapt(task, unit_dir, timings)
+        return {"resumed_from_step": result.resumed_from_step, "decision": result.decision, **timings}
 
     return run_unit(unit_dir, None if task.run_dir is None else Path(task.run_dir), ADAPT_LOG, task.video.path, work,
                     redo)
 
 
-def _adapt(task: VideoTask, unit_dir: Path):
+def _adapt(task: VideoTask, unit_dir: Path, timings: dict[str, float]):
+    """Read the input, load the base model, adapt; ``timings`` gets the seconds of the first two."""
     import torch
 
     from workers.adapt.job import adapt_video
@@ -119,8 +121,12 @@ def _adapt(task: VideoTask, unit_dir: Path):
     if task.threads is not None:
         torch.set_num_threads(task.threads)  # per task, so a long-lived worker never keeps another task's setting
     check_unchanged(task.video)
+    began = time.perf_counter()
     video = read_video(task.video.path, task.frames)
+    timings["read_seconds"] = round(time.perf_counter() - began, 4)
+    began = time.perf_counter()
     base = resolve_model(task.model_spec, task.quality)
+    timings["model_seconds"] = round(time.perf_counter() - began, 4)
     if base.metadata.weights_sha256 != task.weights_sha256:
         raise ModelError(task.model_spec, f"quality {task.quality} now has weights sha256 "
                                           f"{base.metadata.weights_sha256[:12]}, but the run was submitted with "
