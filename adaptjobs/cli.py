@@ -158,6 +158,13 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("run", help="the run directory")
     status.add_argument("--json", action="store_true", help="print the status as JSON")
 
+    report = commands.add_parser("report", help="tables, RD plots, BD-rates and CSV/JSON of a run (reads RUN only)")
+    report.add_argument("run", help="the run directory")
+    report.add_argument("--metric", choices=["psnr-rgb", "psnr-yuv", "ms-ssim"], default="psnr-rgb",
+                        help="quality metric of the BD-rates and RD plots (default psnr-rgb; ms-ssim is compared "
+                             "in dB, -10 log10(1 - MS-SSIM))")
+    report.add_argument("--out", help="folder to write (default RUN/report)")
+
     info = commands.add_parser("info", help="describe a bitstream or a checkpoint")
     info.add_argument("input")
     return parser
@@ -313,6 +320,17 @@ def _cmd_pretrain(args) -> int:
     return 0
 
 
+def _cmd_report(args) -> int:
+    from adaptjobs.report import write_report
+
+    outcome = write_report(args.run, metric=args.metric, out=args.out)
+    counts = outcome.counts
+    print(f"{outcome.out_dir}: report.md, report.html, summary.csv, summary.json and "
+          f"{sum(1 for f in outcome.files if f.suffix == '.png')} plot(s); {counts['done']} of {counts['total']} "
+          f"units done, {counts['failed']} failed, {counts['missing']} missing")
+    return 0
+
+
 def _cmd_info(args) -> int:
     from workers.bitstream import unpack
     from workers.checkpoints import load_checkpoint
@@ -393,6 +411,7 @@ def _cmd_resume(args) -> int:
 
 
 def _cmd_status(args) -> int:
+    from adaptjobs.report import status_bd_rate_line
     from adaptjobs.run_store import RunStore
 
     status = RunStore(args.run).status()
@@ -409,10 +428,12 @@ def _cmd_status(args) -> int:
     widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(header[:-1])]
     for row in [header, *rows]:
         print("  ".join(cell.ljust(w) for cell, w in zip(row[:-1], widths)) + "  " + row[-1])
+    if bd_rate_line := status_bd_rate_line(status):  # complete runs only
+        print(bd_rate_line)
     return 0
 
 
-COMMANDS = {"submit": _cmd_submit, "resume": _cmd_resume, "status": _cmd_status, "encode": _cmd_encode, "decode": _cmd_decode, "init-model": _cmd_init_model, "pretrain": _cmd_pretrain,
+COMMANDS = {"submit": _cmd_submit, "resume": _cmd_resume, "status": _cmd_status, "report": _cmd_report, "encode": _cmd_encode, "decode": _cmd_decode, "init-model": _cmd_init_model, "pretrain": _cmd_pretrain,
             "info": _cmd_info, "adapt": _cmd_adapt, "methods": _cmd_methods}
 
 

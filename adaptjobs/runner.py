@@ -77,7 +77,8 @@ def connect(execution: Execution) -> bool:
     elif os.environ.get("RAY_ADDRESS"):  # inside `ray job submit`, or pointed at a cluster by the environment
         ray.init(log_to_driver=False, logging_level=logging.WARNING)
     else:
-        ray.init(num_cpus=execution.local_cpus or os.cpu_count(), **quiet)
+        # address="local": always a new embedded instance, never a cluster that happens to run on this machine
+        ray.init(address="local", num_cpus=execution.local_cpus or os.cpu_count(), **quiet)
     return True
 
 
