@@ -24,6 +24,8 @@ test: setup
 
 bench: setup
 	$(BIN)/python benchmarks/bench_codec.py --out benchmarks/RESULTS.md
+	$(BIN)/python benchmarks/bench_adapt.py --out benchmarks/RESULTS.md
+	$(BIN)/python benchmarks/bench_runner.py --out benchmarks/RESULTS.md
 
 clean:
 	rm -rf $(VENV) .pytest_cache demo-output

@@ -158,6 +158,9 @@ def _schedule_and_wait(ray, store: RunStore, spec: JobSpec, units: list[Unit], e
             ref = anchor.remote(store.anchor_task(spec, unit).model_dump_json())
         pending[ref] = unit
     slots = _slots(ray, execution)
+    if execution.gpus_per_task and not ray.cluster_resources().get("GPU"):
+        print(f"adaptjobs: warning: units ask for {execution.gpus_per_task:g} GPU(s) each but the cluster has none "
+              "right now; they wait until a GPU node joins (pass --gpus-per-task 0 to run on CPUs)", file=sys.stderr)
     with tqdm(total=len(units), unit="unit", disable=not execution.progress, dynamic_ncols=True,
               file=sys.stderr) as bar:
         while pending:
