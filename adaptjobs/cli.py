@@ -75,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     encode.add_argument("--json", action="store_true", help="print the result as JSON")
 
     decode = commands.add_parser("decode", help="decode a bitstream")
-    decode.add_argument("input", help="the bitstream (.bits)")
+    decode.add_argument("input", help="the bitstream (.bits), or a unit folder holding one (and its payload)")
     decode.add_argument("-o", "--output", required=True, help="the reconstruction to write (.y4m, or a folder of PNGs)")
     decode.add_argument("--model", help="the base model (default: the one the bitstream names, if shipped)")
     decode.add_argument("--payload", help="the weight payload the stream needs (default: <name>.payload beside it)")

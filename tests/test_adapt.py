@@ -185,6 +185,8 @@ def test_decoder_update_round_trip_through_the_cli(tmp_path, carphone_path, tiny
     assert main(["decode", str(out / "carphone_pristine.bits"), "-o", str(tmp_path / "decoded.y4m"),
                  "--model", str(tiny_checkpoint)]) == 0  # finds <name>.payload beside the stream
     assert (tmp_path / "decoded.y4m").read_bytes() == (tmp_path / "recon.y4m").read_bytes()
+    assert main(["decode", str(out), "-o", str(tmp_path / "from-folder.y4m"), "--model", str(tiny_checkpoint)]) == 0
+    assert (tmp_path / "from-folder.y4m").read_bytes() == (tmp_path / "recon.y4m").read_bytes()  # the unit folder
     # 4 frames -> clips of 2 frames starting at 0 and 2 -> one batch of 2 per epoch, 2 epochs
     assert json.loads((out / "result.json").read_text())["adaptation_steps"] == 2
 

@@ -88,6 +88,17 @@ def encode_file(input_path: str | Path, output: str | Path, model: str | None = 
     return encode_video(video, loaded, output, intra_period, recon)
 
 
+def unit_bitstream(path: Path) -> Path:
+    """The bitstream to decode: ``path`` itself, or the one .bits file of a unit folder (a run's
+    units/<video>/<method>/q<k>/ or the -o folder of `adaptjobs adapt`)."""
+    if not path.is_dir():
+        return path
+    found = sorted(path.glob("*.bits"))
+    if len(found) != 1:
+        raise InputError(path, f"a folder to decode must hold exactly one .bits file, it holds {len(found)}")
+    return found[0]
+
+
 def decode_file(bits_path: str | Path, output: str | Path, model: str | None = None,
                 payload_path: str | Path | None = None) -> BitstreamHeader:
     """Decode ``bits_path`` to ``output`` (.y4m, or a PNG folder). The model defaults to the one the
@@ -95,7 +106,7 @@ def decode_file(bits_path: str | Path, output: str | Path, model: str | None = N
     ``payload_path``, by default <bits stem>.payload beside the bitstream."""
     from workers.adapt.job import check_payload_binding, decoder_model
 
-    bits_path = Path(bits_path)
+    bits_path = unit_bitstream(Path(bits_path))
     try:
         data = bits_path.read_bytes()
     except OSError as exc:
