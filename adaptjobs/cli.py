@@ -18,6 +18,7 @@ METHOD_NAMES = tuple(METHOD_CONFIGS)
 EXIT_INPUT_ERROR = 1
 EXIT_INTERNAL_ERROR = 3  # a bug or a crash, not the user's input
 EXIT_RUN_INCOMPLETE = 4  # submit/resume: some units failed or did not run
+EXIT_INTERRUPTED = 130  # Ctrl-C, as shells report SIGINT
 
 
 def _positive_int(text: str) -> int:
@@ -448,6 +449,11 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as exc:
         print(f"adaptjobs {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_INPUT_ERROR
+    except KeyboardInterrupt:
+        run = getattr(args, "run", None)
+        after = f"; finished units are kept: adaptjobs resume {run}" if run and args.command in ("submit", "resume") else ""
+        print(f"adaptjobs {args.command}: interrupted{after}", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

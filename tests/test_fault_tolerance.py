@@ -148,3 +148,25 @@ def test_resume_after_the_driver_is_killed(tmp_path, one_video, tiny_checkpoint)
     done = [r for r in read_log(lora_unit / "adapt.log") if r.get("event") == "done"]
     assert len(done) == 1 and done[0]["resumed_from_step"] >= 3
     assert {p.suffix: p.read_bytes() for p in lora_unit.glob("clip.*")} == reference
+
+
+def test_ctrl_c_stops_the_driver_cleanly_and_the_run_resumes(tmp_path, one_video, tiny_checkpoint):
+    run = tmp_path / "run"
+    env = {**os.environ, "RAY_ADDRESS": ""}
+    driver = adaptjobs("submit", str(one_video), "--run", str(run), "--model", str(tiny_checkpoint), "--frames",
+                       str(FRAMES), "--methods", "decoder-lora", "--anchors", "none", "--no-progress", *SUBMIT_SETS,
+                       env=env)
+    unit = run / "units" / "clip" / "decoder-lora" / "q2"
+    try:
+        wait_for(lambda: training_step(unit) >= 2, 120, "the unit to start training")
+    finally:
+        driver.send_signal(signal.SIGINT)
+        out, err = driver.communicate(timeout=60)
+    assert driver.returncode == 130, out + err
+    assert f"interrupted; finished units are kept: adaptjobs resume {run}" in err
+    assert not (unit / "DONE").exists() and not (unit / "FAILED").exists()  # interrupted, not failed
+    resume = adaptjobs("resume", str(run), "--no-progress", env=env)
+    out, err = resume.communicate(timeout=240)
+    assert resume.returncode == 0, out + err
+    done = [r for r in read_log(unit / "adapt.log") if r.get("event") == "done"]
+    assert len(done) == 1 and done[0]["resumed_from_step"] >= 2
