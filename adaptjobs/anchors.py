@@ -11,7 +11,7 @@ encoder's own AVOption table (and x26N-params keys against the set we allow) bef
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import torch
@@ -20,7 +20,7 @@ from schemas.anchors import AnchorPoint
 from workers.errors import InputError
 from workers.metrics import ms_ssim_rgb, psnr_rgb, psnr_yuv
 from workers.colour import yuv420_to_rgb
-from workers.video_io import Video, yuv420_frame, yuv420_planes
+from workers.video_io import SourceFrames, Video, yuv420_frame, yuv420_planes
 
 ENCODERS = {"x264": ("libx264", "h264", "x264-params"), "x265": ("libx265", "hevc", "x265-params")}
 DEFAULT_CRFS = (22.0, 27.0, 32.0, 37.0, 42.0, 47.0, 51.0)  # wide, so that low-rate curves overlap
@@ -104,14 +104,27 @@ def encode_anchor(video: Video, codec: str, crf: float, intra_period: int, prese
 
 def _measure(video: Video, codec: str, crf: float, preset: str, intra_period: int, total: int,
              decoded: list[tuple[np.ndarray, ...]]) -> AnchorPoint:
-    originals = [video.frame_rgb(i) for i in range(len(video))]
-    reconstructions = [yuv420_to_rgb(*planes) for planes in decoded]
+    originals = SourceFrames(video)  # RGB converted on access, like the decoded frames below
+    reconstructions = _DecodedFrames(decoded)
     return AnchorPoint(
         codec=codec, crf=crf, preset=preset, intra_period=intra_period, frames=len(video), width=video.width,
         height=video.height, bytes=total, bpp=total * 8 / (video.width * video.height * len(video)),
-        psnr_rgb=sum(psnr_rgb(o, r) for o, r in zip(originals, reconstructions)) / len(video),
+        psnr_rgb=sum(psnr_rgb(originals[i], reconstructions[i]) for i in range(len(video))) / len(video),
         psnr_yuv=sum(psnr_yuv(video.frame_yuv420(i), planes) for i, planes in enumerate(decoded)) / len(video),
-        ms_ssim_rgb=ms_ssim_rgb(torch.stack(originals), torch.stack(reconstructions)))
+        ms_ssim_rgb=ms_ssim_rgb(originals, reconstructions))
+
+
+class _DecodedFrames(Sequence):
+    """Decoded 4:2:0 planes seen as RGB float frames (3, H, W), converted on access."""
+
+    def __init__(self, planes: list[tuple[np.ndarray, ...]]):
+        self.planes = planes
+
+    def __len__(self) -> int:
+        return len(self.planes)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return yuv420_to_rgb(*self.planes[index])
 
 
 def anchor_curve(video: Video, codec: str, intra_period: int, crfs: Iterable[float] = DEFAULT_CRFS,

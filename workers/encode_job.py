@@ -23,7 +23,7 @@ from workers.errors import BitstreamError, InputError
 from workers.metrics import ms_ssim_rgb, psnr_rgb, psnr_yuv
 from workers.model_store import resolve_model
 from workers.video_codec import decode_sequence, encode_sequence
-from workers.video_io import Video, read_video, write_reconstruction
+from workers.video_io import SourceFrames, Video, read_video, write_reconstruction
 
 DEFAULT_INTRA_PERIOD = 12  # PEVC's test GoP
 
@@ -42,10 +42,10 @@ def checked_model(loaded: LoadedModel, header: BitstreamHeader, source: str | Pa
 
 def sequence_metrics(video: Video, frames: list[torch.Tensor]) -> dict[str, float]:
     """PSNR-RGB, PSNR-YUV and MS-SSIM-RGB of ``frames`` against the first len(frames) of ``video``."""
-    originals = [video.frame_rgb(i) for i in range(len(frames))]
-    rgb = sum(psnr_rgb(o, r) for o, r in zip(originals, frames)) / len(frames)
+    originals = SourceFrames(video)  # converted on access: no float copy of the whole video
+    rgb = sum(psnr_rgb(video.frame_rgb(i), r) for i, r in enumerate(frames)) / len(frames)
     yuv = sum(psnr_yuv(video.frame_yuv420(i), rgb_to_yuv420(r)) for i, r in enumerate(frames)) / len(frames)
-    return {"psnr_rgb": rgb, "psnr_yuv": yuv, "ms_ssim_rgb": ms_ssim_rgb(torch.stack(originals), torch.stack(frames))}
+    return {"psnr_rgb": rgb, "psnr_yuv": yuv, "ms_ssim_rgb": ms_ssim_rgb(originals[: len(frames)], frames)}
 
 
 def encode_video(video: Video, loaded: LoadedModel, output: str | Path, intra_period: int = DEFAULT_INTRA_PERIOD,

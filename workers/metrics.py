@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -50,14 +51,18 @@ def ms_ssim_settings(height: int, width: int) -> tuple[int, int]:
     return window, len(_MSSSIM_WEIGHTS)
 
 
-def ms_ssim_rgb(originals: torch.Tensor, reconstructions: torch.Tensor) -> float:
-    """Mean MS-SSIM over frames of (T, 3, H, W) tensors in [0, 1]."""
+def ms_ssim_rgb(originals: Sequence[torch.Tensor], reconstructions: Sequence[torch.Tensor]) -> float:
+    """Mean MS-SSIM over frames: (T, 3, H, W) tensors, or sequences of (3, H, W) frames in [0, 1] (a list,
+    or a lazy sequence that converts each frame on access). Frames are stacked 16 at a time, so a long
+    sequence never needs a stacked float copy of itself."""
     from pytorch_msssim import ms_ssim, ssim
 
-    window, scales = ms_ssim_settings(*originals.shape[-2:])
+    window, scales = ms_ssim_settings(*originals[0].shape[-2:])
     values = []
-    for start in range(0, len(originals), 16):  # bounded memory on long sequences
-        a, b = originals[start:start + 16].float(), reconstructions[start:start + 16].clamp(0, 1).float()
+    for start in range(0, len(originals), 16):
+        end = min(start + 16, len(originals))
+        a = torch.stack([originals[i] for i in range(start, end)]).float()
+        b = torch.stack([reconstructions[i] for i in range(start, end)]).clamp(0, 1).float()
         if scales == 1:
             values.append(ssim(a, b, data_range=1.0, size_average=False, win_size=window))
         else:

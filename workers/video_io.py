@@ -12,7 +12,7 @@ a time, so a long 720p clip costs 1.5 bytes per pixel in memory, not 12.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -75,6 +75,28 @@ class Video:
     def frames_rgb(self) -> Iterator[torch.Tensor]:
         for index in range(len(self)):
             yield self.frame_rgb(index)
+
+
+class SourceFrames(Sequence):
+    """A video's frames as RGB float32 (3, H, W) in [0, 1], converted from the 8-bit planes on each access,
+    optionally transformed (e.g. padded for the codec). Indexing with a slice gives another lazy view.
+
+    Long videos are held as 8-bit planes (1.5 bytes per pixel for 4:2:0); a list of float frames would
+    take 12. Code that visits frames several times (training epochs, metrics) uses this instead of a list.
+    """
+
+    def __init__(self, video: Video, transform=None, indices: range | None = None):
+        self.video, self.transform = video, transform
+        self.indices = indices if indices is not None else range(len(video))
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, item):
+        if isinstance(item, slice):
+            return SourceFrames(self.video, self.transform, self.indices[item])
+        frame = self.video.frame_rgb(self.indices[item])
+        return frame if self.transform is None else self.transform(frame)
 
 
 def read_video(path: str | Path, max_frames: int | None = None) -> Video:

@@ -16,6 +16,7 @@ import json
 import logging
 import re
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,7 +38,7 @@ from workers.encode_job import DEFAULT_INTRA_PERIOD, ReconstructionMismatch, seq
 from workers.errors import BitstreamError, InputError
 from workers.rd_loss import lambda_for_quality
 from workers.video_codec import EncodedSequence, decode_sequence, encode_sequence
-from workers.video_io import Video, write_reconstruction
+from workers.video_io import SourceFrames, Video, write_reconstruction
 
 log = logging.getLogger("adaptjobs.adapt")
 
@@ -119,7 +120,7 @@ class _LogFile:
         self.handle.close()
 
 
-def _train_lora_or_full(base: LoadedModel, config, frames: list[torch.Tensor], pixels: int, lmbda: float,
+def _train_lora_or_full(base: LoadedModel, config, frames: Sequence[torch.Tensor], pixels: int, lmbda: float,
                         checkpoint_dir: Path, config_json: str, logger) -> tuple[DecoderUpdate, int, int]:
     update = make_update(base.model, config)
     steps, resumed = train_decoder_update(base.model, update, config.prior, config.training, frames, pixels, lmbda,
@@ -138,7 +139,7 @@ def _payload_for(base: LoadedModel, config, update: DecoderUpdate) -> bytes | No
     return encode_payload(WeightUpdate(header, indices))
 
 
-def _gop_adapter_encoder(model: ScaleSpaceFlow, config: GopAdaptersConfig, padded: list[torch.Tensor],
+def _gop_adapter_encoder(model: ScaleSpaceFlow, config: GopAdaptersConfig, padded: Sequence[torch.Tensor],
                          header: BitstreamHeader, lmbda: float, checkpoint_dir: Path, config_json: str, logger,
                          counters: dict):
     """inter_encoder callback for encode_sequence: trains (or reloads) the adapters of each GoP."""
@@ -178,7 +179,7 @@ def _gop_adapter_encoder(model: ScaleSpaceFlow, config: GopAdaptersConfig, padde
                                            "optimizer_steps": gop_steps})
 
             began = time.perf_counter()
-            train_gop_adapters(adapted, parameters, optimizer, padded[index:end], intra_hat,
+            train_gop_adapters(adapted, parameters, optimizer, list(padded[index:end]), intra_hat,
                                (header.height, header.width), config, lmbda,
                                start_step, checkpoint, on_log=on_log)
             counters["seconds"] += time.perf_counter() - began
@@ -210,9 +211,11 @@ def adapt_video(video: Video, base: LoadedModel, outdir: str | Path, config, int
                              width=video.width, height=video.height, frame_count=len(video),
                              fps_num=video.fps.numerator, fps_den=video.fps.denominator, intra_period=intra_period)
     tables = base.model.entropy_tables()
-    padded = [pad_frame(f.unsqueeze(0)) for f in video.frames_rgb()]
+    # frames padded for the codec, (1, 3, H16, W16) and (3, H16, W16), converted on access (never all in memory)
+    padded = SourceFrames(video, lambda frame: pad_frame(frame.unsqueeze(0)))
+    padded_frames = SourceFrames(video, lambda frame: pad_frame(frame.unsqueeze(0))[0])
 
-    base_encoded = encode_sequence(base.model, tables, (p[0, :, : video.height, : video.width] for p in padded), header)
+    base_encoded = encode_sequence(base.model, tables, video.frames_rgb(), header)
     base_candidate = Candidate(base_encoded, None, _mean_mse(video, base_encoded.reconstruction))
     candidate, steps, resumed = base_candidate, 0, 0
     decision = "base-method" if isinstance(config, NoneConfig) else "zero-update"
@@ -225,7 +228,7 @@ def adapt_video(video: Video, base: LoadedModel, outdir: str | Path, config, int
         model, payload = base.model, None
         if isinstance(lora, (DecoderLoraConfig, FullDecoderConfig)):
             began = time.perf_counter()
-            update, steps, resumed = _train_lora_or_full(base, lora, [p[0] for p in padded], pixels, lmbda,
+            update, steps, resumed = _train_lora_or_full(base, lora, padded_frames, pixels, lmbda,
                                                          checkpoint_dir, config_json, logger)
             train_seconds += time.perf_counter() - began
             payload = _payload_for(base, lora, update)
@@ -239,7 +242,7 @@ def adapt_video(video: Video, base: LoadedModel, outdir: str | Path, config, int
             adapted_header = header.model_copy(update={
                 "method": config.method,
                 "payload_sha256": None if payload is None else hashlib.sha256(payload).hexdigest()})
-            encoded = encode_sequence(model, model.entropy_tables(), (p[0, :, : video.height, : video.width] for p in padded),
+            encoded = encode_sequence(model, model.entropy_tables(), video.frames_rgb(),
                                       adapted_header, inter_encoder=inter_encoder)
             adapted = Candidate(encoded, payload, _mean_mse(video, encoded.reconstruction))
             steps += counters["steps"]

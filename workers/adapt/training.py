@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -45,7 +45,7 @@ def clip_starts(frame_count: int, gop: int) -> list[int]:
     return sorted({min(start, frame_count - length) for start in range(0, frame_count, length)})
 
 
-def crop_batch(frames: list[torch.Tensor], starts: list[int], length: int, crop: int,
+def crop_batch(frames: Sequence[torch.Tensor], starts: list[int], length: int, crop: int,
                generator: torch.Generator) -> list[torch.Tensor]:
     """``length`` tensors (B, 3, ch, cw): clip b starts at frame starts[b], each with its own window."""
     _, height, width = frames[0].shape
@@ -73,7 +73,7 @@ def decoder_update_cost(model: ScaleSpaceFlow, update: DecoderUpdate, prior: Wei
 
 
 def train_decoder_update(model: ScaleSpaceFlow, update: DecoderUpdate, prior: WeightPrior, training: DecoderTraining,
-                         frames: list[torch.Tensor], sequence_pixels: int, lmbda: float, seed: int,
+                         frames: Sequence[torch.Tensor], sequence_pixels: int, lmbda: float, seed: int,
                          state_path: Path, config_json: str,
                          on_log: Callable[[dict], None] | None = None) -> tuple[int, int]:
     """Train ``update.coded`` in place on ``frames`` (padded (3, H, W) in [0, 1]).
