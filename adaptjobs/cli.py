@@ -54,9 +54,15 @@ def _add_execution_options(command: argparse.ArgumentParser) -> None:
     command.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _add_frame_options(command: argparse.ArgumentParser, frames_help: str) -> None:
     from workers.encode_job import DEFAULT_INTRA_PERIOD
 
+    command.add_argument("--frames", type=_positive_int, help=frames_help)
+    command.add_argument("--intra-period", type=_non_negative_int, default=DEFAULT_INTRA_PERIOD,
+                         help=f"frames per I-frame; 0 = only the first (default {DEFAULT_INTRA_PERIOD})")
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="adaptjobs", description="Per-video adaptation jobs for neural video compression.")
     parser.add_argument("--threads", type=_positive_int, default=None,
                         help="torch CPU threads for this process (default: torch's choice)")
@@ -69,9 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
                                         "(default: the shipped base model)")
     encode.add_argument("--quality", type=_positive_int,
                         help="quality index 1..N (higher: more bits, better quality; default 3 for a model family)")
-    encode.add_argument("--frames", type=_positive_int, help="encode at most this many frames")
-    encode.add_argument("--intra-period", type=_non_negative_int, default=DEFAULT_INTRA_PERIOD,
-                        help=f"frames per I-frame; 0 = only the first (default {DEFAULT_INTRA_PERIOD})")
+    _add_frame_options(encode, "encode at most this many frames")
     encode.add_argument("--recon", help="also write the reconstruction (.y4m, or a folder of PNGs)")
     encode.add_argument("--json", action="store_true", help="print the result as JSON")
 
@@ -89,9 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     adapt.add_argument("--method", required=True, choices=sorted(METHOD_NAMES), help="adaptation method")
     adapt.add_argument("--model", help="base model (default: the shipped one)")
     adapt.add_argument("--quality", type=_positive_int, help="quality index of the base model family")
-    adapt.add_argument("--frames", type=_positive_int, help="use at most this many frames")
-    adapt.add_argument("--intra-period", type=_non_negative_int, default=DEFAULT_INTRA_PERIOD,
-                       help=f"frames per I-frame; 0 = only the first (default {DEFAULT_INTRA_PERIOD})")
+    _add_frame_options(adapt, "use at most this many frames")
     adapt.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="method option, e.g. training.epochs=3, variant=repeat, prior.grid=0.004, steps=2, "
                             "lora.ranks=[8,4,4,2] (JSON values; repeatable; see `adaptjobs methods`)")
@@ -140,9 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"comma-separated adaptation methods (default none,decoder-lora; known: {', '.join(METHOD_NAMES)})")
     submit.add_argument("--qualities", help="comma-separated quality indices (default: every quality of the model)")
     submit.add_argument("--model", help="base model family or checkpoint (default: the shipped one)")
-    submit.add_argument("--frames", type=_positive_int, help="use at most this many frames of each video")
-    submit.add_argument("--intra-period", type=_non_negative_int, default=DEFAULT_INTRA_PERIOD,
-                        help=f"frames per I-frame; 0 = only the first (default {DEFAULT_INTRA_PERIOD})")
+    _add_frame_options(submit, "use at most this many frames of each video")
     submit.add_argument("--set", action="append", default=[], metavar="[METHOD:]KEY=VALUE",
                         help="method option, e.g. decoder-lora:training.epochs=3 (without METHOD: for every chosen "
                              "method; repeatable; see `adaptjobs methods`)")

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from results_file import replace_section  # noqa: E402
+from results_file import cpu_name, replace_section  # noqa: E402
 
 from schemas.adapt import METHOD_CONFIGS  # noqa: E402
 from workers.adapt.job import adapt_video, parse_method_config  # noqa: E402
@@ -73,8 +73,7 @@ def main() -> None:
         job_rows.append(f"| {method} | {result.adapt_seconds:.1f} | {result.train_seconds:.1f} | {result.adaptation_steps} | "
                         f"{result.decision} | {result.bpp_with_payload:.4f} | {result.psnr_rgb:.2f} |")
         print(job_rows[-1], flush=True)
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-               platform.processor())
+    cpu = cpu_name()
     command = "python benchmarks/bench_adapt.py " + " ".join(sys.argv[1:])
     lines = [
         "## Adaptation speed", "",

@@ -25,14 +25,13 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from results_file import replace_section  # noqa: E402
+from results_file import cpu_name, replace_section  # noqa: E402
 
 from schemas.bitstream import BitstreamHeader
 from schemas.codec import ARCHITECTURE_PRESETS
 from workers.checkpoints import random_model
 from workers.codec.entropy_coding import FactorizedTable, gaussian_table
 from workers.codec.entropy_models import EntropyBottleneck
-from workers.encode_job import checked_model
 from workers.video_codec import decode_sequence, encode_sequence
 from workers.video_io import read_video
 
@@ -111,8 +110,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-               platform.processor())
+    cpu = cpu_name()
     lines = [
         "## Codec speed and entropy coder", "",
         f"Measured {datetime.date.today()} on {cpu}, {os.cpu_count()} cores, torch {torch.__version__} "

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from results_file import replace_section  # noqa: E402
+from results_file import cpu_name, replace_section  # noqa: E402
 
 from adaptjobs.demo import sample_dir  # noqa: E402
 from adaptjobs.run_store import RunStore  # noqa: E402
@@ -96,8 +96,7 @@ def main() -> None:
         two_wall, two_startup, two = with_ray(tmp / "two", videos, args.frames, cpus_per_task=1)
     units = len(serial["run_task"])
     overhead = (one_wall - one_startup) / units - statistics.mean(one["run_task"])
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-               platform.processor())
+    cpu = cpu_name()
     command = "python benchmarks/bench_runner.py " + " ".join(sys.argv[1:])
     rows = [
         ("in process, run_task one after the other (2 threads, no Ray)", serial_wall, 0.0, serial),

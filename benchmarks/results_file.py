@@ -3,6 +3,7 @@ rewrites its own numbers and leaves the others' alone."""
 
 from __future__ import annotations
 
+import platform
 from pathlib import Path
 
 HEADER = "# Benchmarks\n\nEach section says the machine, the command and the date it was measured.\n"
@@ -19,3 +20,13 @@ def replace_section(path: Path, name: str, markdown: str) -> None:
     else:
         text = text.rstrip() + "\n\n" + block + "\n"
     path.write_text(text)
+
+
+def cpu_name() -> str:
+    """The CPU model as /proc/cpuinfo names it (for the machine line of each section)."""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            return next((line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")),
+                        platform.processor() or "unknown CPU")
+    except OSError:
+        return platform.processor() or "unknown CPU"

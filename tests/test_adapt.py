@@ -11,11 +11,11 @@ import pytest
 import torch
 
 from adaptjobs.cli import main
-from schemas.adapt import DecoderLoraConfig, FullDecoderConfig, GopAdaptersConfig, PayloadHeader, WeightPrior
-from workers.adapt.decoder_updates import LoraUpdate, apply_update, decoder_deconvs
+from schemas.adapt import DecoderLoraConfig, WeightPrior
+from workers.adapt.decoder_updates import LoraUpdate, decoder_deconvs
 from workers.adapt.job import adapt_video, decode_files, parse_method_config
 from workers.adapt.payload import WeightUpdate, decode_payload, encode_payload, make_header
-from workers.adapt.prior import (bin_probability, coding_probabilities, ideal_bits, quantize_ste, weight_bits)
+from workers.adapt.prior import bin_probability, coding_probabilities, ideal_bits, weight_bits
 from workers.bitstream import unpack
 from workers.checkpoints import save_checkpoint
 from workers.errors import BitstreamError, InputError
