@@ -61,8 +61,12 @@ def training_summary(run: Path | None) -> dict:
     final = {}
     for record in records:
         final[(record["phase"], record["quality"])] = record
-    return {"run": run.name, "config": json.loads(config.model_dump_json()), "wall_seconds": wall,
-            "final_training_records": [final[k] for k in final]}
+    summary = {"run": run.name, "config": json.loads(config.model_dump_json()), "wall_seconds": wall,
+               "final_training_records": [final[k] for k in final]}
+    if config.init_from and Path(config.init_from).exists():  # where the starting weights came from
+        provenance = load_checkpoint(config.init_from).metadata.provenance
+        summary["init_provenance"] = provenance.notes or provenance.source
+    return summary
 
 
 def train_data_table(data_readme: Path) -> list[str]:
@@ -143,7 +147,8 @@ def render(card: dict) -> str:
     for training in card.get("training", []):
         config = training["config"]
         lambdas = config.get("lambdas") or "CompressAI's table"
-        start = (f"starting from `{Path(config['init_from']).name}` (sha256 {config['init_sha256'][:12]})"
+        start = (f"starting from `{Path(config['init_from']).name}` (sha256 {config['init_sha256'][:12]}; "
+                 f"its own training: {training.get('init_provenance', 'not recorded')})"
                  if config.get("init_from") else "from random weights")
         lines += [f"### Run `{training['run']}`", "",
                   f"`adaptjobs pretrain` (workers/pretrain/), seed {config['seed']}, {start}: {config['intra_steps']} "
