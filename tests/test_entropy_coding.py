@@ -57,6 +57,21 @@ def test_factorized_quantize_clamps_outliers_and_decoder_sees_the_same_values():
                                                            + table.medians.view(1, -1, 1, 1))[inside])
 
 
+def test_a_channel_with_all_its_mass_in_one_bin_still_codes():
+    """Channels a trained model stopped using put all their mass in one bin (seen in the motion hyperprior at
+    the lowest lambda); constriction cannot build a one-symbol table, so such a channel gets two."""
+    bottleneck = _bottleneck(channels=3)
+    with torch.no_grad():
+        for matrix in bottleneck.matrices:
+            matrix[1] = 30.0  # softplus(30) ~ 30 per layer: the cumulative of channel 1 is a step
+    table = FactorizedTable.build(bottleneck)
+    assert table.lengths[1] == 2 and table.probabilities[1, :2].max() > 1 - 1e-9
+    z = torch.randn(1, 3, 8, 8)
+    z[:, 1] = bottleneck.medians()[1]  # what such a channel carries
+    symbols = table.quantize(z)
+    assert torch.equal(table.decode(table.encode(symbols), tuple(symbols.shape)), symbols)
+
+
 @pytest.mark.parametrize("index_range", [(0, 20), (20, 64), (0, 64)])
 def test_gaussian_real_bits_close_to_ideal_and_exact_round_trip(index_range):
     gaussian = gaussian_table()

@@ -96,10 +96,14 @@ class FactorizedTable:
             heavy_above = torch.nonzero(above[c, :-1] > FACTORIZED_TAIL_MASS)
             lo = int(heavy_below[0]) if len(heavy_below) else 0
             hi = int(heavy_above[-1]) if len(heavy_above) else num_bins - 1
-            hi = max(hi, lo)
+            # at least two symbols: constriction cannot build a one-symbol table, and a channel the model
+            # stopped using (all mass in one bin, seen at low lambdas) must still code its symbols
+            hi = max(hi, lo + 1)
+            if hi > num_bins - 1:
+                lo, hi = num_bins - 2, num_bins - 1
             pmf = (below[c, lo + 1: hi + 2] - below[c, lo: hi + 1]).clone()
             pmf[0] = below[c, lo + 1]
-            pmf[-1] = above[c, hi] if hi > lo else 1.0
+            pmf[-1] = above[c, hi]
             rows.append(pmf.clamp_min(0.0).numpy())
             lengths.append(hi - lo + 1)
             first.append(lo - FACTORIZED_MAX_OFFSET)
