@@ -449,6 +449,9 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as exc:
         print(f"adaptjobs {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_INPUT_ERROR
+    except BrokenPipeError:  # `adaptjobs status RUN | head`: the reader left, nothing is wrong
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         run = getattr(args, "run", None)
         after = f"; finished units are kept: adaptjobs resume {run}" if run and args.command in ("submit", "resume") else ""
