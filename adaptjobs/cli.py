@@ -357,7 +357,7 @@ def _execution(args):
     if args.cpus_per_task <= 0:
         raise InputError(None, f"--cpus-per-task must be > 0, got {args.cpus_per_task}")
     return Execution(address=args.address, cpus_per_task=args.cpus_per_task, gpus_per_task=args.gpus_per_task,
-                     max_retries=args.max_retries, progress=not args.no_progress)
+                     max_retries=args.max_retries, progress=not args.no_progress, sigterm_interrupts=True)
 
 
 def _int_list(text: str | None, flag: str) -> list[int] | None:

@@ -38,6 +38,7 @@ class Execution:
     max_retries: int = 3
     progress: bool = True
     local_cpus: int | None = None   # CPUs of the embedded instance (default: all of this machine's)
+    sigterm_interrupts: bool = False  # SIGTERM raises KeyboardInterrupt in the driver (the CLI sets it)
 
 
 @dataclass
@@ -80,6 +81,19 @@ def connect(execution: Execution) -> bool:
         # address="local": always a new embedded instance, never a cluster that happens to run on this machine
         ray.init(address="local", num_cpus=execution.local_cpus or os.cpu_count(), **quiet)
     return True
+
+
+def interrupt_on_sigterm() -> None:
+    """SIGTERM (a scheduler preempting the driver, `kill`) takes the same path as Ctrl-C: the caller's
+    KeyboardInterrupt handling shuts Ray down, releases the driver lock and says how to resume."""
+    import signal
+    import threading
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, interrupt)
 
 
 def select_units(store: RunStore, spec: JobSpec, retry_failed: bool, summary: RunSummary) -> list[Unit]:
@@ -132,6 +146,8 @@ def run(store: RunStore, spec: JobSpec, execution: Execution, retry_failed: bool
         summary.seconds = time.perf_counter() - started
         return summary
     started_ray = connect(execution)
+    if execution.sigterm_interrupts:
+        interrupt_on_sigterm()  # after ray.init, which installs a SIGTERM handler of its own
     try:
         _schedule_and_wait(ray, store, spec, units, execution, summary)
     finally:

@@ -121,6 +121,9 @@ class GopAdaptersConfig(BaseModel):
     steps: int = Field(4, ge=0, description="MAX: passes over the GoP's patch-GoPs")
     patch: int = Field(128, ge=128, description="patch-GoP side in px, a multiple of 128")
     learning_rate: float = Field(1e-3, gt=0)
+    rate_proxy: Literal["noise", "rounded"] = Field(
+        "noise", description="what the rate term is evaluated at while training: latents + U(-0.5, 0.5) (its "
+                             "gradient is informative) or the rounded latents (the exact coded cost, straight-through)")
     seed: int = Field(0, ge=0)
 
     @model_validator(mode="after")

@@ -137,3 +137,23 @@ def test_decoding_with_data_left_over_raises_bitstream_error():
     data = gaussian.encode(symbols, indexes)
     with pytest.raises(BitstreamError, match="left over"):
         gaussian.decode(data, indexes[:, :1])
+
+
+def test_training_quantization_matched_to_the_coder_gives_the_coders_latents(tiny_model):
+    """Encoder-side adaptation trains in eval mode; with match_coder, the y_hat it trains on is exactly the
+    y_hat the coder reconstructs, even for latents far outside the coding tables (which the coder clamps)."""
+    import copy
+
+    model = copy.deepcopy(tiny_model.model).eval()
+    hyperprior = model.res_hyperprior
+    table = FactorizedTable.build(hyperprior.entropy_bottleneck)
+    y = torch.randn(1, model.architecture.latent_channels, 8, 8, generator=torch.Generator().manual_seed(0)) * 3
+    y[0, 0, 0, 0], y[0, 1, 2, 3] = 4000.0, -4000.0  # beyond every table range
+    coded = hyperprior.compress(y, table)
+    with torch.no_grad():
+        unmatched, _ = hyperprior(y)
+        hyperprior.match_coder(table)
+        matched, likelihoods = hyperprior(y)
+    assert not torch.equal(unmatched, coded.y_hat)  # plain rounding keeps the outliers the coder clamps
+    assert torch.equal(matched, coded.y_hat)
+    assert torch.isfinite(likelihoods["y"]).all() and torch.isfinite(likelihoods["z"]).all()

@@ -150,7 +150,9 @@ def test_resume_after_the_driver_is_killed(tmp_path, one_video, tiny_checkpoint)
     assert {p.suffix: p.read_bytes() for p in lora_unit.glob("clip.*")} == reference
 
 
-def test_ctrl_c_stops_the_driver_cleanly_and_the_run_resumes(tmp_path, one_video, tiny_checkpoint):
+def test_sigterm_stops_the_driver_cleanly_and_the_run_resumes(tmp_path, one_video, tiny_checkpoint):
+    """SIGTERM (a preempted driver, `kill`) takes the same path as Ctrl-C: exit 130 with a resume hint,
+    the unit is left interrupted (not failed) and continues from its checkpoint."""
     run = tmp_path / "run"
     env = {**os.environ, "RAY_ADDRESS": ""}
     driver = adaptjobs("submit", str(one_video), "--run", str(run), "--model", str(tiny_checkpoint), "--frames",
@@ -160,7 +162,7 @@ def test_ctrl_c_stops_the_driver_cleanly_and_the_run_resumes(tmp_path, one_video
     try:
         wait_for(lambda: training_step(unit) >= 2, 120, "the unit to start training")
     finally:
-        driver.send_signal(signal.SIGINT)
+        driver.send_signal(signal.SIGTERM)
         out, err = driver.communicate(timeout=60)
     assert driver.returncode == 130, out + err
     assert f"interrupted; finished units are kept: adaptjobs resume {run}" in err

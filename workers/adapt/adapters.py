@@ -59,7 +59,8 @@ class SerialAdapted(nn.Module):
 
 def with_adapters(model: ScaleSpaceFlow, config: GopAdaptersConfig) -> tuple[ScaleSpaceFlow, list[nn.Parameter]]:
     """A copy of ``model`` with zero-output adapters inserted (deterministic initialisation from
-    ``config.seed``), its base weights frozen; returns it and the adapter parameters."""
+    ``config.seed``), its base weights frozen, and its motion and residual entropy models clamping symbols
+    as the coder does (Hyperprior.match_coder); returns it and the adapter parameters."""
     adapted = copy.deepcopy(model)
     for p in adapted.parameters():
         p.requires_grad_(False)
@@ -77,6 +78,10 @@ def with_adapters(model: ScaleSpaceFlow, config: GopAdaptersConfig) -> tuple[Sca
             channels = model.architecture.hyper_channels
             hyperprior.hyper_encoder = SerialAdapted(hyperprior.hyper_encoder,
                                                      Adapter(channels, channels, config.hidden_channels, config.kernel_size, 1))
+    # adapters change what reaches the entropy models: train on exactly the symbols the coder will code
+    tables = model.entropy_tables()
+    adapted.motion_hyperprior.match_coder(tables.motion, rate_noise=config.rate_proxy == "noise")
+    adapted.res_hyperprior.match_coder(tables.residual, rate_noise=config.rate_proxy == "noise")
     parameters = [p for m in adapted.modules() if isinstance(m, Adapter) for p in m.parameters()]
     for p in parameters:
         p.requires_grad_(True)

@@ -181,7 +181,7 @@ def _gop_adapter_encoder(model: ScaleSpaceFlow, config: GopAdaptersConfig, padde
             began = time.perf_counter()
             train_gop_adapters(adapted, parameters, optimizer, list(padded[index:end]), intra_hat,
                                (header.height, header.width), config, lmbda,
-                               start_step, checkpoint, on_log=on_log)
+                               start_step, checkpoint, on_log=on_log, gop=gop)
             counters["seconds"] += time.perf_counter() - began
         counters["steps"] += gop_steps
         return adapted

@@ -164,11 +164,11 @@ def train_gop_adapters(model: ScaleSpaceFlow, parameters: list[torch.nn.Paramete
                        gop_frames: list[torch.Tensor], intra_hat: torch.Tensor, picture: tuple[int, int],
                        config: GopAdaptersConfig,
                        lmbda: float, start_step: int, checkpoint: Callable[[int], None],
-                       on_log: Callable[[dict], None] | None = None) -> int:
+                       on_log: Callable[[dict], None] | None = None, gop: int = 0) -> int:
     """Patch-based GoP updating (seed 002, Algorithm 1) of the adapters of ``model``, in place.
 
     ``gop_frames``: the GoP's padded frames (1, 3, H, W), I-frame first; ``intra_hat`` the coded I-frame;
-    ``picture`` the (height, width) of the picture before padding.
+    ``picture`` the (height, width) of the picture before padding; ``gop`` its index (seeds the rate noise).
     For every step and every patch-GoP, the P-frame chain runs on the patch from the I-frame's
     reconstruction with its own references, and one Adam step lowers sum_t lambda*D + R(y) + R(m).
     Returns the number of optimizer steps taken.
@@ -177,16 +177,18 @@ def train_gop_adapters(model: ScaleSpaceFlow, parameters: list[torch.nn.Paramete
     windows = patch_windows(*picture, intra_hat.shape[-2], intra_hat.shape[-1], config.patch)
     taken = 0
     for step in range(start_step, config.steps):
-        for top, left, ph, pw in windows:
+        for number, (top, left, ph, pw) in enumerate(windows):
             ref = intra_hat[..., top: top + ph, left: left + pw]
             targets, reconstructions, likelihoods = [], [], []
-            for frame in gop_frames[1:]:
-                x = frame[..., top: top + ph, left: left + pw]
-                x_hat, lik = model.forward_inter(x, ref)
-                targets.append(x)
-                reconstructions.append(x_hat)
-                likelihoods.append(lik)
-                ref = x_hat
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(int(_generator(config.seed, gop, step, number).initial_seed()))  # rate noise
+                for frame in gop_frames[1:]:
+                    x = frame[..., top: top + ph, left: left + pw]
+                    x_hat, lik = model.forward_inter(x, ref)
+                    targets.append(x)
+                    reconstructions.append(x_hat)
+                    likelihoods.append(lik)
+                    ref = x_hat.clamp(0.0, 1.0)  # the coder's reference is clamped too
             terms = rate_distortion(targets, reconstructions, likelihoods, lmbda)
             optimizer.zero_grad(set_to_none=True)
             (terms["loss"] * len(targets)).backward()  # the paper's sum over the GoP

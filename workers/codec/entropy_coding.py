@@ -17,13 +17,13 @@ import constriction
 import numpy as np
 import torch
 
-from workers.codec.entropy_models import EntropyBottleneck, scale_table
+from workers.codec.entropy_models import CODING_MIN_RANGE, CODING_TAIL_STDS, EntropyBottleneck, scale_table
 from workers.errors import BitstreamError
 
 FACTORIZED_TAIL_MASS = 1e-9   # per side; mass beyond is folded into the outermost bins
 FACTORIZED_MAX_OFFSET = 1024  # symbols are searched within median +- this
-GAUSSIAN_TAIL_STDS = 8.0      # latent symbols range over +- ceil(8 std) of their table entry
-GAUSSIAN_MIN_RANGE = 4
+GAUSSIAN_TAIL_STDS = CODING_TAIL_STDS  # latent symbols range over +- ceil(8 std) of their table entry
+GAUSSIAN_MIN_RANGE = CODING_MIN_RANGE
 
 
 def words_to_bytes(words: np.ndarray) -> bytes:

@@ -22,6 +22,7 @@ from workers.codec.layers import lower_bound
 
 LIKELIHOOD_BOUND = 1e-9
 SCALE_TABLE_MIN, SCALE_TABLE_MAX, SCALE_TABLE_LEVELS = 0.11, 256.0, 64
+CODING_TAIL_STDS, CODING_MIN_RANGE = 8.0, 4  # latent symbols are coded within +- max(4, ceil(8 std))
 
 
 def scale_table() -> np.ndarray:
@@ -97,13 +98,32 @@ class EntropyBottleneck(nn.Module):
 
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Training: noisy z and its likelihood; eval: z rounded around the medians (straight-through
-        gradient, so adaptation can train through the exact quantization the coder uses)."""
+        gradient, so adaptation can train through the exact quantization the coder uses), and clamped to
+        the coding table's range when :meth:`match_coder` was called."""
         if self.training:
             z_hat = add_quantization_noise(z)
         else:
             medians = self.medians().view(1, -1, 1, 1)
-            z_hat = round_ste(z - medians) + medians
+            offsets = round_ste(z - medians)
+            if self.coding_range is not None:  # zero gradient where the coder clamps
+                low, high = self.coding_range
+                offsets = torch.clamp(offsets, low.view(1, -1, 1, 1), high.view(1, -1, 1, 1))
+            z_hat = offsets + medians
+            if self.rate_noise:  # the rate's gradient from the noisy proxy, the decoder sees z_hat
+                return z_hat, self.likelihood(add_quantization_noise(z))
         return z_hat, self.likelihood(z_hat)
+
+    coding_range: tuple[torch.Tensor, torch.Tensor] | None = None
+    rate_noise: bool = False
+
+    def match_coder(self, low: torch.Tensor, high: torch.Tensor, rate_noise: bool = False) -> None:
+        """Clamp eval-mode symbols (offsets from the medians) to [low, high] per channel, as the coding
+        table does. Training that changes what reaches this bottleneck (encoder adapters) needs it: without
+        it, an encoder learns to use values the coder clamps, and what was trained is not what is coded.
+        ``rate_noise``: evaluate the likelihood at z + U(-0.5, 0.5) instead of at the rounded value (the
+        usual training proxy, whose gradient is informative where the rounded one is not)."""
+        self.coding_range = (low.to(torch.float32), high.to(torch.float32))
+        self.rate_noise = rate_noise
 
     def aux_loss(self) -> torch.Tensor:
         """Pulls ``quantiles`` to the tail-mass quantiles of the density (CompressAI's auxiliary loss)."""
@@ -118,6 +138,9 @@ class GaussianConditional(nn.Module):
         super().__init__()
         table = torch.from_numpy(scale_table()).float()
         self.register_buffer("scale_table", table, persistent=False)
+        # +- the largest symbol the coder codes under each table entry (workers/codec/entropy_coding.py)
+        bounds = np.maximum(CODING_MIN_RANGE, np.ceil(CODING_TAIL_STDS * scale_table()))
+        self.register_buffer("coding_bounds", torch.from_numpy(bounds).float(), persistent=False)
 
     @staticmethod
     def _standardized_cumulative(x: torch.Tensor) -> torch.Tensor:
@@ -131,9 +154,26 @@ class GaussianConditional(nn.Module):
         return lower_bound(upper - lower, LIKELIHOOD_BOUND)
 
     def forward(self, y: torch.Tensor, scales: torch.Tensor, means: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Training: likelihood of y + noise; eval: likelihood of round(y - mean) + mean (straight-through)."""
-        y_tilde = add_quantization_noise(y) if self.training else round_ste(y - means) + means
-        return y_tilde, self.likelihood(y_tilde, scales, means)
+        """Training: likelihood of y + noise; eval: likelihood of :meth:`quantize` (straight-through)."""
+        if self.training:
+            y_tilde = add_quantization_noise(y)
+            return y_tilde, self.likelihood(y_tilde, scales, means)
+        y_hat = self.quantize(y, scales, means)
+        rate_at = add_quantization_noise(y) if self.rate_noise else y_hat
+        return y_hat, self.likelihood(rate_at, scales, means)
+
+    clamp_like_coder: bool = False
+    rate_noise: bool = False  # eval mode: likelihood at y + U(-0.5, 0.5) (see EntropyBottleneck.match_coder)
+
+    def quantize(self, y: torch.Tensor, scales: torch.Tensor, means: torch.Tensor) -> torch.Tensor:
+        """round(y - mean) + mean with a straight-through gradient; with ``clamp_like_coder`` the rounded
+        residual is also clamped to the range the coder gives the element's scale-table entry (zero
+        gradient where it clamps), so training sees exactly the values the decoder will."""
+        offsets = round_ste(y - means)
+        if self.clamp_like_coder:
+            bound = self.coding_bounds[self.indexes(scales)]
+            offsets = torch.maximum(torch.minimum(offsets, bound), -bound)
+        return offsets + means
 
     def indexes(self, scales: torch.Tensor) -> torch.Tensor:
         """Index of the smallest table entry >= scale (the last entry for larger scales), int64."""

@@ -92,8 +92,18 @@ class Hyperprior(nn.Module):
         scales = self.hyper_decoder_scale(z_hat)[..., :height, :width]
         means = self.hyper_decoder_mean(z_hat)[..., :height, :width]
         _, y_likelihoods = self.gaussian_conditional(y, scales, means)
-        y_hat = round_ste(y - means) + means
+        y_hat = round_ste(y - means) + means if self.training else self.gaussian_conditional.quantize(y, scales, means)
         return y_hat, {"y": y_likelihoods, "z": z_likelihoods}
+
+    def match_coder(self, table: FactorizedTable, rate_noise: bool = False) -> None:
+        """Make eval-mode training quantize exactly as the coder does: z clamped to ``table``'s range,
+        y clamped to its scale-table entry's range; with ``rate_noise`` the rates are estimated at the
+        noisy proxies (see EntropyBottleneck.match_coder)."""
+        low = table.min_offset.to(torch.float32)
+        self.entropy_bottleneck.match_coder(low, low + torch.from_numpy(table.lengths - 1).to(torch.float32),
+                                            rate_noise)
+        self.gaussian_conditional.clamp_like_coder = True
+        self.gaussian_conditional.rate_noise = rate_noise
 
     def latent_parameters(self, z_hat: torch.Tensor, y_size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         """Means (float) and scale-table indexes (int64) of y (cropped to ``y_size`` = (h, w)), from the
