@@ -244,7 +244,8 @@ def _cmd_adapt(args) -> int:
     if args.json:
         print(result.model_dump_json(indent=2))
     else:
-        sent = {"sent": "update sent", "base-cheaper": "no update sent (the base model was cheaper)",
+        sent = {"sent": "update sent", "sent-lora-only": "LoRA update sent, encoder adapters dropped (cheaper)",
+                "base-cheaper": "no update sent (the base model was cheaper)",
                 "zero-update": "no update sent (training left it at zero)", "base-method": "base model"}[result.decision]
         print(f"{args.output}: {result.method} q{result.quality}: {result.bpp_with_payload:.4f} bpp "
               f"({result.payload_bytes} payload bytes, {100 * result.payload_share:.2f}% of the total), "

@@ -164,9 +164,11 @@ class AdaptResult(EncodeResult):
     bpp_with_payload: float = Field(ge=0, description="(bits + payload bytes) * 8 / (W * H * frames)")
     payload_share: float = Field(ge=0, le=1, description="payload bytes / (bitstream + payload bytes)")
     update_sent: bool = Field(description="whether the adapted result (not the base model's) was sent")
-    decision: Literal["sent", "base-cheaper", "zero-update", "base-method"] = Field(
-        description="sent: adapted result sent; base-cheaper: it did not beat the base model's RD cost; "
-                    "zero-update: training left every coded index at zero and no encoder change; base-method: none")
+    decision: Literal["sent", "sent-lora-only", "base-cheaper", "zero-update", "base-method"] = Field(
+        description="sent: adapted result sent; sent-lora-only (gop-adapters+decoder-lora): the LoRA update "
+                    "without the encoder adapters was cheapest and was sent; base-cheaper: nothing adapted beat "
+                    "the base model's RD cost; zero-update: training left every coded index at zero and no "
+                    "encoder change; base-method: none")
     rd_cost: float = Field(description="lambda * 255^2 * MSE + bpp_with_payload of what was sent")
     rd_cost_base: float = Field(description="the same for the base model on this sequence")
     bpp_base: float = Field(description="bpp of the base model's stream on this sequence (the `none` point)")

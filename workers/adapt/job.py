@@ -248,8 +248,17 @@ def adapt_video(video: Video, base: LoadedModel, outdir: str | Path, config, int
             steps += counters["steps"]
             resumed += counters["resumed"]
             train_seconds += counters["seconds"]
-            if config.send_update == "always" or adapted.cost(lmbda, pixels) < base_candidate.cost(lmbda, pixels):
+            best, label = adapted, "sent"
+            if inter_encoder is not None and payload is not None:
+                # both: the adapters are encoder-side, so the encoder may also drop them and send the LoRA alone
+                lora_only = encode_sequence(model, model.entropy_tables(), video.frames_rgb(), adapted_header)
+                alone = Candidate(lora_only, payload, _mean_mse(video, lora_only.reconstruction))
+                if alone.cost(lmbda, pixels) < adapted.cost(lmbda, pixels):
+                    best, label = alone, "sent-lora-only"
+            if config.send_update == "always":
                 candidate, decision = adapted, "sent"
+            elif best.cost(lmbda, pixels) < base_candidate.cost(lmbda, pixels):
+                candidate, decision = best, label
             else:
                 decision = "base-cheaper"
     finally:
