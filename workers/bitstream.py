@@ -33,7 +33,8 @@ from schemas.bitstream import BitstreamHeader
 from workers.errors import BitstreamError
 
 MAGIC = b"AJVB"
-FORMAT_VERSION = 2  # 2: frames padded to multiples of 16, latents to x8 inside each hyperprior (1: frames to 128)
+FORMAT_VERSION = 3  # 3: the header records the encoder's thread count; 2: frames padded to x16, latents to x8
+READABLE_VERSIONS = (2, 3)  # 2 differs only by the missing thread count
 FRAME_INTRA, FRAME_INTER = 0, 1
 STREAMS_PER_FRAME_TYPE = {FRAME_INTRA: 2, FRAME_INTER: 4}
 FRAME_TYPE_NAMES = {FRAME_INTRA: "I", FRAME_INTER: "P"}
@@ -90,8 +91,9 @@ def unpack_header(data: bytes, source: str | Path | None = None) -> tuple[Bitstr
     if magic != MAGIC:
         raise BitstreamError(source, f"not an adaptjobs bitstream (starts with {bytes(magic[:4])!r}, expected {MAGIC!r})")
     version, length = reader.unpack("<BI", "the header")
-    if version != FORMAT_VERSION:
-        raise BitstreamError(source, f"bitstream format version {version} is not supported (this adaptjobs reads {FORMAT_VERSION})")
+    if version not in READABLE_VERSIONS:
+        readable = ", ".join(map(str, READABLE_VERSIONS))
+        raise BitstreamError(source, f"bitstream format version {version} is not supported (this adaptjobs reads {readable})")
     head = reader.take(length, "the header")
     (crc,) = reader.unpack("<I", "the header CRC")
     if crc != zlib.crc32(data[len(MAGIC): reader.pos - 4]):

@@ -2,12 +2,15 @@
 
 The encoder reconstructs every frame from the symbols it actually wrote, with the same functions the
 decoder runs, and P-frames reference that reconstruction, so ``decode_sequence(encode_sequence(...))``
-returns the encoder's frames bit for bit on the same machine and software.
+returns the encoder's frames bit for bit on the same machine and software. The header records the
+encoder's torch thread count and the decoder runs with it: CPU convolutions split their sums by thread,
+so a decoder with another count differs in the last bit of some pixels (and P-frames carry it on).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,6 +45,7 @@ def encode_sequence(model: ScaleSpaceFlow, tables: EntropyTables, frames: Iterab
     reconstruction (1, 3, H, W), returns the model whose encoder codes the GoP's P-frames (encoder-side
     adaptation); its decoder parts must be ``model``'s, so a stock decoder decodes the stream.
     """
+    header = header.model_copy(update={"threads": torch.get_num_threads()})
     padded = padded_size(header.height, header.width)
     chunks, reconstruction, latents = [], [], []
     bits = FrameTypeBits()
@@ -82,13 +86,29 @@ def decode_sequence(data: bytes, model_for: Callable[[BitstreamHeader], tuple[Sc
     model, tables = model_for(header)
     padded = padded_size(header.height, header.width)
     frames, x_ref = [], None
-    for index, chunk in enumerate(chunks):
-        try:
-            if chunk.frame_type == FRAME_INTRA:
-                x_ref = model.decode_intra(chunk.streams[0], chunk.streams[1], padded, tables)
-            else:
-                x_ref = model.decode_inter(x_ref, chunk.streams, padded, tables)
-        except BitstreamError as exc:
-            raise BitstreamError(source, f"frame {index}: {exc.cause}") from None
-        frames.append(x_ref[0, :, : header.height, : header.width].clone())
+    with torch_threads(header.threads):
+        for index, chunk in enumerate(chunks):
+            try:
+                if chunk.frame_type == FRAME_INTRA:
+                    x_ref = model.decode_intra(chunk.streams[0], chunk.streams[1], padded, tables)
+                else:
+                    x_ref = model.decode_inter(x_ref, chunk.streams, padded, tables)
+            except BitstreamError as exc:
+                raise BitstreamError(source, f"frame {index}: {exc.cause}") from None
+            frames.append(x_ref[0, :, : header.height, : header.width].clone())
     return header, frames
+
+
+@contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """Run the block with ``threads`` torch intra-op threads (None: leave the setting), then restore it.
+    The count fixes how kernels split their work, not how many cores run it: a 2-thread stream decodes
+    exactly on one core too."""
+    previous = torch.get_num_threads()
+    if threads is not None and threads != previous:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != previous:
+            torch.set_num_threads(previous)
