@@ -7,7 +7,7 @@ the papers' GPU settings are noted where they differ.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Union
+from typing import Annotated, ClassVar, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -84,6 +84,7 @@ class DecoderLoraConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     method: Literal["decoder-lora"] = "decoder-lora"
+    STRUCTURE_FIELDS: ClassVar[tuple[str, ...]] = ("variant", "ranks", "init_seed")  # what the payload carries
     send_update: SendUpdate = Field("if-better", description=SEND_UPDATE_HELP)
     variant: Literal["extended", "repeat"] = "extended"
     ranks: tuple[int, ...] = Field((16, 8, 8, 2), min_length=1, description="rank per deconv, first layer first")
@@ -99,6 +100,7 @@ class FullDecoderConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     method: Literal["full-decoder"] = "full-decoder"
+    STRUCTURE_FIELDS: ClassVar[tuple[str, ...]] = ()  # every decoder weight: nothing to choose
     send_update: SendUpdate = Field("if-better", description=SEND_UPDATE_HELP)
     prior: WeightPrior = WeightPrior(grid=0.001)
     training: DecoderTraining = DecoderTraining(learning_rate=1e-3)
@@ -185,26 +187,24 @@ class AdaptResult(EncodeResult):
     config: dict
 
 
-class PayloadTensor(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    name: str = Field(min_length=1, max_length=256)
-    shape: tuple[int, ...] = Field(max_length=8)
-
-
 class PayloadHeader(BaseModel):
-    """What a decoder needs to rebuild the adapted weights from the base model and the coded indices.
+    """What a decoder needs, besides the base model, to rebuild the adapted weights from the coded indices.
 
-    The coded symbols are the grid indices of every tensor in ``tensors`` (flattened, row-major, in
-    order), shifted by ``bound`` into 0..2*bound.
+    Only what the decoder cannot rebuild travels: the base model's hash, the method and the options that fix
+    the update's tensors (``structure``, e.g. LoRA variant, ranks and the seed of A's initialisation), the
+    prior and the table bound. The tensor list itself (names, shapes, order) is rebuilt by the decoder from
+    the base model and ``structure``; ``tensors_sha256`` fingerprints it so a mismatch is refused. (Sending
+    the list and the full training config cost 1.9 KB per payload, more than the coded weights of a
+    decoder-lora update at low rates.) The coded symbols are the grid indices of every tensor, flattened
+    row-major in that order, shifted by ``bound`` into 0..2*bound.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    base_model_id: str
     base_weights_sha256: str = Field(pattern="^[0-9a-f]{64}$")
-    quality: int = Field(ge=1)
-    method: str
-    method_config: dict
+    method: str = Field(min_length=1, max_length=64)
+    structure: dict = Field(description="the method options that fix the update's tensors (the method's STRUCTURE_FIELDS)")
     prior: WeightPrior
     bound: int = Field(ge=1, le=1 << 20, description="K: the table covers grid indices -K..K")
-    tensors: list[PayloadTensor]
+    tensors_sha256: str = Field(pattern="^[0-9a-f]{16}$",
+                                description="first 16 hex digits of the sha256 of the (name, shape) list, in coding order")

@@ -14,7 +14,7 @@ from adaptjobs.cli import main
 from schemas.adapt import DecoderLoraConfig, WeightPrior
 from workers.adapt.decoder_updates import LoraUpdate, decoder_deconvs
 from workers.adapt.job import adapt_video, decode_files, parse_method_config
-from workers.adapt.payload import WeightUpdate, decode_payload, encode_payload, make_header
+from workers.adapt.payload import WeightUpdate, decode_payload, encode_payload, make_header, read_payload_header
 from workers.adapt.prior import bin_probability, coding_probabilities, ideal_bits, weight_bits
 from workers.bitstream import unpack
 from workers.checkpoints import save_checkpoint
@@ -65,8 +65,12 @@ def sample_indices(prior: WeightPrior, count: int, seed: int) -> torch.Tensor:
 
 
 def payload_for(indices: dict[str, torch.Tensor], sha: str = "a" * 64, prior: WeightPrior = WeightPrior()) -> WeightUpdate:
-    header = make_header("base", sha, 2, "decoder-lora", {"method": "decoder-lora"}, prior, indices)
+    header = make_header(sha, "decoder-lora", {}, prior, indices)
     return WeightUpdate(header, indices)
+
+
+def shapes_of(indices: dict[str, torch.Tensor]):
+    return lambda header: {name: tuple(k.shape) for name, k in indices.items()}
 
 
 def test_payload_round_trip_and_bits_within_one_percent_of_the_prior():
@@ -74,7 +78,7 @@ def test_payload_round_trip_and_bits_within_one_percent_of_the_prior():
     indices = {"layer.lora_A_delta": sample_indices(prior, 120_000, 0).reshape(300, 400),
                "layer.lora_B": sample_indices(prior, 80_000, 1).reshape(200, 400)}
     data = encode_payload(payload_for(indices))
-    decoded = decode_payload(data, "a" * 64)
+    decoded = decode_payload(data, "a" * 64, shapes_of(indices))
     assert all(torch.equal(decoded.indices[k], v) for k, v in indices.items())
     header = decoded.header
     flat = torch.cat([v.reshape(-1) for v in indices.values()])
@@ -85,9 +89,10 @@ def test_payload_round_trip_and_bits_within_one_percent_of_the_prior():
     assert abs(stream_bits - ideal) / ideal < 0.01, (stream_bits, ideal)
 
 
-@pytest.mark.parametrize("damage", ["flip", "truncate", "extend", "magic", "other-model"])
+@pytest.mark.parametrize("damage", ["flip", "truncate", "extend", "magic", "other-model", "other-tensors"])
 def test_damaged_or_foreign_payloads_are_refused(damage):
-    data = bytearray(encode_payload(payload_for({"w": torch.tensor([[0, 3, -2, 0]])})))
+    indices = {"w": torch.tensor([[0, 3, -2, 0]])}
+    data = bytearray(encode_payload(payload_for(indices)))
     sha = "a" * 64
     if damage == "flip":
         data[len(data) // 2] ^= 0x40
@@ -97,10 +102,12 @@ def test_damaged_or_foreign_payloads_are_refused(damage):
         data += b"\0"
     elif damage == "magic":
         data[:4] = b"XXXX"
-    else:
+    elif damage == "other-model":
         sha = "b" * 64
+    else:  # the decoder rebuilds another tensor list than the encoder coded
+        indices = {"w": torch.zeros(2, 2, dtype=torch.int64)}
     with pytest.raises(BitstreamError) as error:
-        decode_payload(bytes(data), sha, "x.payload")
+        decode_payload(bytes(data), sha, shapes_of(indices), "x.payload")
     assert str(error.value).startswith("x.payload: ") and "\n" not in str(error.value)
 
 
@@ -182,6 +189,10 @@ def test_decoder_update_round_trip_through_the_cli(tmp_path, carphone_path, tiny
         8 * (result["bytes_written"] + result["payload_bytes"]) / (176 * 144 * 4))
     header, _ = unpack((out / "carphone_pristine.bits").read_bytes())
     assert header.payload_sha256 == hashlib.sha256(payload.read_bytes()).hexdigest()
+    # only what the decoder cannot rebuild: no training options, no tensor names or shapes
+    payload_header = read_payload_header(payload.read_bytes())
+    assert set(payload_header.structure) == set(config_for(method).STRUCTURE_FIELDS)
+    assert len(payload_header.model_dump_json()) < 320 and b"lora_B" not in payload.read_bytes()
     assert main(["decode", str(out / "carphone_pristine.bits"), "-o", str(tmp_path / "decoded.y4m"),
                  "--model", str(tiny_checkpoint)]) == 0  # finds <name>.payload beside the stream
     assert (tmp_path / "decoded.y4m").read_bytes() == (tmp_path / "recon.y4m").read_bytes()

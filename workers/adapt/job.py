@@ -66,15 +66,21 @@ def decoder_model(base: LoadedModel, payload: bytes | None, source: str | Path |
     """The model a decoder runs: the base model, plus the payload's update when there is one."""
     if payload is None:
         return base.model
-    update = decode_payload(payload, base.metadata.weights_sha256, source)
-    config = parse_method_config(update.header.method, {k: v for k, v in update.header.method_config.items() if k != "method"})
-    template = make_update(base.model, config)
-    expected = {payload_name(k): tuple(v.shape) for k, v in template.coded.items()}
-    got = {t.name: tuple(t.shape) for t in update.header.tensors}
-    if expected != got:
-        raise BitstreamError(source, "payload tensors do not match the base model's decoder layers")
+    built = {}
+
+    def shapes_for(header) -> dict[str, tuple[int, ...]]:
+        if not hasattr(METHOD_CONFIGS.get(header.method), "STRUCTURE_FIELDS"):
+            raise BitstreamError(source, f"payload method {header.method!r} has no decoder weight update")
+        try:
+            config = parse_method_config(header.method, header.structure)
+        except InputError as exc:
+            raise BitstreamError(source, f"invalid payload header ({exc.cause})") from None
+        built["template"] = make_update(base.model, config)
+        return {payload_name(k): tuple(v.shape) for k, v in built["template"].coded.items()}
+
+    update = decode_payload(payload, base.metadata.weights_sha256, shapes_for, source)
     values = {name.replace(".", "__"): value for name, value in update.dequantized().items()}
-    return apply_update(base.model, template, values)
+    return apply_update(base.model, built["template"], values)
 
 
 def check_payload_binding(header: BitstreamHeader, payload: bytes | None, bits_source, payload_source) -> None:
@@ -134,8 +140,8 @@ def _payload_for(base: LoadedModel, config, update: DecoderUpdate) -> bytes | No
     indices = {payload_name(k): grid_indices(v, config.prior.grid) for k, v in update.coded.items()}
     if all(int(k.abs().max()) == 0 for k in indices.values() if k.numel()):
         return None
-    header = make_header(base.metadata.model_id, base.metadata.weights_sha256, base.metadata.quality, config.method,
-                         config.model_dump(mode="json"), config.prior, indices)
+    structure = config.model_dump(mode="json", include=set(config.STRUCTURE_FIELDS))
+    header = make_header(base.metadata.weights_sha256, config.method, structure, config.prior, indices)
     return encode_payload(WeightUpdate(header, indices))
 
 

@@ -5,20 +5,24 @@ Byte layout (integers little-endian)::
     magic    4 bytes  b"AJWP"
     version  u8       FORMAT_VERSION
     hlen     u32      length of the header
-    header   hlen     UTF-8 JSON of schemas.adapt.PayloadHeader (keys sorted, no spaces)
+    header   hlen     UTF-8 JSON of schemas.adapt.PayloadHeader (keys sorted, no spaces; ~300 bytes)
     slen     u32      length of the constriction stream
     stream   slen     ANS words (uint32, little-endian) of all grid indices, one Categorical table
     crc      u32      CRC32 of everything from version to the end of the stream
 
-The decoder refuses another base model (sha256), truncation, trailing bytes and CRC mismatches before it
-decodes a single symbol. Nothing is pickled.
+The header carries no tensor names or shapes: the decoder rebuilds the list from the base model and the
+header's ``structure`` and checks it against ``tensors_sha256``. The decoder refuses another base model
+(sha256), another tensor list, truncation, trailing bytes and CRC mismatches before it decodes a single
+symbol. Nothing is pickled.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import struct
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,13 +31,13 @@ import numpy as np
 import torch
 from pydantic import ValidationError
 
-from schemas.adapt import PayloadHeader, PayloadTensor, WeightPrior
+from schemas.adapt import PayloadHeader, WeightPrior
 from workers.adapt.prior import coding_probabilities
 from workers.codec.entropy_coding import bytes_to_words, words_to_bytes
 from workers.errors import BitstreamError
 
 MAGIC = b"AJWP"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: tensor list fingerprinted, not sent; only the structural options (1: everything)
 
 
 @dataclass
@@ -48,12 +52,17 @@ class WeightUpdate:
         return {name: k.to(torch.float32) * self.header.prior.grid for name, k in self.indices.items()}
 
 
-def make_header(base_model_id: str, base_weights_sha256: str, quality: int, method: str, method_config: dict,
-                prior: WeightPrior, indices: dict[str, torch.Tensor]) -> PayloadHeader:
+def tensor_list_sha256(shapes: dict[str, tuple[int, ...]]) -> str:
+    """Fingerprint of the coded tensors' names and shapes in coding order (16 hex digits)."""
+    canonical = json.dumps([[name, list(shape)] for name, shape in shapes.items()], separators=(",", ":"))
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
+
+
+def make_header(base_weights_sha256: str, method: str, structure: dict, prior: WeightPrior,
+                indices: dict[str, torch.Tensor]) -> PayloadHeader:
     bound = max([1] + [int(k.abs().max()) for k in indices.values() if k.numel()])
-    return PayloadHeader(base_model_id=base_model_id, base_weights_sha256=base_weights_sha256, quality=quality,
-                         method=method, method_config=method_config, prior=prior, bound=bound,
-                         tensors=[PayloadTensor(name=n, shape=tuple(k.shape)) for n, k in indices.items()])
+    return PayloadHeader(base_weights_sha256=base_weights_sha256, method=method, structure=structure, prior=prior,
+                         bound=bound, tensors_sha256=tensor_list_sha256({n: tuple(k.shape) for n, k in indices.items()}))
 
 
 def _table(header: PayloadHeader):
@@ -62,8 +71,8 @@ def _table(header: PayloadHeader):
 
 def encode_payload(update: WeightUpdate) -> bytes:
     header = update.header
-    if [t.name for t in header.tensors] != list(update.indices):
-        raise ValueError("the header's tensor list does not match the indices")
+    if header.tensors_sha256 != tensor_list_sha256({n: tuple(k.shape) for n, k in update.indices.items()}):
+        raise ValueError("the header's tensor fingerprint does not match the indices")
     flat = torch.cat([k.reshape(-1) for k in update.indices.values()]) if update.indices else torch.zeros(0, dtype=torch.int64)
     if flat.numel() and int(flat.abs().max()) > header.bound:
         raise ValueError("an index lies outside the table bound")
@@ -108,13 +117,22 @@ def _split(data: bytes, source: str | Path | None) -> tuple[PayloadHeader, bytes
     return header, data[header_end + 4: stream_end]
 
 
-def decode_payload(data: bytes, base_weights_sha256: str, source: str | Path | None = None) -> WeightUpdate:
-    """Parse and decode a payload made for the base model with ``base_weights_sha256``."""
+def decode_payload(data: bytes, base_weights_sha256: str,
+                   shapes_for: Callable[[PayloadHeader], dict[str, tuple[int, ...]]],
+                   source: str | Path | None = None) -> WeightUpdate:
+    """Parse and decode a payload made for the base model with ``base_weights_sha256``.
+
+    ``shapes_for(header)`` rebuilds the coded tensors' names and shapes (in coding order) from the base
+    model and ``header.structure``; it is called only after the base model and the framing are checked."""
     header, stream = _split(data, source)
     if header.base_weights_sha256 != base_weights_sha256:
-        raise BitstreamError(source, f"payload was made for base model {header.base_model_id} "
-                                     f"(sha256 {header.base_weights_sha256[:12]}), not for sha256 {base_weights_sha256[:12]}")
-    counts = [int(np.prod(t.shape, dtype=np.int64)) for t in header.tensors]
+        raise BitstreamError(source, f"payload was made for another base model (sha256 {header.base_weights_sha256[:12]}), "
+                                     f"not for sha256 {base_weights_sha256[:12]}")
+    shapes = shapes_for(header)
+    if tensor_list_sha256(shapes) != header.tensors_sha256:
+        raise BitstreamError(source, f"payload tensors do not match the {header.method} update this base model gives "
+                                     f"for {json.dumps(header.structure, sort_keys=True)}")
+    counts = [int(np.prod(shape, dtype=np.int64)) for shape in shapes.values()]
     total = sum(counts)
     words = bytes_to_words(stream, "payload stream")
     try:
@@ -129,7 +147,7 @@ def decode_payload(data: bytes, base_weights_sha256: str, source: str | Path | N
         raise BitstreamError(source, "payload stream has data left over after decoding (corrupted)")
     flat = torch.from_numpy(np.asarray(symbols, dtype=np.int64)) - header.bound
     indices, offset = {}, 0
-    for tensor, count in zip(header.tensors, counts):
-        indices[tensor.name] = flat[offset: offset + count].reshape(tensor.shape).clone()
+    for (name, shape), count in zip(shapes.items(), counts):
+        indices[name] = flat[offset: offset + count].reshape(shape).clone()
         offset += count
     return WeightUpdate(header, indices)
