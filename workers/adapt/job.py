@@ -255,7 +255,7 @@ def adapt_video(video: Video, base: LoadedModel, outdir: str | Path, config, int
             resumed += counters["resumed"]
             train_seconds += counters["seconds"]
             best, label = adapted, "sent"
-            if inter_encoder is not None and payload is not None:
+            if inter_encoder is not None and payload is not None and config.send_update != "always":
                 # both: the adapters are encoder-side, so the encoder may also drop them and send the LoRA alone
                 lora_only = encode_sequence(model, model.entropy_tables(), video.frames_rgb(), adapted_header)
                 alone = Candidate(lora_only, payload, _mean_mse(video, lora_only.reconstruction))
