@@ -91,8 +91,8 @@ class Hyperprior(nn.Module):
         height, width = y.shape[-2:]
         scales = self.hyper_decoder_scale(z_hat)[..., :height, :width]
         means = self.hyper_decoder_mean(z_hat)[..., :height, :width]
-        _, y_likelihoods = self.gaussian_conditional(y, scales, means)
-        y_hat = round_ste(y - means) + means if self.training else self.gaussian_conditional.quantize(y, scales, means)
+        y_tilde, y_likelihoods = self.gaussian_conditional(y, scales, means)  # eval: y_tilde is already quantized
+        y_hat = round_ste(y - means) + means if self.training else y_tilde
         return y_hat, {"y": y_likelihoods, "z": z_likelihoods}
 
     def match_coder(self, table: FactorizedTable, rate_noise: bool = False) -> None:
