@@ -19,7 +19,7 @@ def run_anchor_task(task: AnchorTask) -> TaskOutcome:
     unit_dir = Path(task.unit_dir)
 
     def work() -> dict:
-        from adaptjobs.anchors import anchor_curve
+        from workers.standard.anchors import anchor_curve
         from workers.video_io import read_video
 
         started = time.perf_counter()

@@ -28,7 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from adaptjobs.anchors import DEFAULT_CRFS, DEFAULT_PRESET, anchor_curve  # noqa: E402
+from workers.standard.anchors import DEFAULT_CRFS, DEFAULT_PRESET, anchor_curve  # noqa: E402
 from adaptjobs.bdrate import bd_rate  # noqa: E402
 from schemas.pretrain import PretrainConfig  # noqa: E402
 from workers.atomic import atomic_write_text  # noqa: E402

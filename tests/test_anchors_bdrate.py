@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from adaptjobs.anchors import anchor_options, encode_anchor
+from workers.standard.anchors import encode_anchor
+from workers.standard.encoder import encoder_options as anchor_options
 from adaptjobs.bdrate import bd_rate
 from workers.errors import InputError
 
@@ -55,6 +56,6 @@ def test_anchor_encoder_refuses_unknown_options(carphone):
     with pytest.raises(InputError, match="libx264 has no option no-such-option"):
         encode_anchor(carphone, "x264", crf=30, intra_period=2, extra_options={"no-such-option": "1"})
     with pytest.raises(InputError, match="x265-params key"):
-        anchor_options("x265", 30, 2, 4, "medium", {"x265-params": "keyint=2:bogus=1"})
-    with pytest.raises(InputError, match="unknown anchor codec"):
+        anchor_options("x265", 30, 2, "medium", {"x265-params": "keyint=2:bogus=1"})
+    with pytest.raises(InputError, match="unknown standard codec"):
         encode_anchor(carphone, "vp9", crf=30, intra_period=2)

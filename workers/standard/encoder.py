@@ -1,0 +1,164 @@
+"""x264 and x265 through PyAV: PSNR-tuned encoder settings, Annex B elementary streams, decoding.
+
+One set of settings serves both the base codecs of standard-codec units and the anchors, so method
+``none`` on ``x264`` is the x264 anchor point for point (design.md sections 8 and 9):
+
+- yuv420p, ``preset`` medium by default, tune zerolatency, no B-frames, keyint = our intra period
+  (0 = one I-frame then an infinite GoP), scene-cut off, rate control by CRF;
+- **PSNR-tuned**: psycho-visual optimisations and adaptive quantisation off (x264 ``tune=psnr``, x265
+  ``psy-rd=0:psy-rdoq=0:aq-mode=0``). Their defaults trade PSNR away on purpose, and a PSNR-trained
+  post-filter that wins that back would report a gain that is not one;
+- **one encoder thread**: x264 under zerolatency uses sliced threads, one slice per thread, so the bytes
+  would depend on the machine's core count; x265 gets ``frame-threads=1`` for the same reason. The same
+  input and settings give the same bytes on every machine (checked by a golden-bytes test);
+- x265 without its informational settings SEI (``info=0``, 1-2 KB not needed to decode).
+
+PyAV silently ignores option names the encoder does not know, so every option name is checked against
+the encoder's own AVOption table, and x26N-params keys against the set we allow, before encoding.
+
+Planes are 8-bit 4:2:0 numpy arrays ``(Y (H, W), U (H/2, W/2), V (H/2, W/2))``, code values as they are
+(never through RGB).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from fractions import Fraction
+
+import numpy as np
+
+from workers.errors import InputError
+
+Planes = tuple[np.ndarray, np.ndarray, np.ndarray]
+
+
+@dataclass(frozen=True)
+class StandardCodecInfo:
+    """PyAV names of one standard codec and the suffix of its Annex B elementary stream."""
+
+    encoder: str
+    decoder: str
+    params_option: str
+    suffix: str
+
+
+CODECS: dict[str, StandardCodecInfo] = {
+    "x264": StandardCodecInfo("libx264", "h264", "x264-params", ".h264"),
+    "x265": StandardCodecInfo("libx265", "hevc", "x265-params", ".hevc"),
+}
+DEFAULT_CRFS = (22.0, 27.0, 32.0, 37.0, 42.0, 47.0, 51.0)  # wide, so that low-rate curves overlap
+DEFAULT_PRESET = "medium"
+# keys of x264-params / x265-params that adaptjobs sets or lets users set
+_PARAM_KEYS = {"keyint", "min-keyint", "scenecut", "bframes", "log-level", "ref", "rc-lookahead", "aq-mode",
+               "psy-rd", "psy-rdoq", "deblock", "me", "subme", "qcomp", "ipratio", "no-scenecut", "open-gop", "info",
+               "threads", "frame-threads", "pools"}
+
+
+def codec_info(codec: str) -> StandardCodecInfo:
+    if codec not in CODECS:
+        raise InputError(None, f"unknown standard codec {codec!r} (known: {', '.join(CODECS)})")
+    return CODECS[codec]
+
+
+def encoder_option_names(codec: str) -> set[str]:
+    """Every option name the encoder accepts (private and generic AVOptions)."""
+    import av
+
+    context = av.CodecContext.create(codec_info(codec).encoder, "w")
+    options = context.supported_options
+    return {o.name for o in options.private} | {o.name for o in options.generic}
+
+
+def validate_options(codec: str, options: dict[str, str]) -> None:
+    """Refuse option names the encoder would ignore silently, and unknown x26N-params keys."""
+    info = codec_info(codec)
+    known = encoder_option_names(codec)
+    unknown = sorted(name for name in options if name not in known)
+    if unknown:
+        raise InputError(None, f"{info.encoder} has no option {', '.join(unknown)}")
+    params = options.get(info.params_option, "")
+    bad = sorted(k.split("=")[0] for k in params.split(":") if k and k.split("=")[0] not in _PARAM_KEYS)
+    if bad:
+        raise InputError(None, f"{info.params_option} key(s) {', '.join(bad)} are not allowed here")
+
+
+def encoder_options(codec: str, crf: float, intra_period: int, preset: str = DEFAULT_PRESET,
+                    extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The PyAV options of a PSNR-tuned, single-threaded encode (see the module docstring)."""
+    info = codec_info(codec)
+    if not 0 <= crf <= 51:
+        raise InputError(None, f"CRF must be within 0..51, got {crf:g}")
+    keyint = intra_period if intra_period > 0 else ("infinite" if codec == "x264" else "-1")
+    params = [f"keyint={keyint}", f"min-keyint={intra_period if intra_period > 0 else 1}", "scenecut=0", "bframes=0"]
+    if codec == "x264":
+        options = {"preset": preset, "tune": "psnr,zerolatency", "crf": f"{crf:g}", "threads": "1",
+                   "sc_threshold": "0"}
+    else:
+        params += ["psy-rd=0", "psy-rdoq=0", "aq-mode=0", "frame-threads=1", "log-level=error", "info=0"]
+        options = {"preset": preset, "tune": "zerolatency", "crf": f"{crf:g}"}
+    options[info.params_option] = ":".join(params)
+    options.update(extra or {})
+    validate_options(codec, options)
+    return options
+
+
+def encode_planes(frames: Iterable[Planes], width: int, height: int, fps: Fraction, codec: str, crf: float,
+                  intra_period: int, preset: str = DEFAULT_PRESET,
+                  extra_options: dict[str, str] | None = None) -> bytes:
+    """Encode 8-bit 4:2:0 frames into one Annex B elementary stream (parameter sets in-band, every packet
+    concatenated; nothing is kept out of band, so the stream's size is its rate)."""
+    import av
+
+    from workers.video_io import yuv420_frame
+
+    info = codec_info(codec)
+    options = encoder_options(codec, crf, intra_period, preset, extra_options)
+    encoder = av.CodecContext.create(info.encoder, "w")
+    encoder.width, encoder.height, encoder.pix_fmt = width, height, "yuv420p"
+    encoder.framerate = fps
+    encoder.time_base = 1 / fps
+    encoder.gop_size = intra_period if intra_period > 0 else 1 << 30
+    encoder.max_b_frames = 0
+    encoder.thread_count = 1
+    encoder.options = options
+    chunks: list[bytes] = []
+    for index, planes in enumerate(frames):
+        frame = yuv420_frame(*planes)
+        frame.pts = index
+        chunks += [bytes(packet) for packet in encoder.encode(frame)]
+    chunks += [bytes(packet) for packet in encoder.encode(None)]
+    if encoder.extradata:  # only with a global-header flag, which we never set; kept for safety
+        chunks.insert(0, bytes(encoder.extradata))
+    return b"".join(chunks)
+
+
+def decode_stream(data: bytes, codec: str, source: str | None = None, max_frames: int | None = None) -> list[Planes]:
+    """Decode an Annex B elementary stream with FFmpeg into 8-bit 4:2:0 planes, in display order
+    (no B-frames: the same as coding order). ``max_frames`` bounds the work on untrusted input."""
+    import av
+
+    from workers.video_io import yuv420_planes
+
+    decoder = av.CodecContext.create(codec_info(codec).decoder, "r")
+    decoder.thread_count = 1
+    frames: list[Planes] = []
+    try:
+        for packet in [*decoder.parse(data), *decoder.parse(None), None]:  # parse(None) flushes the parser
+            for frame in decoder.decode(packet):
+                frames.append(yuv420_planes(frame))
+                if max_frames is not None and len(frames) > max_frames:
+                    raise InputError(source, f"the {codec} stream holds more than the {max_frames} frames it declares")
+    except av.FFmpegError as exc:
+        raise InputError(source, f"not a decodable {codec} stream ({exc.__class__.__name__})") from None
+    return frames
+
+
+def x264_settings(data: bytes) -> str | None:
+    """The settings string x264 writes into a user_data_unregistered SEI of the first access unit
+    ("... options: cabac=1 ref=3 ... psy=0 ... aq=0"), to check what PyAV really set; None if absent."""
+    start = data.find(b"x264 - core")
+    if start < 0:
+        return None
+    end = data.find(b"\x00", start)
+    return data[start: end if end > 0 else None].decode("ascii", errors="replace")
