@@ -1,0 +1,90 @@
+"""Golden bytes: the exact sha256 of the files a tiny seeded model writes, and of x264/x265 streams.
+
+A round trip cannot notice a silent change of the coding tables (float32 instead of float64, another scale
+table, another symbol order): encoder and decoder change together and still agree, while every stream
+written before the change stops decoding. These hashes can. They pin bitstream format 3 (`.bits`) and
+payload format 2 (`.payload`) as written by the CLI on 3 frames of carphone (176x144) with the `tiny`
+architecture (seed 0) and one torch thread, and the Annex B streams of workers.standard.encoder on 3
+frames of a 64x48 crop (one encoder thread: the same bytes on every machine).
+
+If one of these fails, a change altered what goes on the wire. That is only acceptable together with a
+new format version (and a decoder that still reads the old one); then update the hash here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from fractions import Fraction
+
+import pytest
+import torch
+
+from adaptjobs.cli import main
+from tests.conftest import crop_planes
+
+SSF_GOLDEN = {
+    "encode": "65a6efd2f8492009f56338fe305fe7a6d315bad1b3e15d29da99808c79e6536a",
+    "decoder-lora.bits": "2ee8f493ad3be08ed8ec2e887d08a443d698f14141d7b4a10f7413bc4933bb92",
+    "decoder-lora.payload": "5aa4efab2fec575886454cf79c08d7d1e7888adc4cc83affd7ba877f02a141bf",
+    "gop-adapters.bits": "b6be1b3eb07e783f8b8c7d10ae437234f39b994a476b2712926a6089965f5be6",
+}
+STANDARD_GOLDEN = {"x264": "1fc47ce67a303ff5def92803337653a77f8a6f891d11a7a905c2a93a704afe85",
+                   "x265": "58ca1d349836f8f03b982002fc07531cd14ff337f62cd7f47215abe70e62f147"}
+
+FRAMES = "3"
+
+
+def sha256(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread while the streams are made (the header records it; more threads give other sums)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def seeded_checkpoint(tmp_path_factory, one_thread):
+    path = tmp_path_factory.mktemp("golden") / "golden-tiny.safetensors"
+    assert main(["init-model", str(path), "--arch", "tiny", "--quality", "2", "--seed", "0"]) == 0
+    return path
+
+
+def test_plain_encode_bytes(tmp_path, carphone_path, seeded_checkpoint):
+    out = tmp_path / "plain.bits"
+    assert main(["--threads", "1", "encode", str(carphone_path), "-o", str(out), "--model", str(seeded_checkpoint),
+                 "--frames", FRAMES]) == 0
+    assert sha256(out) == SSF_GOLDEN["encode"]
+
+
+def test_decoder_lora_bits_and_payload(tmp_path, carphone_path, seeded_checkpoint):
+    out = tmp_path / "lora"
+    assert main(["--threads", "1", "adapt", str(carphone_path), "-o", str(out), "--method", "decoder-lora",
+                 "--model", str(seeded_checkpoint), "--frames", FRAMES, "--set", "send_update=always",
+                 "--set", "training.epochs=1", "--set", "training.crop=128", "--set", "training.batch=1",
+                 "--set", "training.train_gop=2", "--set", "training.learning_rate=0.02"]) == 0
+    bits, payload = out / "carphone_pristine.bits", out / "carphone_pristine.payload"
+    assert payload.exists(), "the update was meant to be sent (send_update=always) and to be non-zero"
+    assert (sha256(bits), sha256(payload)) == (SSF_GOLDEN["decoder-lora.bits"], SSF_GOLDEN["decoder-lora.payload"])
+
+
+def test_gop_adapters_bits(tmp_path, carphone_path, seeded_checkpoint):
+    out = tmp_path / "adapters"
+    assert main(["--threads", "1", "adapt", str(carphone_path), "-o", str(out), "--method", "gop-adapters",
+                 "--model", str(seeded_checkpoint), "--frames", FRAMES, "--set", "send_update=always",
+                 "--set", "steps=1"]) == 0
+    assert not (out / "carphone_pristine.payload").exists()
+    assert sha256(out / "carphone_pristine.bits") == SSF_GOLDEN["gop-adapters.bits"]
+
+
+@pytest.mark.parametrize("codec", ["x264", "x265"])
+def test_standard_codec_stream_bytes(codec, carphone):
+    from workers.standard.encoder import encode_planes
+
+    planes = crop_planes(carphone, 64, 48)[:3]
+    data = encode_planes(planes, 64, 48, Fraction(30), codec, crf=32, intra_period=12, preset="medium")
+    assert hashlib.sha256(data).hexdigest() == STANDARD_GOLDEN[codec]
