@@ -10,10 +10,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from schemas.adapt import METHOD_CONFIGS
+from schemas.methods import method_names
 from workers.errors import InputError
 
-METHOD_NAMES = tuple(METHOD_CONFIGS)
+METHOD_NAMES = tuple(method_names())
 
 EXIT_INPUT_ERROR = 1
 EXIT_INTERNAL_ERROR = 3  # a bug or a crash, not the user's input
@@ -62,37 +62,45 @@ def _add_frame_options(command: argparse.ArgumentParser, frames_help: str) -> No
                          help=f"frames per I-frame; 0 = only the first (default {DEFAULT_INTRA_PERIOD})")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="adaptjobs", description="Per-video adaptation jobs for neural video compression.")
-    parser.add_argument("--threads", type=_positive_int, default=None,
-                        help="torch CPU threads for this process (default: torch's choice)")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+def _codec_names() -> list[str]:
+    from workers.codecs import codec_names
 
-    encode = commands.add_parser("encode", help="encode a video with the base model (no adaptation)")
+    return codec_names()
+
+
+def _add_codec_options(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--codec", default="ssf", choices=_codec_names(),
+                         help="base codec (default ssf; x264/x265 write Annex B streams .h264/.hevc)")
+    command.add_argument("--model", help="SSF: checkpoint (.safetensors), model folder, CompressAI .pth.tar, or shipped "
+                                         "name (default: the shipped base model)")
+    command.add_argument("--quality", help="the codec's quality: SSF quality index 1..N (default 3 for a family), "
+                                           "x264/x265 CRF 0..51 (default 32)")
+    command.add_argument("--codec-set", action="append", default=[], metavar="KEY=VALUE",
+                         help="codec setting, e.g. preset=slow for x264/x265 (repeatable)")
+
+
+def _add_encode_parsers(commands) -> None:
+    encode = commands.add_parser("encode", help="encode a video with the base codec (no adaptation)")
     encode.add_argument("input", help="video file, raw WxH .yuv, or folder of PNG frames")
-    encode.add_argument("-o", "--output", required=True, help="the bitstream to write (.bits)")
-    encode.add_argument("--model", help="checkpoint (.safetensors), model folder, CompressAI .pth.tar, or shipped name "
-                                        "(default: the shipped base model)")
-    encode.add_argument("--quality", type=_positive_int,
-                        help="quality index 1..N (higher: more bits, better quality; default 3 for a model family)")
+    encode.add_argument("-o", "--output", required=True, help="the stream to write (.bits; .h264/.hevc for x264/x265)")
+    _add_codec_options(encode)
     _add_frame_options(encode, "encode at most this many frames")
     encode.add_argument("--recon", help="also write the reconstruction (.y4m, or a folder of PNGs)")
     encode.add_argument("--json", action="store_true", help="print the result as JSON")
 
-    decode = commands.add_parser("decode", help="decode a bitstream")
-    decode.add_argument("input", help="the bitstream (.bits), or a unit folder holding one (and its payload)")
+    decode = commands.add_parser("decode", help="decode a stream (.bits, .h264, .hevc; codec from the suffix)")
+    decode.add_argument("input", help="the stream, or a unit folder holding one (and its payload)")
     decode.add_argument("-o", "--output", required=True, help="the reconstruction to write (.y4m, or a folder of PNGs)")
-    decode.add_argument("--model", help="the base model (default: the one the bitstream names, if shipped)")
+    decode.add_argument("--model", help="SSF: the base model (default: the one the bitstream names, if shipped)")
     decode.add_argument("--payload", help="the weight payload the stream needs (default: <name>.payload beside it)")
-    decode.add_argument("--json", action="store_true", help="print the bitstream header as JSON")
+    decode.add_argument("--json", action="store_true", help="print the stream's header as JSON")
 
-    adapt = commands.add_parser("adapt", help="adapt the codec to one video and code it (bitstream + weight payload)")
+    adapt = commands.add_parser("adapt", help="adapt the codec to one video and code it (stream + weight payload)")
     adapt.add_argument("input", help="video file, raw WxH .yuv, or folder of PNG frames")
-    adapt.add_argument("-o", "--output", required=True, help="output folder: <name>.bits, <name>.payload, result.json, "
-                                                             "adapt.log, checkpoint/")
-    adapt.add_argument("--method", required=True, choices=sorted(METHOD_NAMES), help="adaptation method")
-    adapt.add_argument("--model", help="base model (default: the shipped one)")
-    adapt.add_argument("--quality", type=_positive_int, help="quality index of the base model family")
+    adapt.add_argument("-o", "--output", required=True, help="output folder: <name>.bits (.h264, .hevc), <name>.payload, "
+                                                             "result.json, adapt.log, checkpoint/")
+    adapt.add_argument("--method", required=True, choices=METHOD_NAMES, help="adaptation method")
+    _add_codec_options(adapt)
     _add_frame_options(adapt, "use at most this many frames")
     adapt.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="method option, e.g. training.epochs=3, variant=repeat, prior.grid=0.004, steps=2, "
@@ -100,9 +108,12 @@ def build_parser() -> argparse.ArgumentParser:
     adapt.add_argument("--recon", help="also write the reconstruction (.y4m, or a folder of PNGs)")
     adapt.add_argument("--json", action="store_true", help="print result.json")
 
-    methods = commands.add_parser("methods", help="list the adaptation methods and their options with defaults")
+    methods = commands.add_parser("methods", help="list the adaptation methods, the codecs they apply to and their "
+                                                  "options with defaults")
     methods.add_argument("--json", action="store_true")
 
+
+def _add_model_parsers(commands) -> None:
     init = commands.add_parser("init-model", help="write an untrained, seeded checkpoint (tests, benchmarks, pretraining start)")
     init.add_argument("output", help="the checkpoint to write (.safetensors)")
     init.add_argument("--arch", default="compact", help="architecture preset: full, compact or tiny")
@@ -134,19 +145,29 @@ def build_parser() -> argparse.ArgumentParser:
                                             "(default: CompressAI's lambdas of those quality indices)")
     pretrain.add_argument("--init-from", help="start from this checkpoint's weights instead of random ones")
 
-    submit = commands.add_parser("submit", help="run a directory of videos on Ray: one unit per (video, method, "
-                                                "quality), plus x264/x265 anchors")
+
+def _add_run_parsers(commands) -> None:
+    submit = commands.add_parser("submit", help="run a directory of videos on Ray: one unit per (video, codec, quality, "
+                                                "method), plus x264/x265 anchors (method none)")
     submit.add_argument("videos", help="folder of videos (files with a video suffix, and folders of PNG frames)")
     submit.add_argument("--run", required=True, help="run directory (on storage every node sees, for a cluster)")
     submit.add_argument("--methods", default="none,decoder-lora",
-                        help=f"comma-separated adaptation methods (default none,decoder-lora; known: {', '.join(METHOD_NAMES)})")
-    submit.add_argument("--qualities", help="comma-separated quality indices (default: every quality of the model)")
-    submit.add_argument("--model", help="base model family or checkpoint (default: the shipped one)")
+                        help=f"comma-separated adaptation methods (default none,decoder-lora; known: {', '.join(METHOD_NAMES)}); "
+                             "each runs on the chosen codecs it applies to")
+    submit.add_argument("--codec", action="append", default=[], metavar="CODEC[:Q1,Q2,...]",
+                        help=f"base codec and its quality points (repeatable: several codecs in one run; default ssf; "
+                             f"known: {', '.join(_codec_names())}), e.g. --codec ssf:1,2,3,4 --codec x264:22,27,32,37")
+    submit.add_argument("--qualities", help="comma-separated quality points of the one --codec given without its own "
+                                            "(SSF quality indices, default every quality of the model; x264/x265 CRFs)")
+    submit.add_argument("--model", help="SSF model family or checkpoint (default: the shipped one)")
+    submit.add_argument("--codec-set", action="append", default=[], metavar="CODEC:KEY=VALUE",
+                        help="codec setting, e.g. x264:preset=slow (repeatable)")
     _add_frame_options(submit, "use at most this many frames of each video")
     submit.add_argument("--set", action="append", default=[], metavar="[METHOD:]KEY=VALUE",
                         help="method option, e.g. decoder-lora:training.epochs=3 (without METHOD: for every chosen "
                              "method; repeatable; see `adaptjobs methods`)")
-    submit.add_argument("--anchors", help="x264,x265 (default), a subset, or none")
+    submit.add_argument("--anchors", help="x264,x265 (default), a subset, or none: method-none units of these codecs "
+                                          "over their default CRFs, unless the codec is already chosen with --codec")
     _add_execution_options(submit)
 
     resume = commands.add_parser("resume", help="continue a run: DONE units are kept, others continue from their "
@@ -161,111 +182,116 @@ def build_parser() -> argparse.ArgumentParser:
 
     report = commands.add_parser("report", help="tables, RD plots, BD-rates and CSV/JSON of a run (reads RUN only)")
     report.add_argument("run", help="the run directory")
-    report.add_argument("--metric", choices=["psnr-rgb", "psnr-yuv", "ms-ssim"], default="psnr-rgb",
-                        help="quality metric of the BD-rates and RD plots (default psnr-rgb; ms-ssim is compared "
-                             "in dB, -10 log10(1 - MS-SSIM))")
+    report.add_argument("--metric", choices=["psnr-rgb", "psnr-yuv", "psnr-y", "ms-ssim"], default=None,
+                        help="quality metric of the BD-rates and RD plots (default: psnr-rgb, or psnr-yuv when every "
+                             "codec of the run is a standard one; ms-ssim is compared in dB, -10 log10(1 - MS-SSIM))")
     report.add_argument("--out", help="folder to write (default RUN/report)")
 
     info = commands.add_parser("info", help="describe a bitstream or a checkpoint")
     info.add_argument("input")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="adaptjobs", description="Per-video adaptation jobs for video compression.")
+    parser.add_argument("--threads", type=_positive_int, default=None,
+                        help="torch CPU threads for this process (default: torch's choice)")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_encode_parsers(commands)
+    _add_model_parsers(commands)
+    _add_run_parsers(commands)
     return parser
 
 
+def _quality(args) -> int | float | None:
+    from adaptjobs.options import parse_quality
+
+    return None if args.quality is None else parse_quality(args.quality)
+
+
 def _cmd_encode(args) -> int:
+    from adaptjobs.options import parse_codec_settings
     from workers.encode_job import encode_file
 
-    result = encode_file(args.input, args.output, model=args.model, quality=args.quality, frames=args.frames,
-                         intra_period=args.intra_period, recon=args.recon)
+    result = encode_file(args.input, args.output, model=args.model, quality=_quality(args), frames=args.frames,
+                         intra_period=args.intra_period, recon=args.recon, codec=args.codec,
+                         settings=parse_codec_settings(args.codec_set))
     if args.json:
         print(result.model_dump_json(indent=2))
     else:
         print(f"{result.bitstream}: {result.bytes_written} bytes, {result.frames} frames {result.width}x{result.height}, "
               f"{result.bpp:.4f} bpp, PSNR-RGB {result.psnr_rgb:.2f} dB, PSNR-YUV {result.psnr_yuv:.2f} dB, "
-              f"MS-SSIM {result.ms_ssim_rgb:.4f} (model {result.model_id} q{result.quality}, verified by decoding)")
+              f"MS-SSIM {result.ms_ssim_rgb:.4f} ({result.model_id}, quality {result.quality:g}, verified by decoding)")
     return 0
 
 
 def _cmd_decode(args) -> int:
-    from workers.encode_job import decode_file
+    import json
 
-    header = decode_file(args.input, args.output, model=args.model, payload_path=args.payload)
+    from workers.decoder import decode_file
+
+    info = decode_file(args.input, args.output, model=args.model, payload_path=args.payload)
     if args.json:
-        print(header.model_dump_json(indent=2))
+        print(json.dumps(info, indent=2))
     else:
-        print(f"{args.output}: {header.frame_count} frames {header.width}x{header.height} "
-              f"(model {header.model_id} q{header.quality})")
+        model = f"model {info['model_id']} q{info['quality']}" if "model_id" in info else info["codec"]
+        print(f"{args.output}: {info['frames']} frames {info['width']}x{info['height']} ({model})")
     return 0
 
 
-def parse_set_options(pairs: list[str]) -> dict:
-    """["training.epochs=3", "variant=repeat"] -> {"training": {"epochs": 3}, "variant": "repeat"}."""
-    import json
-
-    options: dict = {}
-    for pair in pairs:
-        key, sep, raw = pair.partition("=")
-        if not sep or not key:
-            raise InputError(None, f"--set expects KEY=VALUE, got {pair!r}")
-        try:
-            value = json.loads(raw)
-        except json.JSONDecodeError:
-            value = raw  # a bare string such as repeat
-        node = options
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise InputError(None, f"--set {key}: {part} is not a group of options")
-        node[leaf] = value
-    return options
+DECISIONS = {"sent": "update sent", "sent-lora-only": "LoRA update sent, encoder adapters dropped (cheaper)",
+             "base-cheaper": "no update sent (the base codec was cheaper)",
+             "zero-update": "no update sent (training left it at zero)", "base-method": "base codec"}
 
 
 def _cmd_adapt(args) -> int:
+    from adaptjobs.options import parse_codec_settings, parse_set_options
     from schemas.adapt import AdaptResult
     from schemas.job import VideoTask
-    from workers.adapt.job import parse_method_config
-    from workers.model_store import default_model_name, resolve_model
+    from workers.codecs import codec_class
+    from workers.methods import check_applies, parse_method_config
+    from workers.run_layout import ADAPT_LOG, RESULT_FILE
     from workers.task import describe_input, run_task
 
     config = parse_method_config(args.method, parse_set_options(args.set))
-    model_spec = args.model or default_model_name()
-    base = resolve_model(model_spec, args.quality)
+    check_applies(args.method, args.codec)
+    point = codec_class(args.codec).single_point(args.model, _quality(args), parse_codec_settings(args.codec_set))
     outdir = Path(args.output).resolve()
-    task = VideoTask(unit_dir=str(outdir), video=describe_input(args.input), method=config, model_spec=str(model_spec),
-                     quality=base.metadata.quality, weights_sha256=base.metadata.weights_sha256, frames=args.frames,
-                     intra_period=args.intra_period, recon=None if args.recon is None else str(Path(args.recon).resolve()))
+    task = VideoTask(unit_dir=str(outdir), video=describe_input(args.input), method=config, codec=point,
+                     frames=args.frames, intra_period=args.intra_period,
+                     recon=None if args.recon is None else str(Path(args.recon).resolve()))
     outcome = run_task(task, redo=True)
     if outcome.state == "failed":
         failure = outcome.failure
-        detail = "" if failure.kind == "input" else f" (traceback in {outdir / 'adapt.log'})"
+        detail = "" if failure.kind == "input" else f" (traceback in {outdir / ADAPT_LOG})"
         print(f"adaptjobs adapt: error: {failure.error}{detail}", file=sys.stderr)
         return EXIT_INPUT_ERROR if failure.kind == "input" else EXIT_INTERNAL_ERROR
-    result = AdaptResult.model_validate_json((outdir / "result.json").read_text())
+    result = AdaptResult.model_validate_json((outdir / RESULT_FILE).read_text())
     if args.json:
         print(result.model_dump_json(indent=2))
     else:
-        sent = {"sent": "update sent", "sent-lora-only": "LoRA update sent, encoder adapters dropped (cheaper)",
-                "base-cheaper": "no update sent (the base model was cheaper)",
-                "zero-update": "no update sent (training left it at zero)", "base-method": "base model"}[result.decision]
-        print(f"{args.output}: {result.method} q{result.quality}: {result.bpp_with_payload:.4f} bpp "
+        print(f"{args.output}: {result.codec} {result.method} q{result.quality:g}: {result.bpp_with_payload:.4f} bpp "
               f"({result.payload_bytes} payload bytes, {100 * result.payload_share:.2f}% of the total), "
               f"PSNR-RGB {result.psnr_rgb:.2f} dB, RD cost {result.rd_cost:.4f} vs base {result.rd_cost_base:.4f}; "
-              f"{sent}; {result.adaptation_steps} steps in {result.adapt_seconds:.1f} s; verified by decoding")
+              f"{DECISIONS.get(result.decision, result.decision)}; {result.adaptation_steps} steps in "
+              f"{result.adapt_seconds:.1f} s; verified by decoding")
     return 0
 
 
 def _cmd_methods(args) -> int:
     import json
 
-    from schemas.adapt import METHOD_CONFIGS
+    from schemas.methods import METHOD_CONFIGS
+    from workers.methods import METHODS
 
-    defaults = {name: cls().model_dump(mode="json") for name, cls in METHOD_CONFIGS.items()}
+    described = {name: {"codecs": list(METHODS[name].codecs), "defaults": METHOD_CONFIGS[name]().model_dump(mode="json")}
+                 for name in METHOD_NAMES}
     if args.json:
-        print(json.dumps(defaults, indent=2))
-    else:
-        for name, cls in METHOD_CONFIGS.items():
-            print(f"{name}: {(cls.__doc__ or '').strip().splitlines()[0]}")
-            print(f"    defaults: {json.dumps({k: v for k, v in defaults[name].items() if k != 'method'})}")
+        print(json.dumps(described, indent=2))
+        return 0
+    for name, entry in described.items():
+        print(f"{name}: {(METHOD_CONFIGS[name].__doc__ or '').strip().splitlines()[0]}")
+        print(f"    codecs: {', '.join(entry['codecs'])}")
+        print(f"    defaults: {json.dumps({k: v for k, v in entry['defaults'].items() if k != 'method'})}")
     return 0
 
 
@@ -361,15 +387,6 @@ def _execution(args):
                      max_retries=args.max_retries, progress=not args.no_progress, sigterm_interrupts=True)
 
 
-def _int_list(text: str | None, flag: str) -> list[int] | None:
-    if text is None:
-        return None
-    try:
-        return sorted({int(v) for v in text.split(",") if v.strip()})
-    except ValueError:
-        raise InputError(None, f"{flag} takes comma-separated integers, got {text!r}") from None
-
-
 def _drive(store, spec, execution, retry_failed: bool) -> int:
     from adaptjobs.runner import run
 
@@ -390,12 +407,12 @@ def _drive(store, spec, execution, retry_failed: bool) -> int:
 
 def _cmd_submit(args) -> int:
     from adaptjobs.run_store import RunStore
-    from adaptjobs.spec import build_spec
+    from adaptjobs.spec import build_spec, parse_codec_choices
 
     execution = _execution(args)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    spec = build_spec(args.videos, methods, args.set, _int_list(args.qualities, "--qualities"), args.model,
-                      args.frames, args.intra_period, args.anchors)
+    codecs = parse_codec_choices(args.codec, args.qualities, args.codec_set, args.anchors)
+    spec = build_spec(args.videos, methods, args.set, codecs, args.model, args.frames, args.intra_period)
     store = RunStore(args.run)
     with store.driver_lock():
         store.write_spec_once(spec)
@@ -424,9 +441,9 @@ def _cmd_status(args) -> int:
     print(f"{status.run}: {counts['total']} units: {counts['done']} done, {counts['failed']} failed, "
           f"{counts['running']} running, {counts['interrupted']} interrupted, {counts['pending']} pending"
           f"{' (a driver is working on it)' if status.driver_active else ''}")
-    header = ("unit", "state", "tries", "seconds", "last error")
-    rows = [(r.unit, r.state, str(r.attempts), "" if r.seconds is None else f"{r.seconds:.1f}", r.last_error or "")
-            for r in status.units]
+    header = ("unit", "state", "tries", "seconds", "all tries s", "last error")
+    rows = [(r.unit, r.state, str(r.attempts), "" if r.seconds is None else f"{r.seconds:.1f}",
+             "" if r.total_seconds is None else f"{r.total_seconds:.1f}", r.last_error or "") for r in status.units]
     widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(header[:-1])]
     for row in [header, *rows]:
         print("  ".join(cell.ljust(w) for cell, w in zip(row[:-1], widths)) + "  " + row[-1])

@@ -50,7 +50,7 @@ def run(out: Path, frames: int, qualities: str, methods: str) -> int:
     print(f"\nadaptjobs report {run_dir}")
     if cli(["report", str(run_dir)]):
         return 1
-    unit = sorted((run_dir / "units").glob("carphone*/decoder-lora/q*"))[-1]
+    unit = sorted((run_dir / "units").glob("carphone*/ssf/decoder-lora/q*"))[-1]
     bits = next(unit.glob("*.bits"))
     payload = bits.with_suffix(".payload")
     decoded = out / "decoded.y4m"
@@ -66,9 +66,10 @@ def compare_with_result(unit: Path, decoded: Path, frames: int) -> int:
     (PSNR-RGB is measured before the 4:2:0 conversion of the .y4m, so it is compared in result.json only)."""
     from schemas.adapt import AdaptResult
     from workers.metrics import psnr_yuv
+    from workers.run_layout import RESULT_FILE
     from workers.video_io import read_video
 
-    result = AdaptResult.model_validate_json((unit / "result.json").read_text())
+    result = AdaptResult.model_validate_json((unit / RESULT_FILE).read_text())
     source, output = read_video(result.input, frames), read_video(decoded)
     measured = sum(psnr_yuv(source.frame_yuv420(i), output.frame_yuv420(i)) for i in range(len(output))) / len(output)
     same = abs(measured - result.psnr_yuv) < 1e-9

@@ -1,5 +1,6 @@
-"""`adaptjobs report RUN`: what the weights cost and what adaptation bought, per video, against the unadapted
-base model (`none`) and against x264/x265, as tables, plots and files other tools read.
+"""`adaptjobs report RUN`: what the weights cost and what adaptation bought, per video, against each codec
+unadapted (`<codec>/none`) and against the other codecs' none curves (x264/x265: the anchors), as tables,
+plots and files other tools read.
 
 Reads only RUN (report_data.py) and writes RUN/report/ (or --out), every file atomically:
 
@@ -7,10 +8,10 @@ Reads only RUN (report_data.py) and writes RUN/report/ (or --out), every file at
                        quality, time), BD-rates per video and averaged, units failed or missing
     report.html        the same, self-contained (plots embedded)
     plots/rd-<video>.png, plots/overhead.png
-    summary.csv        one row per adaptation unit and per anchor CRF point (schemas/report.py UnitRow)
+    summary.csv        one row per unit (schemas/report.py UnitRow)
     bd_rate.csv        every BD-rate (schemas/report.py BDRateRow)
     summary.json       every curve in CompressAI's results format (a list of curves)
-    compressai/<video>/<curve>.json   one curve per file, as `python -m compressai.utils.plot -f` reads them
+    compressai/<video>/<codec>/<method>.json   one curve per file, as `python -m compressai.utils.plot -f` reads them
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from adaptjobs.report_bdrate import average_bd_rates, summary_line, video_bd_rates
-from adaptjobs.report_data import DEFAULT_METRIC, METRICS, Curve, RunData, collect_run
+from adaptjobs.report_data import METRICS, Curve, RunData, collect_run, default_metric
 from schemas.job import RunStatus
 from schemas.report import BDRateRow, CompressAICurve, UnitRow
 from workers.atomic import atomic_write_bytes, atomic_write_text
@@ -38,17 +39,17 @@ class ReportOutcome:
     counts: dict[str, int]      # units: done, failed, missing, total
 
 
-def write_report(run: str | Path, metric: str = DEFAULT_METRIC, out: str | Path | None = None) -> ReportOutcome:
+def write_report(run: str | Path, metric: str | None = None, out: str | Path | None = None) -> ReportOutcome:
     """Collect RUN and write every report file; returns where and what. Raises InputError for a folder that
     is not a run, an unknown metric, or an output folder that cannot be written."""
     from adaptjobs.report_document import build_document, render_markdown
     from adaptjobs.report_html import render_html
     from adaptjobs.report_plots import overhead_plot, rd_plot
 
-    if metric not in METRICS:
+    if metric is not None and metric not in METRICS:
         raise InputError(None, f"--metric must be one of {', '.join(METRICS)}, got {metric!r}")
-    chosen = METRICS[metric]
     data = collect_run(run)
+    chosen = METRICS[metric or default_metric(data.spec)]
     out_dir = Path(out).resolve() if out is not None else data.root / REPORT_DIR
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(out_dir, "is a file; --out must be a folder")
@@ -113,23 +114,21 @@ def compressai_curve(curve: Curve, model_id: str) -> CompressAICurve:
         "bpp-without-payload": [p.bpp_without_payload for p in points],
         "psnr-rgb": [p.psnr_rgb_db for p in points],
         "psnr-yuv": [p.psnr_yuv_db for p in points],
+        "psnr-y": [p.psnr_y_db for p in points],
         "ms-ssim-rgb": [p.ms_ssim_rgb for p in points],
         "ms-ssim": [p.ms_ssim_rgb for p in points],
         "payload-bytes": [p.payload_bytes for p in points],
     }
-    if curve.kind == "adapt":
-        results["quality"] = [p.quality for p in points]
-        description = f"{curve.video}: adaptjobs {curve.name}, {model_id}, rate includes the weight payload"
-    else:
-        results["crf"] = [p.crf for p in points]
-        description = f"{curve.video}: {curve.name} anchor ({points[0].model_id}), CRF sweep"
+    results["quality"] = [p.quality for p in points]
+    description = (f"{curve.video}: adaptjobs {curve.name}, {model_id}, quality = the codec's own "
+                   "(SSF index, x264/x265 CRF), rate includes the weight payload")
     return CompressAICurve(name=curve.name, description=description, results=results)
 
 
 def compressai_curves(data: RunData) -> list[tuple[str, CompressAICurve]]:
-    """(video, curve) for every curve with at least one finished point: videos in spec order, methods then
-    anchors."""
-    return [(video, compressai_curve(curve, data.spec.model.model_id))
+    """(video, curve) for every curve with at least one finished point: videos in spec order, then curves in
+    spec order (codec, method)."""
+    return [(video, compressai_curve(curve, curve.points[0].model_id or curve.codec))
             for video, curves in data.curves.items() for curve in curves if curve.points]
 
 
@@ -138,4 +137,5 @@ def status_bd_rate_line(status: RunStatus) -> str | None:
     PSNR-RGB BD-rates); None while units are missing or failed, or when there is nothing to compare."""
     if status.counts.get("done") != status.counts.get("total"):
         return None
-    return summary_line(collect_run(status.run), METRICS[DEFAULT_METRIC])
+    data = collect_run(status.run)
+    return summary_line(data, METRICS[default_metric(data.spec)])

@@ -1,8 +1,8 @@
-"""BD-rates of a run: every method against the unadapted base model (`none`) and against each anchor codec,
-per video and averaged over videos.
+"""BD-rates of a run: every curve (codec/method) against its codec unadapted (codec/none) and against every
+other codec's none curve (x264/none and x265/none are the anchors), per video and averaged over videos.
 
-The rate of a method is bpp_with_payload (the weight payload is part of what it costs); an anchor's is its
-packet bytes. A BD-rate that cannot be computed (a curve missing or with fewer than two points, a curve whose
+The rate of a method is bpp_with_payload (the weight payload is part of what it costs); a standard codec's
+is its stream bytes. A BD-rate that cannot be computed (a curve missing or with fewer than two points, a curve whose
 quality does not increase with rate, curves that do not overlap) is kept as a row with no number and the
 reason, so a report never crashes on a bad curve and never hides it.
 """
@@ -12,17 +12,30 @@ from __future__ import annotations
 from statistics import fmean
 
 from adaptjobs.bdrate import bd_rate
-from adaptjobs.report_data import BASE_METHOD, Curve, Metric, RunData
+from adaptjobs.report_data import BASE_METHOD, Curve, Metric, RunData, curve_name
 from schemas.report import BDRateRow
 
 AVERAGE = "(average)"  # not a valid video name, so it cannot clash with one
 
 
 def comparisons(data: RunData) -> list[tuple[str, str]]:
-    """(method, reference) pairs: every method against `none` (when the run has it) and against every anchor
-    codec, `none` included; a curve is never compared with itself."""
-    references = ([BASE_METHOD] if BASE_METHOD in data.methods else []) + data.anchor_codecs
-    return [(method, reference) for method in data.methods for reference in references if method != reference]
+    """(curve, reference) pairs, curves in spec order: each adapted curve against its own codec's none curve
+    first, then against the none curves of the other codecs; two none curves are compared once (the codec
+    listed first against the later one); a curve is never compared with itself."""
+    codecs = [run.codec for run in data.spec.codecs]
+    bases = [(run.codec, curve_name(run.codec, BASE_METHOD)) for run in data.spec.codecs if BASE_METHOD in run.methods]
+    pairs = []
+    for run in data.spec.codecs:
+        for method in run.methods:
+            name = curve_name(run.codec, method)
+            ordered = sorted(bases, key=lambda b: b[0] != run.codec)  # its own codec's reference first
+            for codec, reference in ordered:
+                if reference == name:
+                    continue
+                if method == BASE_METHOD and codecs.index(codec) < codecs.index(run.codec):
+                    continue  # already compared the other way round
+                pairs.append((name, reference))
+    return pairs
 
 
 def curve_bd_rate(reference: Curve | None, test: Curve | None, metric: Metric) -> tuple[float | None, float | None, str | None]:
@@ -87,10 +100,11 @@ def summary_line(data: RunData, metric: Metric) -> str | None:
     if not averages:
         return None
     parts = []
-    for method in sorted(data.methods, key=lambda m: m == BASE_METHOD):  # adapted methods first, then `none`
-        mine = [r for r in averages if r.method == method]
+    names = sorted(data.curve_names, key=lambda n: n.endswith("/" + BASE_METHOD))  # adapted curves first, then none
+    for name in names:
+        mine = [r for r in averages if r.method == name]
         if mine:
-            parts.append(f"{method} " + ", ".join(f"vs {r.reference} {format_percent(r.bd_rate_percent)}" for r in mine))
+            parts.append(f"{name} " + ", ".join(f"vs {r.reference} {format_percent(r.bd_rate_percent)}" for r in mine))
     caveat = " (with warnings: see adaptjobs report)" if any(r.warning for r in averages) else ""
     videos = f"{len(data.curves)} video{'s' * (len(data.curves) != 1)}"
     return f"BD-rate ({metric.label}, average over {videos}): " + "; ".join(parts) + caveat

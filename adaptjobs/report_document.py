@@ -49,22 +49,23 @@ def _int(value: int | None) -> str:
     return "" if value is None else str(value)
 
 
-UNIT_HEADER = ["method", "q", "state", "bpp without payload", "bpp with payload", "payload bytes", "payload share",
-               "intra bits", "motion bits", "residual bits", "container bits", "PSNR-RGB dB", "PSNR-YUV dB", "MS-SSIM",
-               "adapt s", "train s", "decision / error"]
+UNIT_HEADER = ["codec", "method", "q", "state", "bpp without payload", "bpp with payload", "payload bytes",
+               "payload share", "intra bits", "motion bits", "residual bits", "container bits", "PSNR-RGB dB",
+               "PSNR-YUV dB", "PSNR-Y dB", "MS-SSIM", "adapt s", "train s", "decision / error"]
 
 
 def unit_table(rows: list[UnitRow]) -> Table:
-    """Per method, per quality: rates with and without the weight payload, what the weights cost, bits per
-    frame type, quality and time."""
+    """Per codec, method and quality: rates with and without the weight payload, what the weights cost, bits
+    per frame type (SSF), quality and time."""
     body = []
     for r in rows:
         share = "" if r.payload_share_fraction is None else f"{100 * r.payload_share_fraction:.2f}%"
-        body.append([r.method, _int(r.quality), r.state, _num(r.bpp_without_payload, 4), _num(r.bpp_with_payload, 4),
-                     _int(r.payload_bytes), share, _int(r.intra_bits), _int(r.motion_bits), _int(r.residual_bits),
-                     _int(r.container_bits), _num(r.psnr_rgb_db, 2), _num(r.psnr_yuv_db, 2), _num(r.ms_ssim_rgb, 4),
-                     _num(r.adapt_seconds, 1), _num(r.train_seconds, 1), _decision(r)])
-    return Table(UNIT_HEADER, body, numeric={1, *range(3, 16)}, wide_last=True)
+        body.append([r.codec, r.method, f"{r.quality:g}", r.state, _num(r.bpp_without_payload, 4),
+                     _num(r.bpp_with_payload, 4), _int(r.payload_bytes), share, _int(r.intra_bits), _int(r.motion_bits),
+                     _int(r.residual_bits), _int(r.container_bits), _num(r.psnr_rgb_db, 2), _num(r.psnr_yuv_db, 2),
+                     _num(r.psnr_y_db, 2), _num(r.ms_ssim_rgb, 4), _num(r.adapt_seconds, 1), _num(r.train_seconds, 1),
+                     _decision(r)])
+    return Table(UNIT_HEADER, body, numeric={2, *range(4, 18)}, wide_last=True)
 
 
 def _decision(row: UnitRow) -> str:
@@ -75,19 +76,6 @@ def _decision(row: UnitRow) -> str:
     if not row.update_sent and row.bpp_adapted is not None and row.psnr_rgb_adapted_db is not None:
         return f"{row.decision} (adapted: {row.bpp_adapted:.4f} bpp, {row.psnr_rgb_adapted_db:.2f} dB PSNR-RGB)"
     return row.decision or ""
-
-
-def anchor_table(rows: list[UnitRow]) -> Table:
-    """One row per CRF point of a done anchor unit, one row for an anchor unit that is not done (the error
-    column appears only then)."""
-    header = ["codec", "CRF", "state", "bpp", "stream bytes", "PSNR-RGB dB", "PSNR-YUV dB", "MS-SSIM"]
-    body = [[r.method, _num(r.crf, 0), r.state, _num(r.bpp_with_payload, 4), _int(r.bits_file_bytes),
-             _num(r.psnr_rgb_db, 2), _num(r.psnr_yuv_db, 2), _num(r.ms_ssim_rgb, 4)] for r in rows]
-    if any(r.error for r in rows):
-        header.append("error")
-        for cells, row in zip(body, rows):
-            cells.append(row.error or "")
-    return Table(header, body, numeric={1, *range(3, 8)}, wide_last=len(header) > 8)
 
 
 def bd_table(rows: list[BDRateRow], metric: Metric, average: bool) -> Table:
@@ -106,19 +94,26 @@ def missing_table(rows: list[UnitRow]) -> Table:
     return Table(["unit", "state", "reason"], [[r.unit, r.state, r.error or ""] for r in rows], wide_last=True)
 
 
+def run_description(data: RunData) -> str:
+    """One sentence per codec (its model or settings, quality points, methods), then frames and intra period."""
+    parts = []
+    for run in data.spec.codecs:
+        what = (f"model {run.model.model_id}{'' if run.model.spec == run.model.model_id else f' ({run.model.spec})'}"
+                if run.model is not None else ", ".join(f"{k} {v}" for k, v in run.settings.items()) or "default settings")
+        parts.append(f"{run.codec} ({what}): qualities {', '.join(f'{q:g}' for q in run.qualities)}; methods "
+                     f"{', '.join(run.methods)}")
+    frames = "all frames" if data.spec.frames is None else f"{data.spec.frames} frames"
+    return f"Run {data.root}. " + ". ".join(parts) + f". {frames} per video, intra period {data.spec.intra_period}."
+
+
 def build_document(data: RunData, metric: Metric, per_video: list[BDRateRow], averages: list[BDRateRow],
                    rd_plots: dict[str, str], overhead_plot: str | None) -> list[Block]:
-    spec, counts = data.spec, data.unit_counts()
+    counts = data.unit_counts()
     blocks: list[Block] = [
         Heading(1, f"Adaptation report: {data.root.name}"),
-        Paragraph(f"Run {data.root}; base model {spec.model.model_id}"
-                  f"{'' if spec.model.spec == spec.model.model_id else f' ({spec.model.spec})'}; methods "
-                  f"{', '.join(data.methods)}; qualities {', '.join(map(str, spec.qualities))}; "
-                  f"{'all frames' if spec.frames is None else f'{spec.frames} frames'} per video, intra period "
-                  f"{spec.intra_period}; anchors {', '.join(data.anchor_codecs) or 'none'} "
-                  f"(CRF {', '.join(f'{c:g}' for c in spec.anchors.crfs)}, preset {spec.anchors.preset})."),
+        Paragraph(run_description(data)),
         Paragraph(f"Units: {counts['done']} of {counts['total']} done, {counts['failed']} failed, "
-                  f"{counts['missing']} missing (anchor units count once; their CRF points are rows)."),
+                  f"{counts['missing']} missing."),
     ]
     if counts["done"] == 0:
         blocks.append(Paragraph("No unit of this run has finished yet: there is nothing to compare. The units are "
@@ -141,15 +136,12 @@ def build_document(data: RunData, metric: Metric, per_video: list[BDRateRow], av
     for video, curves in data.curves.items():
         blocks.append(Heading(2, f"Video {video}"))
         rows = [r for r in data.rows if r.video == video]
-        blocks.append(Heading(3, "Rate and quality per method and quality"))
-        blocks.append(unit_table([r for r in rows if r.kind == "adapt"]))
-        if data.anchor_codecs:
-            blocks.append(Heading(3, "Anchors"))
-            blocks.append(anchor_table([r for r in rows if r.kind == "anchor"]))
+        blocks.append(Heading(3, "Rate and quality per codec, method and quality"))
+        blocks.append(unit_table(rows))
         blocks.append(Heading(3, f"BD-rate ({metric.label})"))
         mine = [r for r in per_video if r.video == video]
         blocks.append(bd_table(mine, metric, average=False) if mine else
-                      Paragraph("No comparison: the run has neither `none` nor an anchor codec to compare with."))
+                      Paragraph("No comparison: the run has no `none` curve to compare with."))
         if video in rd_plots:
             blocks.append(Image(rd_plots[video], f"{video}: rate (bpp, payload included) vs {metric.label}"))
         else:
@@ -161,7 +153,7 @@ def build_document(data: RunData, metric: Metric, per_video: list[BDRateRow], av
                                 "it covers."))
         blocks.append(bd_table(averages, metric, average=True))
     else:
-        blocks.append(Paragraph("No comparison: the run has neither `none` nor an anchor codec to compare with."))
+        blocks.append(Paragraph("No comparison: the run has no `none` curve to compare with."))
     blocks.append(Heading(2, "Weight overhead"))
     if overhead_plot:
         blocks.append(Paragraph("Payload bytes as a share of everything a decoder receives, per video and quality "
@@ -174,8 +166,7 @@ def build_document(data: RunData, metric: Metric, per_video: list[BDRateRow], av
     missing = data.not_done_rows()
     blocks.append(missing_table(missing) if missing else Paragraph("None: every unit is done."))
     blocks.append(Heading(2, "Files"))
-    blocks.append(Paragraph("summary.csv: one row per adaptation unit and per anchor CRF point (units in the column "
-                            "names); bd_rate.csv: every BD-rate above; summary.json: every curve in CompressAI's "
+    blocks.append(Paragraph("summary.csv: one row per unit (units in the column names); bd_rate.csv: every BD-rate above; summary.json: every curve in CompressAI's "
                             "results format, and compressai/<video>/<curve>.json one curve per file for "
                             "`python -m compressai.utils.plot -f FILES -m psnr-rgb`; plots/: the PNGs."))
     return blocks

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import io
 
-from adaptjobs.report_data import BASE_METHOD, Curve, Metric, RunData
+from adaptjobs.report_data import BASE_METHOD, Curve, Metric, RunData, curve_name
 
 DPI = 100
 PALETTE = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:olive"]
@@ -23,7 +23,8 @@ def _png(figure) -> bytes:
 
 
 def rd_plot(video: str, curves: list[Curve], metric: Metric) -> bytes:
-    """bpp (weight payload included) vs the metric for every method (solid) and anchor (dashed); a method
+    """bpp (weight payload included) vs the metric for every curve: the first codec's (solid) and the other
+    codecs' none curves (anchors, dashed); a method
     that sent a payload also gets its curve without the payload (dotted), so the gap is the weight cost."""
     from matplotlib.figure import Figure
 
@@ -35,7 +36,7 @@ def rd_plot(video: str, curves: list[Curve], metric: Metric) -> bytes:
         points = curve.rd(metric)
         xs, ys = [p[0] for p in points], [p[1] for p in points]
         rates += xs
-        anchor = curve.kind == "anchor"
+        anchor = curve.is_base and curve.codec != curves[0].codec  # another codec's base curve: an anchor
         # earlier curves are drawn wider, so a method identical to `none` (no update sent) still shows both
         axes.plot(xs, ys, linestyle="--" if anchor else "-", marker=MARKERS[index % len(MARKERS)],
                   markersize=max(4.0, 8.0 - 1.5 * index) if not anchor else 4.0,
@@ -59,31 +60,34 @@ def rd_plot(video: str, curves: list[Curve], metric: Metric) -> bytes:
 
 
 def overhead_plot(data: RunData) -> bytes | None:
-    """Per video, per quality: the payload's share of the bytes a decoder receives, one bar per adapted
-    method, labelled with the payload size. None when no adapted unit has finished."""
+    """Per video, per codec quality point: the payload's share of the bytes a decoder receives, one bar per
+    adapted curve, labelled with the payload size. None when no adapted unit has finished."""
     from matplotlib.figure import Figure
 
-    methods = [m for m in data.methods if m != BASE_METHOD]
-    videos = [v for v in data.curves if any(data.curve(v, m) and data.curve(v, m).points for m in methods)]
+    adapted = [(run.codec, m) for run in data.spec.codecs for m in run.methods if m != BASE_METHOD]
+    names = [curve_name(c, m) for c, m in adapted]
+    videos = [v for v in data.curves if any(data.curve(v, n) and data.curve(v, n).points for n in names)]
     if not videos:
         return None
     columns = min(3, len(videos))
     rows = -(-len(videos) // columns)
     figure = Figure(figsize=(max(6.0, 4.6 * columns), 3.6 * rows), layout="constrained")
     grid = figure.subplots(rows, columns, squeeze=False)
-    qualities = list(data.spec.qualities)
-    width = 0.8 / max(1, len(methods))
+    points = [(run.codec, q) for run in data.spec.codecs if any(c == run.codec for c, _ in adapted)
+              for q in run.qualities]
+    width = 0.8 / max(1, len(names))
     for index, video in enumerate(videos):
         axes = grid[index // columns][index % columns]
-        for offset, method in enumerate(methods):
-            curve = data.curve(video, method)
-            by_quality = {row.quality: row for row in (curve.points if curve else [])}
-            xs = [i + (offset - (len(methods) - 1) / 2) * width for i in range(len(qualities))]
-            shares = [100 * by_quality[q].payload_share_fraction if q in by_quality else 0.0 for q in qualities]
-            bars = axes.bar(xs, shares, width=width, label=method)
-            labels = [_bytes_label(by_quality[q].payload_bytes) if q in by_quality else "n/a" for q in qualities]
+        for offset, (codec, method) in enumerate(adapted):
+            curve = data.curve(video, curve_name(codec, method))
+            by_point = {(codec, row.quality): row for row in (curve.points if curve else [])}
+            xs = [i + (offset - (len(names) - 1) / 2) * width for i in range(len(points))]
+            shares = [100 * by_point[p].payload_share_fraction if p in by_point else 0.0 for p in points]
+            bars = axes.bar(xs, shares, width=width, label=curve_name(codec, method))
+            labels = [_bytes_label(by_point[p].payload_bytes) if p in by_point else "" for p in points]
             axes.bar_label(bars, labels=labels, fontsize=7, padding=2)
-        axes.set_xticks(range(len(qualities)), [f"q{q}" for q in qualities])
+        axes.set_xticks(range(len(points)), [f"{c} q{q:g}" if len({c for c, _ in points}) > 1 else f"q{q:g}"
+                                             for c, q in points])
         axes.set_ylabel("payload, % of total bytes")
         axes.set_title(video, fontsize=10)
         axes.set_ylim(0, max(5.0, axes.get_ylim()[1] * 1.15))

@@ -16,37 +16,25 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from schemas.job import AnchorTask, JobSpec, RunStatus, UnitStatus, VideoEntry, VideoTask
+from schemas.job import JobSpec, Quality, RunStatus, UnitStatus, VideoEntry, VideoTask
 from workers.atomic import atomic_write_text
 from workers.errors import InputError
-from workers.run_layout import (ADAPT_LOG, ANCHOR_LOG, host_name, now_iso, read_done, read_failed, read_log)
-from workers.task import JOB_FILE
+from workers.run_layout import ADAPT_LOG, JOB_FILE, host_name, now_iso, read_done, read_failed, read_log, unit_rel
 
 DRIVER_LOCK = "driver.lock"
 
 
-def unit_path(video: str, method: str, quality: int) -> str:
-    """units/<video>/<method>/q<k>: relative to RUN."""
-    return f"units/{video}/{method}/q{quality}"
-
-
-def anchor_path(video: str, codec: str) -> str:
-    return f"anchors/{video}/{codec}"
-
-
 @dataclass(frozen=True)
 class Unit:
-    """One unit of a run, as the spec defines it (whether or not it has run)."""
+    """One unit of a run, as the spec defines it (whether or not it has run): (video, codec, quality, method)."""
 
-    kind: str          # "adapt" or "anchor"
     video: VideoEntry
-    method: str        # the adaptation method, or the anchor codec
-    quality: int | None
+    codec: str
+    method: str
+    quality: Quality
     rel: str           # folder relative to RUN
 
-    @property
-    def log_name(self) -> str:
-        return ADAPT_LOG if self.kind == "adapt" else ANCHOR_LOG
+    log_name = ADAPT_LOG
 
 
 class RunStore:
@@ -122,29 +110,20 @@ class RunStore:
 
     # ------------------------------------------------------------------ units
     def units(self, spec: JobSpec) -> list[Unit]:
-        """Every unit the spec defines: adaptation units, then anchor units, in a fixed order."""
-        out = [Unit("adapt", video, method.method, quality, unit_path(video.name, method.method, quality))
-               for video in spec.videos for method in spec.methods for quality in spec.qualities]
-        out += [Unit("anchor", video, codec, None, anchor_path(video.name, codec))
-                for video in spec.videos for codec in spec.anchors.codecs]
-        return out
+        """Every unit the spec defines, in a fixed order: video, codec (spec order), method, quality."""
+        return [Unit(video, run.codec, method, quality, unit_rel(video.name, run.codec, method, quality))
+                for video in spec.videos for run in spec.codecs for method in run.methods for quality in run.qualities]
 
     def unit_dir(self, unit: Unit) -> Path:
         return self.root / unit.rel
 
     def video_task(self, spec: JobSpec, unit: Unit, threads: int | None) -> VideoTask:
-        method = next(m for m in spec.methods if m.method == unit.method)
-        return VideoTask(unit_dir=str(self.unit_dir(unit)), run_dir=str(self.root), video=unit.video, method=method,
-                         model_spec=spec.model.spec, quality=unit.quality,
-                         weights_sha256=spec.model.weights_sha256[unit.quality], frames=spec.frames,
-                         intra_period=spec.intra_period, threads=threads)
-
-    def anchor_task(self, spec: JobSpec, unit: Unit) -> AnchorTask:
-        return AnchorTask(unit_dir=str(self.unit_dir(unit)), run_dir=str(self.root), video=unit.video,
-                          codec=unit.method, crfs=spec.anchors.crfs, preset=spec.anchors.preset, frames=spec.frames,
-                          intra_period=spec.intra_period)
+        return VideoTask(unit_dir=str(self.unit_dir(unit)), run_dir=str(self.root), video=unit.video,
+                         method=spec.method(unit.method), codec=spec.codec(unit.codec).point(unit.quality),
+                         frames=spec.frames, intra_period=spec.intra_period, threads=threads)
 
     def unit_status(self, unit: Unit, driver_active: bool) -> UnitStatus:
+        """State of one unit from its folder: markers first, then the log (attempts, last error, seconds)."""
         folder = self.unit_dir(unit)
         log = read_log(folder / unit.log_name)
         tried = [r for r in log if r.get("event") == "attempt"]
@@ -160,9 +139,11 @@ class RunStore:
         else:
             state = "pending"
         last_error = failure.error if failure is not None else (failed_events[-1].get("error") if failed_events else None)
-        return UnitStatus(unit=unit.rel, kind=unit.kind, video=unit.video.name, method=unit.method, quality=unit.quality,
-                          state=state, attempts=len(tried), last_error=last_error,
+        ended = [r.get("seconds") for r in done_events + failed_events if isinstance(r.get("seconds"), (int, float))]
+        return UnitStatus(unit=unit.rel, video=unit.video.name, codec=unit.codec, method=unit.method,
+                          quality=unit.quality, state=state, attempts=len(tried), last_error=last_error,
                           seconds=None if done is None else round(done.seconds, 3),
+                          total_seconds=round(sum(ended), 3) if ended else None,
                           resumed_from_step=done_events[-1].get("resumed_from_step") if done_events else None)
 
     def status(self) -> RunStatus:

@@ -1,7 +1,7 @@
 """Run the units of a run directory as Ray tasks (design.md section 7; datatrove's executor split).
 
-The runner only schedules: each unit is a Ray task calling workers.task.run_task (adaptation) or
-adaptjobs.anchor_units.run_anchor_task (x264/x265), which write everything into the unit folder. What
+The runner only schedules: each unit is a Ray task calling workers.task.run_task, which writes everything
+into the unit folder (whatever the codec and the method). What
 survives what:
 
 - a worker or node dies: Ray retries the task up to ``max_retries`` times (system failures only) and
@@ -57,13 +57,6 @@ def _ray_adapt(task_json: str) -> dict:
     from workers.task import run_task
 
     return run_task(VideoTask.model_validate_json(task_json)).model_dump()
-
-
-def _ray_anchor(task_json: str) -> dict:
-    from adaptjobs.anchor_units import run_anchor_task
-    from schemas.job import AnchorTask
-
-    return run_anchor_task(AnchorTask.model_validate_json(task_json)).model_dump()
 
 
 def connect(execution: Execution) -> bool:
@@ -165,14 +158,7 @@ def _schedule_and_wait(ray, store: RunStore, spec: JobSpec, units: list[Unit], e
     options = {"num_cpus": execution.cpus_per_task, "num_gpus": execution.gpus_per_task,
                "max_retries": execution.max_retries, "retry_exceptions": False}
     adapt = ray.remote(_ray_adapt).options(**options)
-    anchor = ray.remote(_ray_anchor).options(**{**options, "num_gpus": 0})
-    pending = {}
-    for unit in units:
-        if unit.kind == "adapt":
-            ref = adapt.remote(store.video_task(spec, unit, threads).model_dump_json())
-        else:
-            ref = anchor.remote(store.anchor_task(spec, unit).model_dump_json())
-        pending[ref] = unit
+    pending = {adapt.remote(store.video_task(spec, unit, threads).model_dump_json()): unit for unit in units}
     slots = _slots(ray, execution)
     if execution.gpus_per_task and not ray.cluster_resources().get("GPU"):
         print(f"adaptjobs: warning: units ask for {execution.gpus_per_task:g} GPU(s) each but the cluster has none "

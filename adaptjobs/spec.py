@@ -7,14 +7,19 @@ FAILED with the reason and the other videos run.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from schemas.job import ANCHOR_CODECS, AnchorSettings, JobSpec, ModelRef, VideoEntry
-from workers.adapt.job import parse_method_config, safe_name
+from adaptjobs.options import parse_set_options
+from schemas.job import CodecRun, JobSpec, VideoEntry
+from workers.adapt.job import safe_name
 from workers.errors import InputError
-from workers.model_store import SHIPPED_MODELS_DIR, default_model_name, family_qualities, resolve_model
+from workers.methods import parse_method_config
 from workers.task import input_bytes
 from workers.video_io import VIDEO_SUFFIXES, read_video
+
+
+ANCHOR_CODECS = ("x264", "x265")  # the default --anchors: method none on these, over their default CRFs
 
 
 def list_videos(folder: Path) -> list[Path]:
@@ -43,8 +48,6 @@ def name_videos(paths: list[Path]) -> list[VideoEntry]:
 
 def parse_method_options(methods: list[str], pairs: list[str]) -> dict[str, dict]:
     """--set METHOD:KEY=VALUE (or KEY=VALUE for every chosen method) -> per-method option trees."""
-    from adaptjobs.cli import parse_set_options
-
     per_method: dict[str, list[str]] = {m: [] for m in methods}
     for pair in pairs:
         target, sep, rest = pair.partition(":")
@@ -58,51 +61,80 @@ def parse_method_options(methods: list[str], pairs: list[str]) -> dict[str, dict
     return {m: parse_set_options(p) for m, p in per_method.items()}
 
 
-def model_reference(model: str | None, qualities: list[int] | None) -> tuple[ModelRef, tuple[int, ...]]:
-    """Resolve the base model: every quality of a family (or the asked ones), or one checkpoint."""
-    spec = model or default_model_name()
-    if spec is None:
-        raise InputError(None, "no base model given and none ships with this installation; pass --model")
-    path = Path(spec)
-    if not path.exists() and (SHIPPED_MODELS_DIR / spec).is_dir():
-        path = SHIPPED_MODELS_DIR / spec
-    if path.is_dir():
-        available = family_qualities(path)
-        chosen = sorted(qualities) if qualities else sorted(available)
-        missing = [q for q in chosen if q not in available]
-        if missing:
-            raise InputError(path, f"has no quality {missing} (available: {sorted(available)})")
-        loaded = {q: resolve_model(str(path), q) for q in chosen}
-        stored = spec if not Path(spec).exists() else str(path.resolve())
-    else:
-        single = resolve_model(spec, None)
-        chosen = sorted(qualities) if qualities else [single.metadata.quality]
-        if chosen != [single.metadata.quality]:
-            raise InputError(spec, f"is a single quality-{single.metadata.quality} checkpoint; --qualities {chosen} "
-                                   "needs a model family folder")
-        loaded = {single.metadata.quality: single}
-        stored = str(Path(spec).resolve())
-    ids = {m.metadata.model_id for m in loaded.values()}
-    ref = ModelRef(spec=stored, model_id=sorted(ids)[0],
-                   weights_sha256={q: m.metadata.weights_sha256 for q, m in loaded.items()})
-    return ref, tuple(chosen)
+@dataclass(frozen=True)
+class CodecChoice:
+    """One --codec of `adaptjobs submit`: the codec, its quality points (None: the codec's default ones) and
+    its settings; ``anchor``: added by --anchors (method none only)."""
+
+    name: str
+    qualities: list[int | float] | None = None
+    settings: dict[str, str] = field(default_factory=dict)
+    anchor: bool = False
 
 
-def anchor_settings(anchors: str | None) -> AnchorSettings:
+def parse_codec_choices(codecs: list[str], qualities: str | None, settings: list[str], anchors: str | None) -> list[CodecChoice]:
+    """--codec NAME[:Q,...] (repeatable; default ssf), --qualities for the one codec given without its own,
+    --codec-set CODEC:KEY=VALUE, --anchors (x264,x265 by default: method-none units of codecs not chosen)."""
+    from adaptjobs.options import parse_codec_settings, parse_qualities
+
+    entries = []
+    for text in codecs or ["ssf"]:
+        name, sep, points = text.partition(":")
+        entries.append([name.strip(), parse_qualities(points, f"--codec {text}") if sep else None])
+    bare = [e for e in entries if e[1] is None]
+    if qualities is not None:
+        if len(bare) != 1:
+            raise InputError(None, "--qualities applies to exactly one --codec given without its own points; "
+                                   "write --codec NAME:Q1,Q2 for each codec instead")
+        bare[0][1] = parse_qualities(qualities)
+    names = [e[0] for e in entries]
+    if len(set(names)) != len(names):
+        raise InputError(None, f"--codec names a codec twice: {', '.join(names)}")
+    per_codec: dict[str, list[str]] = {name: [] for name in names}
+    for pair in settings:
+        target, sep, rest = pair.partition(":")
+        if not sep or target not in per_codec:
+            raise InputError(None, f"--codec-set {pair}: expects CODEC:KEY=VALUE for a chosen codec ({', '.join(names)})")
+        per_codec[target].append(rest)
+    chosen = [CodecChoice(n, q, parse_codec_settings(per_codec[n])) for n, q in entries]
+    return chosen + [CodecChoice(name, None, {}, anchor=True) for name in anchor_codecs(anchors) if name not in names]
+
+
+def anchor_codecs(anchors: str | None) -> list[str]:
     if anchors is None:
-        return AnchorSettings()
+        return list(ANCHOR_CODECS)
     names = [a.strip() for a in anchors.split(",") if a.strip()]
     if names == ["none"]:
-        return AnchorSettings(codecs=())
+        return []
     unknown = [a for a in names if a not in ANCHOR_CODECS]
     if unknown or not names:
         raise InputError(None, f"--anchors takes a comma-separated subset of {', '.join(ANCHOR_CODECS)}, or none; "
                                f"got {anchors!r}")
-    return AnchorSettings(codecs=tuple(dict.fromkeys(names)))
+    return list(dict.fromkeys(names))
 
 
-def build_spec(videos_dir: str | Path, methods: list[str], options: list[str], qualities: list[int] | None,
-               model: str | None, frames: int | None, intra_period: int, anchors: str | None) -> JobSpec:
+def codec_runs(choices: list[CodecChoice], methods: list[str], model: str | None) -> tuple[CodecRun, ...]:
+    """Resolve every chosen codec (weights hashes, quality points) and the methods that run on it; a method
+    that applies to none of the chosen codecs is refused."""
+    from workers.codecs import codec_class
+    from workers.methods import method
+
+    runs = []
+    for choice in choices:
+        codec_cls = codec_class(choice.name)
+        resolved = codec_cls.resolve(model if codec_cls.takes_model else None, choice.qualities, choice.settings)
+        applicable = ["none"] if choice.anchor else [m for m in methods if method(m).applies_to(choice.name)]
+        if applicable:
+            runs.append(resolved.model_copy(update={"methods": tuple(applicable)}))
+    unused = [m for m in methods if not any(m in run.methods for run in runs)]
+    if unused:
+        raise InputError(None, f"method(s) {', '.join(unused)} apply to none of the chosen codecs "
+                               f"({', '.join(c.name for c in choices if not c.anchor)})")
+    return tuple(runs)
+
+
+def build_spec(videos_dir: str | Path, methods: list[str], options: list[str], codecs: list[CodecChoice],
+               model: str | None, frames: int | None, intra_period: int) -> JobSpec:
     """Validate everything and return the spec (nothing is written)."""
     folder = Path(videos_dir).resolve()
     videos = name_videos(list_videos(folder))
@@ -112,11 +144,11 @@ def build_spec(videos_dir: str | Path, methods: list[str], options: list[str], q
         raise InputError(None, f"--methods names a method twice: {', '.join(methods)}")
     per_method = parse_method_options(methods, options)
     configs = tuple(parse_method_config(m, per_method[m]) for m in methods)
-    model_ref, chosen = model_reference(model, qualities)
+    runs = codec_runs(codecs, methods, model)
     if intra_period < 0:
         raise InputError(None, f"--intra-period must be >= 0, got {intra_period}")
-    return JobSpec(videos_dir=str(folder), videos=tuple(videos), methods=configs, qualities=chosen, model=model_ref,
-                   frames=frames, intra_period=intra_period, anchors=anchor_settings(anchors))
+    return JobSpec(videos_dir=str(folder), videos=tuple(videos), methods=configs, codecs=runs, frames=frames,
+                   intra_period=intra_period)
 
 
 def probe(video: VideoEntry) -> str | None:

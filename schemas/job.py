@@ -3,17 +3,18 @@ workers, and the markers and status rows the run directory holds.
 
 Run directory (design.md section 3; every file written atomically, markers last)::
 
-    RUN/job.json                                   JobSpec, written once
-    RUN/driver.lock                                held (flock) by the driver working on RUN
-    RUN/units/<video>/<method>/q<k>/               one adaptation unit (VideoTask)
-        <video>.bits  <video>.payload  result.json (AdaptResult)  adapt.log (JSON lines)  checkpoint/
+    RUN/job.json                                      JobSpec, written once
+    RUN/driver.lock                                   held (flock) by the driver working on RUN
+    RUN/units/<video>/<codec>/<method>/q<quality>/    one unit (VideoTask): a video, a base codec at one of
+                                                      its quality points (SSF index, x264/x265 CRF), a method
+        <video><suffix>  <video>.payload  result.json (AdaptResult)  adapt.log (JSON lines)  checkpoint/
         DONE (DoneRecord) | FAILED (FailureRecord)
-    RUN/anchors/<video>/<codec>/                   one anchor unit (AnchorTask)
-        result.json (AnchorResult)  anchor.log  DONE | FAILED
 
-Only what determines the results is in :class:`JobSpec` (videos, methods with every option, qualities,
-model weights, frames, intra period, anchors); how they are computed (cluster address, CPUs and GPUs per
-task, retries) is not, so a run can be resumed on another cluster.
+workers/run_layout.py owns these names. Only what determines the results is in :class:`JobSpec` (videos,
+methods with every option, per codec its quality points, model weights and settings, frames, intra period);
+how they are computed (cluster address, CPUs and GPUs per task, retries) is not, so a run can be resumed
+on another cluster. Codec names are checked against the worker-side codec registry when a spec is built
+(schemas know no codec list).
 """
 
 from __future__ import annotations
@@ -23,11 +24,15 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from schemas.adapt import MethodConfig
-from schemas.anchors import AnchorPoint
 
-JOB_FORMAT = "adaptjobs-job-1"
-ANCHOR_CODECS = ("x264", "x265")
-AnchorCodec = Literal["x264", "x265"]
+JOB_FORMAT = "adaptjobs-job-2"
+Quality = int | float  # the codec's own quality: an SSF quality index, an x264/x265 CRF
+CODEC_NAME = r"^[a-z0-9][a-z0-9+-]*$"
+
+
+def quality_key(quality: Quality) -> str:
+    """The text form of a quality point: 3, 32, 22.5 (folder names q<key>, JSON keys)."""
+    return f"{quality:g}"
 
 
 class VideoEntry(BaseModel):
@@ -43,21 +48,55 @@ class VideoEntry(BaseModel):
 
 
 class ModelRef(BaseModel):
-    """The base model family: what the user named and the exact weights of every quality used."""
+    """The model a codec needs (SSF weights): what the user named and the exact weights of every quality."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     spec: str = Field(description="shipped family name, family folder or checkpoint path, as resolved at submit")
     model_id: str
-    weights_sha256: dict[int, str] = Field(description="quality -> sha256 of the weights")
+    weights_sha256: dict[str, str] = Field(description="quality_key(quality) -> sha256 of the weights")
 
 
-class AnchorSettings(BaseModel):
+class CodecPoint(BaseModel):
+    """One quality point of one base codec: what a worker needs to open it (workers.codecs.load_codec)."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    codecs: tuple[AnchorCodec, ...] = ANCHOR_CODECS
-    crfs: tuple[float, ...] = Field((22.0, 27.0, 32.0, 37.0, 42.0, 47.0, 51.0), min_length=1)
-    preset: str = "medium"
+    codec: str = Field(pattern=CODEC_NAME, max_length=64)
+    quality: Quality
+    model_spec: str | None = Field(None, description="the model to load (codecs that need one)")
+    weights_sha256: str | None = Field(None, description="the weights the run was submitted with")
+    settings: dict[str, str] = Field(default_factory=dict, description="codec settings, e.g. x264 preset")
+
+
+class CodecRun(BaseModel):
+    """One base codec of a run: its quality points, the model they need, its settings, the methods run on it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    codec: str = Field(pattern=CODEC_NAME, max_length=64)
+    qualities: tuple[Quality, ...] = Field(min_length=1)
+    model: ModelRef | None = None
+    settings: dict[str, str] = Field(default_factory=dict)
+    methods: tuple[str, ...] = Field(min_length=1, description="names of the run's methods that run on this codec")
+    primary_metric: Literal["psnr-rgb", "psnr-yuv"] = "psnr-rgb"
+
+    @model_validator(mode="after")
+    def _points(self) -> "CodecRun":
+        keys = [quality_key(q) for q in self.qualities]
+        if len(set(keys)) != len(keys):
+            raise ValueError(f"{self.codec}: a quality appears twice")
+        if self.model is not None:
+            missing = [k for k in keys if k not in self.model.weights_sha256]
+            if missing:
+                raise ValueError(f"{self.codec}: the model has no weights for qualities {missing}")
+        return self
+
+    def point(self, quality: Quality) -> CodecPoint:
+        key = quality_key(quality)
+        return CodecPoint(codec=self.codec, quality=quality, settings=self.settings,
+                          model_spec=None if self.model is None else self.model.spec,
+                          weights_sha256=None if self.model is None else self.model.weights_sha256[key])
 
 
 class JobSpec(BaseModel):
@@ -65,15 +104,13 @@ class JobSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    format: Literal["adaptjobs-job-1"] = JOB_FORMAT
+    format: Literal["adaptjobs-job-2"] = JOB_FORMAT
     videos_dir: str
     videos: tuple[VideoEntry, ...] = Field(min_length=1)
     methods: tuple[MethodConfig, ...] = Field(min_length=1)
-    qualities: tuple[int, ...] = Field(min_length=1)
-    model: ModelRef
+    codecs: tuple[CodecRun, ...] = Field(min_length=1)
     frames: int | None = Field(None, ge=1, description="frames per video (None: all)")
     intra_period: int = Field(ge=0)
-    anchors: AnchorSettings = AnchorSettings()
 
     @model_validator(mode="after")
     def _unique(self) -> "JobSpec":
@@ -83,54 +120,37 @@ class JobSpec(BaseModel):
         methods = [m.method for m in self.methods]
         if len(set(methods)) != len(methods):
             raise ValueError("each method may appear once")
-        missing = [q for q in self.qualities if q not in self.model.weights_sha256]
-        if missing:
-            raise ValueError(f"the model has no weights for qualities {missing}")
+        codecs = [c.codec for c in self.codecs]
+        if len(set(codecs)) != len(codecs):
+            raise ValueError("each codec may appear once")
+        unknown = sorted({m for c in self.codecs for m in c.methods} - set(methods))
+        if unknown:
+            raise ValueError(f"codecs name methods the run does not have: {unknown}")
         return self
+
+    def method(self, name: str):
+        return next(m for m in self.methods if m.method == name)
+
+    def codec(self, name: str) -> CodecRun:
+        return next(c for c in self.codecs if c.codec == name)
 
 
 class VideoTask(BaseModel):
-    """One adaptation unit as a worker receives it: everything run_task needs, nothing of the scheduler."""
+    """One unit as a worker receives it: everything run_task needs, nothing of the scheduler."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    unit_dir: str = Field(description="absolute path of the unit folder (RUN/units/<video>/<method>/q<k>, or "
-                                      "the -o folder of `adaptjobs adapt`)")
+    unit_dir: str = Field(description="absolute path of the unit folder (RUN/units/<video>/<codec>/<method>/q<q>, "
+                                      "or the -o folder of `adaptjobs adapt`)")
     run_dir: str | None = Field(None, description="the run directory, checked for visibility before any work")
     video: VideoEntry
     method: MethodConfig
-    model_spec: str
-    quality: int = Field(ge=1)
-    weights_sha256: str
+    codec: CodecPoint
     frames: int | None = None
     intra_period: int = Field(ge=0)
     threads: int | None = Field(None, ge=1, description="torch CPU threads for this task (the CPUs reserved "
                                                         "for it); None leaves torch's setting alone")
     recon: str | None = Field(None, description="also write the verified reconstruction here (`adapt --recon`)")
-
-
-class AnchorTask(BaseModel):
-    """One anchor unit: a video coded with x264 or x265 over a CRF sweep."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    unit_dir: str = Field(description="absolute path of RUN/anchors/<video>/<codec>")
-    run_dir: str
-    video: VideoEntry
-    codec: AnchorCodec
-    crfs: tuple[float, ...]
-    preset: str
-    frames: int | None = None
-    intra_period: int = Field(ge=0)
-
-
-class AnchorResult(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    input: str
-    codec: AnchorCodec
-    points: list[AnchorPoint] = Field(description="one per CRF, sorted by rate")
-    seconds: float = Field(ge=0)
 
 
 class TaskOutcome(BaseModel):
@@ -183,14 +203,16 @@ class UnitStatus(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     unit: str
-    kind: Literal["adapt", "anchor"]
     video: str
-    method: str = Field(description="adaptation method, or the anchor codec")
-    quality: int | None = None
+    codec: str
+    method: str
+    quality: Quality
     state: UnitState
     attempts: int = Field(ge=0)
     last_error: str | None = None
     seconds: float | None = Field(None, description="wall time of the finished attempt")
+    total_seconds: float | None = Field(None, description="wall time summed over the attempts that ended (done or "
+                                                          "failed; a killed attempt records none)")
     resumed_from_step: int | None = None
 
 

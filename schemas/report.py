@@ -1,5 +1,4 @@
-"""Rows `adaptjobs report` writes as files other tools read: summary.csv (one UnitRow per adaptation unit or
-anchor point), bd_rate.csv (BDRateRow) and summary.json / compressai/<video>/<name>.json (CompressAICurve).
+"""Rows `adaptjobs report` writes as files other tools read: summary.csv (one UnitRow per unit), bd_rate.csv (BDRateRow) and summary.json / compressai/<video>/<name>.json (CompressAICurve).
 
 Units are in the column names (``_bytes``, ``_bits``, ``_db``, ``_seconds``, ``_fraction``; bpp is bits per
 pixel of one frame's luma grid: bits / (width * height * frames)). A field is None (an empty CSV cell) where it
@@ -16,7 +15,7 @@ ReportState = Literal["done", "failed", "missing"]
 
 
 class UnitRow(BaseModel):
-    """One adaptation unit (kind adapt) or one CRF point of an anchor unit (kind anchor).
+    """One unit: a video, a base codec at one quality point, a method (x264/x265 anchors: method none).
 
     Numbers are copied from the unit's result.json unchanged (so they equal it exactly), except
     ``total_bytes`` (bits_file_bytes + payload_bytes).
@@ -25,11 +24,10 @@ class UnitRow(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     unit: str = Field(description="the unit folder, relative to RUN")
-    kind: Literal["adapt", "anchor"]
     video: str
-    method: str = Field(description="adaptation method, or the anchor codec (x264, x265)")
-    quality: int | None = Field(None, description="quality index of the base model (adaptation units)")
-    crf: float | None = Field(None, description="x264/x265 CRF (anchor points)")
+    codec: str = Field(description="the base codec: ssf, x264, x265, ...")
+    method: str = Field(description="adaptation method (none: the base codec unadapted)")
+    quality: int | float = Field(description="the codec's quality: SSF quality index, x264/x265 CRF")
     state: ReportState = Field(description="done; failed (FAILED marker, or a DONE unit whose result cannot be "
                                            "read); missing (pending, running or interrupted)")
     error: str | None = Field(None, description="why a unit is failed or missing")
@@ -37,7 +35,7 @@ class UnitRow(BaseModel):
     frames: int | None = None
     width: int | None = None
     height: int | None = None
-    bits_file_bytes: int | None = Field(None, description="size of the .bits file; anchors: packet bytes + extradata")
+    bits_file_bytes: int | None = Field(None, description="size of the stream file (.bits, .h264, .hevc)")
     payload_bytes: int | None = Field(None, description="size of the .payload file (0 when no update was sent)")
     total_bytes: int | None = Field(None, description="bits_file_bytes + payload_bytes: what a decoder receives")
     bpp_without_payload: float | None = None
@@ -50,6 +48,9 @@ class UnitRow(BaseModel):
     container_bits: int | None = None
     psnr_rgb_db: float | None = None
     psnr_yuv_db: float | None = Field(None, description="(6 Y + U + V) / 8 on the 4:2:0 planes")
+    psnr_y_db: float | None = None
+    psnr_u_db: float | None = None
+    psnr_v_db: float | None = None
     ms_ssim_rgb: float | None = Field(None, description="0..1, higher is better")
     adapt_seconds: float | None = Field(None, description="wall time of the whole unit")
     train_seconds: float | None = Field(None, description="time in training loops")
@@ -67,8 +68,9 @@ class BDRateRow(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     video: str
-    method: str
-    reference: str = Field(description="none (the unadapted base model), x264 or x265")
+    method: str = Field(description="the tested curve, codec/method (e.g. ssf/decoder-lora)")
+    reference: str = Field(description="the reference curve: the same codec unadapted (ssf/none) or another codec's "
+                                       "none curve (x264/none, x265/none: the anchors)")
     metric: str = Field(description="psnr-rgb, psnr-yuv or ms-ssim (the latter in dB: -10 log10(1 - MS-SSIM))")
     bd_rate_percent: float | None = Field(None, description="None when it could not be computed (see warning)")
     overlap_fraction: float | None = Field(None, description="share of the quality range both curves cover")

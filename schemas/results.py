@@ -23,19 +23,23 @@ class EncodeResult(BaseModel):
 
     input: str
     bitstream: str
-    model_id: str
-    weights_sha256: str
-    quality: int
+    codec: str = Field("ssf", description="the base codec (ssf, x264, x265, ...)")
+    model_id: str = Field(description="the model the stream is bound to; standard codecs: '<codec> <preset>'")
+    weights_sha256: str | None = Field(None, description="sha256 of the model weights (None: no learned model)")
+    quality: int | float = Field(description="the codec's own quality: SSF quality index, x264/x265 CRF")
     method: str = "none"
     width: int
     height: int
     frames: int
     intra_period: int
     bytes_written: int = Field(ge=0, description="size of the .bits file on disk")
-    bits: FrameTypeBits
+    bits: FrameTypeBits | None = Field(None, description="bits per kind of data (codecs that report it: SSF)")
     bpp: float = Field(ge=0, description="bytes_written * 8 / (width * height * frames)")
     psnr_rgb: float = Field(description="dB, RGB [0,255], mean over frames")
     psnr_yuv: float = Field(description="dB, (6 Y + U + V) / 8 on the 4:2:0 planes, mean over frames")
+    psnr_y: float | None = Field(None, description="dB, luma plane, mean over frames")
+    psnr_u: float | None = Field(None, description="dB, U plane, mean over frames")
+    psnr_v: float | None = Field(None, description="dB, V plane, mean over frames")
     ms_ssim_rgb: float = Field(description="MS-SSIM on RGB, mean over frames")
     encode_seconds: float = Field(ge=0)
     verified: bool = Field(description="the written file was decoded again and matched bit-exactly")

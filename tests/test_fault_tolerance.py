@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from schemas.job import VideoTask
+from schemas.job import CodecPoint, VideoTask
 from workers.adapt.job import parse_method_config
 from workers.checkpoints import load_checkpoint
 from workers.run_layout import read_log
@@ -65,9 +65,10 @@ def uninterrupted(tmp_path: Path, video: Path, model: Path) -> dict[str, bytes]:
     metadata = load_checkpoint(model).metadata
     unit = tmp_path / "reference"
     task = VideoTask(unit_dir=str(unit), video=describe_input(video, name="clip"),
-                     method=parse_method_config("decoder-lora", LORA_OPTIONS), model_spec=str(model),
-                     quality=metadata.quality, weights_sha256=metadata.weights_sha256, frames=FRAMES,
-                     intra_period=12, threads=1)
+                     method=parse_method_config("decoder-lora", LORA_OPTIONS),
+                     codec=CodecPoint(codec="ssf", quality=metadata.quality, model_spec=str(model),
+                                      weights_sha256=metadata.weights_sha256),
+                     frames=FRAMES, intra_period=12, threads=1)
     threads = torch.get_num_threads()
     try:
         assert run_task(task).state == "done"
@@ -101,7 +102,7 @@ def test_a_killed_node_costs_only_the_steps_since_the_last_checkpoint(tmp_path, 
         driver = adaptjobs("submit", str(one_video), "--run", str(run), "--address", cluster.address,
                            "--model", str(tiny_checkpoint), "--frames", str(FRAMES), "--methods", "decoder-lora",
                            "--anchors", "none", "--max-retries", "3", "--no-progress", *SUBMIT_SETS)
-        unit = run / "units" / "clip" / "decoder-lora" / "q2"
+        unit = run / "units" / "clip" / "ssf" / "decoder-lora" / "q2"
         killed_at = wait_for(lambda: training_step(unit) >= 3, 120, "the unit to train a few steps on the first node")
         cluster.add_node(num_cpus=1)
         cluster.remove_node(first, allow_graceful=False)
@@ -127,8 +128,8 @@ def test_resume_after_the_driver_is_killed(tmp_path, one_video, tiny_checkpoint)
     driver = adaptjobs("submit", str(one_video), "--run", str(run), "--model", str(tiny_checkpoint), "--frames",
                        str(FRAMES), "--methods", "none,decoder-lora", "--anchors", "none", "--no-progress",
                        *SUBMIT_SETS, env=env)
-    base_unit = run / "units" / "clip" / "none" / "q2"
-    lora_unit = run / "units" / "clip" / "decoder-lora" / "q2"
+    base_unit = run / "units" / "clip" / "ssf" / "none" / "q2"
+    lora_unit = run / "units" / "clip" / "ssf" / "decoder-lora" / "q2"
     try:
         wait_for(lambda: (base_unit / "DONE").exists() and training_step(lora_unit) >= 3, 120,
                  "one unit done and the other mid-training")
@@ -158,7 +159,7 @@ def test_sigterm_stops_the_driver_cleanly_and_the_run_resumes(tmp_path, one_vide
     driver = adaptjobs("submit", str(one_video), "--run", str(run), "--model", str(tiny_checkpoint), "--frames",
                        str(FRAMES), "--methods", "decoder-lora", "--anchors", "none", "--no-progress", *SUBMIT_SETS,
                        env=env)
-    unit = run / "units" / "clip" / "decoder-lora" / "q2"
+    unit = run / "units" / "clip" / "ssf" / "decoder-lora" / "q2"
     try:
         wait_for(lambda: training_step(unit) >= 2, 120, "the unit to start training")
     finally:

@@ -13,7 +13,7 @@ import pytest
 from adaptjobs.cli import EXIT_INPUT_ERROR, EXIT_RUN_INCOMPLETE, main
 from adaptjobs.run_store import RunStore
 from schemas.adapt import AdaptResult
-from schemas.job import AnchorResult, FailureRecord, JobSpec, RunStatus, VideoTask
+from schemas.job import CodecPoint, FailureRecord, JobSpec, RunStatus, VideoTask
 from workers.run_layout import read_log
 from workers.task import describe_input, run_task
 
@@ -57,17 +57,30 @@ def test_submit_runs_every_unit_and_records_the_bad_video(local_ray, videos, tmp
     spec = JobSpec.model_validate_json((run / "job.json").read_text())
     assert [v.name for v in spec.videos] == ["broken", "car_phone_1"]  # sanitised; notes.txt is not a video
     status = status_json(run, capsys)
-    assert status.counts == {"total": 6, "done": 3, "failed": 3, "running": 0, "interrupted": 0, "pending": 0}
+    crfs = spec.codec("x264").qualities
+    units = 2 + len(crfs)  # ssf none and decoder-lora at q2, x264 none (the anchor) at every CRF
+    assert status.counts == {"total": 2 * units, "done": units, "failed": units, "running": 0, "interrupted": 0,
+                             "pending": 0}
     good = run / "units" / "car_phone_1"
     for method in ("none", "decoder-lora"):
-        unit = good / method / "q2"
+        unit = good / "ssf" / method / "q2"
         result = AdaptResult.model_validate_json((unit / "result.json").read_text())
         assert result.bytes_written == (unit / "car_phone_1.bits").stat().st_size  # rates from bytes on disk
         assert result.frames == 2 and result.method == method
         assert (unit / "DONE").exists() and not (unit / "FAILED").exists()
         assert [r["event"] for r in read_log(unit / "adapt.log") if "event" in r][0] == "attempt"
-    anchor = AnchorResult.model_validate_json((run / "anchors" / "car_phone_1" / "x264" / "result.json").read_text())
-    assert len(anchor.points) == len(spec.anchors.crfs) and anchor.points[0].frames == 2
+    # the x264 units of method none are the x264 anchor points: the same settings, the same bytes
+    from workers.standard.anchors import encode_anchor
+    from workers.video_io import read_video
+
+    video = read_video(videos / "car phone;1.mp4", 2)
+    for crf in (crfs[0], crfs[-1]):
+        unit = good / "x264" / "none" / f"q{crf:g}"
+        result = AdaptResult.model_validate_json((unit / "result.json").read_text())
+        point, _ = encode_anchor(video, "x264", crf, spec.intra_period)
+        assert (unit / "car_phone_1.h264").stat().st_size == result.bytes_written == point.bytes
+        assert result.psnr_yuv == pytest.approx(point.psnr_yuv, abs=1e-9) and result.codec == "x264"
+        assert result.psnr_y is not None and result.decision == "base-method" and not (unit / "car_phone_1.payload").exists()
     for row in status.units:
         if row.video == "broken":
             assert row.state == "failed"
@@ -87,7 +100,7 @@ def test_resume_keeps_done_units_and_retries_failed_ones_only_when_asked(local_r
 
     capsys.readouterr()
     assert main(["resume", str(run), "--no-progress"]) == EXIT_RUN_INCOMPLETE
-    assert "3 unit(s) failed before and were not retried" in capsys.readouterr().out
+    assert f"{len(before) // 2} unit(s) failed before and were not retried" in capsys.readouterr().out
     after = status_json(run, capsys)
     assert {r.unit: r.attempts for r in after.units} == before  # nothing ran again
     assert all(p.stat().st_mtime_ns == m and p.read_bytes() == b for p, (m, b) in done_files.items())
@@ -99,8 +112,8 @@ def test_resume_keeps_done_units_and_retries_failed_ones_only_when_asked(local_r
     (videos / "broken.mp4").unlink()  # the input is gone now: the retry fails again, with the new reason
     assert main(["resume", str(run), "--retry-failed", "--no-progress"]) == EXIT_RUN_INCOMPLETE
     retried = {r.unit: r for r in status_json(run, capsys).units}
-    assert "no such file" in retried["units/broken/none/q2"].last_error
-    assert retried["units/car_phone_1/none/q2"].attempts == 1
+    assert "no such file" in retried["units/broken/ssf/none/q2"].last_error
+    assert retried["units/car_phone_1/ssf/none/q2"].attempts == 1
 
 
 def test_a_different_spec_and_a_second_driver_are_refused(local_ray, videos, tmp_path, tiny_checkpoint, capsys):
@@ -130,13 +143,13 @@ def test_a_bad_spec_is_refused_before_anything_is_written(tmp_path, videos, tiny
 
 def test_a_worker_that_cannot_see_the_run_directory_fails_clearly(tmp_path, carphone_path, tiny_checkpoint):
     from workers.checkpoints import load_checkpoint
-    from workers.adapt.job import parse_method_config
+    from workers.methods import parse_method_config
 
     metadata = load_checkpoint(tiny_checkpoint).metadata
-    unit = tmp_path / "elsewhere" / "units" / "v" / "none" / "q2"
+    unit = tmp_path / "elsewhere" / "units" / "v" / "ssf" / "none" / "q2"
+    point = CodecPoint(codec="ssf", quality=2, model_spec=str(tiny_checkpoint), weights_sha256=metadata.weights_sha256)
     task = VideoTask(unit_dir=str(unit), run_dir=str(tmp_path / "elsewhere"), video=describe_input(carphone_path),
-                     method=parse_method_config("none"), model_spec=str(tiny_checkpoint), quality=2,
-                     weights_sha256=metadata.weights_sha256, frames=1, intra_period=12)
+                     method=parse_method_config("none"), codec=point, frames=1, intra_period=12)
     outcome = run_task(task)
     assert outcome.state == "failed" and outcome.failure.kind == "storage"
     assert "cannot see the run directory" in outcome.failure.error and str(tmp_path / "elsewhere") in outcome.failure.error

@@ -1,8 +1,8 @@
-"""File-level encode and decode: what `adaptjobs encode` / `adaptjobs decode` do.
+"""File-level encode and decode: what `adaptjobs encode` / `adaptjobs decode` do, for any base codec.
 
-encode: read the video, code it, write the .bits atomically, read the file back and decode it, check
+encode: read the video, code it, write the stream atomically, read the file back and decode it, check
 that the decoded frames equal the encoder's reconstruction, then measure rate (from the file size) and
-distortion (of the verified frames).
+distortion (of the verified frames). The decoder side lives in workers/decoder.py.
 """
 
 from __future__ import annotations
@@ -10,124 +10,50 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import torch
-
-from schemas.bitstream import BitstreamHeader
 from schemas.results import EncodeResult
 from workers.atomic import atomic_write_bytes
-from workers.bitstream import unpack_header
-from workers.checkpoints import LoadedModel
-from workers.codec.ssf import EntropyTables, ScaleSpaceFlow
-from workers.colour import rgb_to_yuv420
-from workers.errors import BitstreamError, InputError
-from workers.metrics import ms_ssim_rgb, psnr_rgb, psnr_yuv
-from workers.model_store import resolve_model
-from workers.video_codec import decode_sequence, encode_sequence
-from workers.video_io import SourceFrames, Video, read_video, write_reconstruction
+from workers.decoder import ReconstructionMismatch, checked_model, decode_file, unit_stream  # noqa: F401 (re-exported)
+from workers.errors import InputError
+from workers.video_io import Video, read_video
 
 DEFAULT_INTRA_PERIOD = 12  # PEVC's test GoP
+unit_bitstream = unit_stream  # the former name
 
 
-class ReconstructionMismatch(RuntimeError):
-    """The decoder did not reproduce the encoder's frames: a bug or a non-deterministic platform."""
-
-
-def checked_model(loaded: LoadedModel, header: BitstreamHeader, source: str | Path | None) -> tuple[ScaleSpaceFlow, EntropyTables]:
-    """Refuse a model whose weights are not the ones the stream was made with."""
-    if loaded.metadata.weights_sha256 != header.weights_sha256:
-        raise BitstreamError(source, f"was encoded with model {header.model_id} (weights sha256 {header.weights_sha256[:12]}), "
-                                     f"but {loaded.source} has sha256 {loaded.metadata.weights_sha256[:12]}")
-    return loaded.model, loaded.model.entropy_tables()
-
-
-def sequence_metrics(video: Video, frames: list[torch.Tensor]) -> dict[str, float]:
-    """PSNR-RGB, PSNR-YUV and MS-SSIM-RGB of ``frames`` against the first len(frames) of ``video``."""
-    originals = SourceFrames(video)  # converted on access: no float copy of the whole video
-    rgb = sum(psnr_rgb(video.frame_rgb(i), r) for i, r in enumerate(frames)) / len(frames)
-    yuv = sum(psnr_yuv(video.frame_yuv420(i), rgb_to_yuv420(r)) for i, r in enumerate(frames)) / len(frames)
-    return {"psnr_rgb": rgb, "psnr_yuv": yuv, "ms_ssim_rgb": ms_ssim_rgb(originals[: len(frames)], frames)}
-
-
-def encode_video(video: Video, loaded: LoadedModel, output: str | Path, intra_period: int = DEFAULT_INTRA_PERIOD,
+def encode_video(video: Video, codec, output: str | Path, intra_period: int = DEFAULT_INTRA_PERIOD,
                  recon: str | Path | None = None, method: str = "none") -> EncodeResult:
-    """Encode an already-read video with ``loaded`` into ``output`` and verify it (see module docstring)."""
+    """Encode an already-read video with ``codec`` (a workers.codecs codec at one quality point; an SSF
+    LoadedModel is taken as the SSF codec) into ``output`` and verify it (see module docstring)."""
+    from workers.codecs.base import BaseCodec
+    from workers.codecs.ssf import SSFCodec
+    from workers.decoder import verify_written
+
     if intra_period < 0:
         raise InputError(None, f"--intra-period must be >= 0, got {intra_period}")
+    codec = codec if isinstance(codec, BaseCodec) else SSFCodec(codec)
     output = Path(output)
     started = time.perf_counter()
-    metadata = loaded.metadata
-    header = BitstreamHeader(model_id=metadata.model_id, weights_sha256=metadata.weights_sha256, quality=metadata.quality,
-                             width=video.width, height=video.height, frame_count=len(video),
-                             fps_num=video.fps.numerator, fps_den=video.fps.denominator,
-                             intra_period=intra_period, method=method)
-    tables = loaded.model.entropy_tables()
-    encoded = encode_sequence(loaded.model, tables, video.frames_rgb(), header)
+    encoded = codec.encode(video, intra_period, **({"method": method} if method != "none" else {}))
     atomic_write_bytes(output, encoded.data)
-    written = output.read_bytes()
-    _, decoded = decode_sequence(written, lambda h: checked_model(loaded, h, output), output)
-    if len(decoded) != len(encoded.reconstruction) or not all(
-            torch.equal(a, b) for a, b in zip(decoded, encoded.reconstruction)):
-        raise ReconstructionMismatch(f"{output}: decoding the written file does not reproduce the encoder's frames")
+    decoded = verify_written(codec, output, None, encoded.reconstruction)
     seconds = time.perf_counter() - started
     if recon is not None:
-        write_reconstruction(recon, decoded, video.fps)
-    metrics = sequence_metrics(video, decoded)
+        codec.write_reconstruction(recon, decoded, video.fps)
+    written = output.stat().st_size
     return EncodeResult(
-        input=str(video.path), bitstream=str(output), model_id=metadata.model_id, weights_sha256=metadata.weights_sha256,
-        quality=metadata.quality, method=method, width=video.width, height=video.height, frames=len(video),
-        intra_period=intra_period, bytes_written=len(written), bits=encoded.bits,
-        bpp=len(written) * 8 / (video.width * video.height * len(video)), encode_seconds=seconds, verified=True,
-        **metrics)
+        input=str(video.path), bitstream=str(output), codec=codec.name, model_id=codec.model_id,
+        weights_sha256=codec.weights_sha256, quality=codec.quality, method=method, width=video.width,
+        height=video.height, frames=len(video), intra_period=intra_period, bytes_written=written, bits=encoded.bits,
+        bpp=written * 8 / (video.width * video.height * len(video)), encode_seconds=seconds, verified=True,
+        **codec.metrics(video, decoded))
 
 
-def encode_file(input_path: str | Path, output: str | Path, model: str | None = None, quality: int | None = None,
+def encode_file(input_path: str | Path, output: str | Path, model: str | None = None, quality: int | float | None = None,
                 frames: int | None = None, intra_period: int = DEFAULT_INTRA_PERIOD,
-                recon: str | Path | None = None) -> EncodeResult:
+                recon: str | Path | None = None, codec: str = "ssf", settings: dict[str, str] | None = None) -> EncodeResult:
+    from workers.codecs.base import codec_class
+
+    codec_cls = codec_class(codec)
+    point = codec_cls.single_point(model, quality, settings or {})
     video = read_video(input_path, frames)
-    loaded = resolve_model(model, quality)
-    return encode_video(video, loaded, output, intra_period, recon)
-
-
-def unit_bitstream(path: Path) -> Path:
-    """The bitstream to decode: ``path`` itself, or the one .bits file of a unit folder (a run's
-    units/<video>/<method>/q<k>/ or the -o folder of `adaptjobs adapt`)."""
-    if not path.is_dir():
-        return path
-    found = sorted(path.glob("*.bits"))
-    if len(found) != 1:
-        raise InputError(path, f"a folder to decode must hold exactly one .bits file, it holds {len(found)}")
-    return found[0]
-
-
-def decode_file(bits_path: str | Path, output: str | Path, model: str | None = None,
-                payload_path: str | Path | None = None) -> BitstreamHeader:
-    """Decode ``bits_path`` to ``output`` (.y4m, or a PNG folder). The model defaults to the one the
-    header names when it ships with the package. A stream made with a decoder update needs its payload:
-    ``payload_path``, by default <bits stem>.payload beside the bitstream."""
-    from workers.adapt.job import check_payload_binding, decoder_model
-
-    bits_path = unit_bitstream(Path(bits_path))
-    try:
-        data = bits_path.read_bytes()
-    except OSError as exc:
-        raise InputError(bits_path, f"cannot read the bitstream ({exc.strerror})") from None
-    header, _ = unpack_header(data, bits_path)
-    if payload_path is None and header.payload_sha256 is not None and bits_path.with_suffix(".payload").exists():
-        payload_path = bits_path.with_suffix(".payload")
-    payload = None
-    if payload_path is not None:
-        try:
-            payload = Path(payload_path).read_bytes()
-        except OSError as exc:
-            raise InputError(payload_path, f"cannot read the payload ({exc.strerror})") from None
-    loaded = resolve_model(model if model is not None else header.model_id, header.quality)
-
-    def model_for(h: BitstreamHeader) -> tuple[ScaleSpaceFlow, EntropyTables]:
-        checked_model(loaded, h, bits_path)
-        check_payload_binding(h, payload, bits_path, payload_path)
-        adapted = decoder_model(loaded, payload, payload_path)
-        return adapted, adapted.entropy_tables()
-
-    _, frames = decode_sequence(data, model_for, bits_path)
-    write_reconstruction(output, frames, header.fps)
-    return header
+    return encode_video(video, codec_cls.load(point), output, intra_period, recon)

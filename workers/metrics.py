@@ -33,11 +33,51 @@ def psnr_rgb(original: torch.Tensor, reconstruction: torch.Tensor) -> float:
     return psnr_from_mse(mse, 255.0)
 
 
+def plane_mses(original: tuple[np.ndarray, ...], reconstruction: tuple[np.ndarray, ...]) -> list[float]:
+    """MSE of each 8-bit plane pair (Y, U, V), in code values squared."""
+    return [float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)) for a, b in zip(original, reconstruction)]
+
+
+def plane_psnrs(original: tuple[np.ndarray, ...], reconstruction: tuple[np.ndarray, ...]) -> list[float]:
+    """PSNR in dB of each 8-bit plane pair (Y, U, V), peak 255."""
+    return [psnr_from_mse(mse, 255.0) for mse in plane_mses(original, reconstruction)]
+
+
 def psnr_yuv(original: tuple[np.ndarray, ...], reconstruction: tuple[np.ndarray, ...]) -> float:
     """(6 Y + U + V) / 8 of the per-plane PSNRs of 8-bit planes."""
-    values = [psnr_from_mse(float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)), 255.0)
-              for a, b in zip(original, reconstruction)]
+    values = plane_psnrs(original, reconstruction)
     return (6.0 * values[0] + values[1] + values[2]) / 8.0
+
+
+def mean_mse_rgb(originals: Sequence[torch.Tensor], reconstructions: Sequence[torch.Tensor]) -> float:
+    """MSE on RGB in [0, 1] (unclamped: what the codec's training loss sees), mean over frames: the distortion
+    of an RD cost lambda * 255^2 * MSE + bpp."""
+    return sum(float(torch.mean((originals[i] - r) ** 2)) for i, r in enumerate(reconstructions)) / len(reconstructions)
+
+
+def mean_mse_yuv(originals: Sequence[tuple[np.ndarray, ...]], reconstructions: Sequence[tuple[np.ndarray, ...]]) -> float:
+    """(6 MSE_Y + MSE_U + MSE_V) / 8 on planes scaled to [0, 1], mean over frames: the distortion of a
+    standard codec's RD cost (the same weighting as PSNR-YUV)."""
+    total = 0.0
+    for i, planes in enumerate(reconstructions):
+        y, u, v = plane_mses(originals[i], planes)
+        total += (6.0 * y + u + v) / 8.0 / 255.0**2
+    return total / len(reconstructions)
+
+
+def sequence_metrics(originals_rgb: Sequence[torch.Tensor], originals_yuv: Sequence[tuple[np.ndarray, ...]],
+                     rgb: Sequence[torch.Tensor], yuv: Sequence[tuple[np.ndarray, ...]]) -> dict[str, float]:
+    """Every reported metric of a reconstruction, each the mean of its per-frame values: psnr_rgb, psnr_yuv,
+    psnr_y, psnr_u, psnr_v and ms_ssim_rgb. ``rgb`` / ``yuv`` are the same reconstructed frames seen as RGB
+    (3, H, W) in [0, 1] and as 8-bit 4:2:0 planes (sequences that may convert on access); the originals
+    likewise. The one place where metrics are averaged over frames."""
+    count = len(rgb)
+    planes = [plane_psnrs(originals_yuv[i], yuv[i]) for i in range(count)]
+    means = [sum(p[k] for p in planes) / count for k in range(3)]
+    return {"psnr_rgb": sum(psnr_rgb(originals_rgb[i], rgb[i]) for i in range(count)) / count,
+            "psnr_yuv": sum((6.0 * p[0] + p[1] + p[2]) / 8.0 for p in planes) / count,
+            "psnr_y": means[0], "psnr_u": means[1], "psnr_v": means[2],
+            "ms_ssim_rgb": ms_ssim_rgb(originals_rgb[:count], rgb)}
 
 
 def ms_ssim_settings(height: int, width: int) -> tuple[int, int]:

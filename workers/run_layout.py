@@ -1,5 +1,6 @@
-"""The files of one unit of a run (an adaptation or an anchor), shared by the worker that fills the unit
-folder and the driver tools that read it (status, resume, report). See schemas/job.py for the layout.
+"""The files of one unit of a run, shared by the worker that fills the unit folder and the driver tools that
+read it (status, resume, report): this module owns every file name of a run. See schemas/job.py for the
+layout.
 
 Completion markers follow datatrove's rule: the result first, the marker last, and a unit counts as done
 only when its DONE marker exists. Markers and results are written atomically (temp, fsync, rename).
@@ -21,11 +22,30 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from schemas.job import DoneRecord, FailureKind, FailureRecord
+from schemas.job import DoneRecord, FailureKind, FailureRecord, Quality, quality_key
 from workers.atomic import atomic_write_text
 
 DONE, FAILED, UNIT_LOCK = "DONE", "FAILED", ".unit.lock"
-ADAPT_LOG, ANCHOR_LOG = "adapt.log", "anchor.log"
+ADAPT_LOG = "adapt.log"
+RESULT_FILE = "result.json"
+CHECKPOINT_DIR = "checkpoint"
+JOB_FILE = "job.json"
+PAYLOAD_SUFFIX = ".payload"
+
+
+def unit_rel(video: str, codec: str, method: str, quality: Quality) -> str:
+    """units/<video>/<codec>/<method>/q<quality>: a unit's folder relative to RUN."""
+    return f"units/{video}/{codec}/{method}/q{quality_key(quality)}"
+
+
+def stream_file(name: str, suffix: str) -> str:
+    """<name><suffix>: the unit's stream (.bits for SSF, .h264 / .hevc for x264 / x265)."""
+    return f"{name}{suffix}"
+
+
+def payload_file(name: str) -> str:
+    """<name>.payload: the weight update a decoder applies (absent when none is sent)."""
+    return f"{name}{PAYLOAD_SUFFIX}"
 
 
 def now_iso() -> str:

@@ -19,11 +19,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from schemas.job import FailureRecord, TaskOutcome, VideoEntry, VideoTask
-from workers.errors import InputError, ModelError
-from workers.run_layout import (ADAPT_LOG, DONE, append_log, attempts, host_name, is_done, read_done, unit_lock,
-                                write_done, write_failed)
-
-JOB_FILE = "job.json"
+from workers.errors import InputError
+from workers.run_layout import (ADAPT_LOG, DONE, JOB_FILE, append_log, attempts, host_name, is_done, read_done,
+                                unit_lock, write_done, write_failed)
 
 
 def input_bytes(path: Path) -> int:
@@ -111,11 +109,12 @@ def run_task(task: VideoTask, redo: bool = False) -> TaskOutcome:
 
 
 def _adapt(task: VideoTask, unit_dir: Path, timings: dict[str, float]):
-    """Read the input, load the base model, adapt; ``timings`` gets the seconds of the first two."""
+    """Read the input, open the base codec at its quality point (weights checked), adapt; ``timings`` gets the
+    seconds of the first two."""
     import torch
 
     from workers.adapt.job import adapt_video
-    from workers.model_store import resolve_model
+    from workers.codecs import load_codec
     from workers.video_io import read_video
 
     if task.threads is not None:
@@ -125,17 +124,13 @@ def _adapt(task: VideoTask, unit_dir: Path, timings: dict[str, float]):
     video = read_video(task.video.path, task.frames)
     timings["read_seconds"] = round(time.perf_counter() - began, 4)
     began = time.perf_counter()
-    base = resolve_model(task.model_spec, task.quality)
+    codec = load_codec(task.codec)
     timings["model_seconds"] = round(time.perf_counter() - began, 4)
-    if base.metadata.weights_sha256 != task.weights_sha256:
-        raise ModelError(task.model_spec, f"quality {task.quality} now has weights sha256 "
-                                          f"{base.metadata.weights_sha256[:12]}, but the run was submitted with "
-                                          f"{task.weights_sha256[:12]}")
-    return adapt_video(video, base, unit_dir, task.method, intra_period=task.intra_period, recon=task.recon)
+    return adapt_video(video, codec, unit_dir, task.method, intra_period=task.intra_period, recon=task.recon)
 
 
 def _failed(unit_dir: Path, log_path: Path, error: str, kind: str, attempt: int, started: float) -> TaskOutcome:
     append_log(log_path, {"event": "failed", "attempt": attempt, "kind": kind, "error": error,
-                          "traceback": traceback.format_exc()})
+                          "seconds": round(time.perf_counter() - started, 3), "traceback": traceback.format_exc()})
     failure = write_failed(unit_dir, error, kind, attempt)
     return TaskOutcome(unit_dir=str(unit_dir), state="failed", failure=failure, seconds=time.perf_counter() - started)

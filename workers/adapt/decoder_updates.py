@@ -39,9 +39,6 @@ class DecoderUpdate(nn.Module):
         """Model parameter name -> the weight to use, for coded tensor values ``values``."""
         raise NotImplementedError
 
-    def coded_names(self) -> list[str]:
-        return list(self.coded.keys())
-
 
 class LoraUpdate(DecoderUpdate):
     """LoRA (variants ``extended`` and ``repeat``, PEVC section 3.3) on every decoder deconv.
@@ -100,11 +97,18 @@ class FullDecoderUpdate(DecoderUpdate):
 
 
 def _key(name: str, what: str) -> str:
-    """ParameterDict keys may not contain dots: img_decoder.0 + lora_B -> img_decoder__0__lora_B."""
-    return f"{name}.{what}".replace(".", "__")
+    """The coded tensor ``what`` of layer ``name``: img_decoder.0 + lora_B -> img_decoder__0__lora_B."""
+    return coded_key(f"{name}.{what}")
+
+
+def coded_key(name: str) -> str:
+    """ParameterDict keys may not contain dots: the payload's img_decoder.0.lora_B -> img_decoder__0__lora_B.
+    The one mapping between payload tensor names and coded keys (payload_name is its inverse)."""
+    return name.replace(".", "__")
 
 
 def payload_name(key: str) -> str:
+    """img_decoder__0__lora_B -> img_decoder.0.lora_B: the tensor's name in the payload."""
     return key.replace("__", ".")
 
 

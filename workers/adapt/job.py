@@ -1,46 +1,27 @@
-"""One adaptation unit: a video, a method, a base model -> <name>.bits, <name>.payload, result.json, log.
+"""One unit: a video, a base codec at one quality point, a method -> stream, payload, result.json, log.
 
-    1. code the video with the base model (the reference and the fallback);
-    2. adapt (decoder update, encoder adapters, or both), checkpointing into OUTDIR/checkpoint/;
-    3. entropy-code the decoder update into a payload, decode it again and rebuild the decoder from the
-       base model + payload exactly as `adaptjobs decode` does, and code the video with that model;
-    4. keep the adapted result only if its RD cost lambda*255^2*MSE + (bits + payload bits)/pixels beats
-       the base model's; otherwise send the base stream and no payload (the header says method 'none');
-    5. write files atomically, read them back, decode, and require the encoder's frames bit for bit.
+    1. code the video with the base codec (the reference and the fallback);
+    2. ask the method (workers/methods/) for its candidates: it trains what it trains, checkpointing into
+       OUTDIR/checkpoint/, and codes the video as a decoder will rebuild it (base + payload);
+    3. keep the candidate with the lowest RD cost lambda*255^2*D + (stream + payload bits)/pixels, or the
+       base stream when nothing beats it (``send_update=always``: the method's first candidate regardless);
+    4. write the files atomically, decode them as `adaptjobs decode` does (workers/decoder.py) and require
+       the encoder's frames bit for bit; measure.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import logging
 import re
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
-from schemas.adapt import (METHOD_CONFIGS, AdaptResult, DecoderLoraConfig, FullDecoderConfig, GopAdaptersConfig,
-                           GopAdaptersDecoderLoraConfig, NoneConfig)
-from schemas.bitstream import BitstreamHeader
-from workers.adapt.adapters import with_adapters
-from workers.adapt.decoder_updates import DecoderUpdate, apply_update, make_update, payload_name
-from workers.adapt.payload import WeightUpdate, decode_payload, encode_payload, make_header
-from workers.adapt.prior import grid_indices
-from workers.adapt.state import load_state, optimizer_tensors, restore_optimizer, save_state
-from workers.adapt.training import dumps, train_decoder_update, train_gop_adapters
+from schemas.adapt import AdaptResult
 from workers.atomic import atomic_write_bytes, atomic_write_text
-from workers.checkpoints import LoadedModel
-from workers.codec.ssf import ScaleSpaceFlow, pad_frame
-from workers.encode_job import DEFAULT_INTRA_PERIOD, ReconstructionMismatch, sequence_metrics
-from workers.errors import BitstreamError, InputError
-from workers.rd_loss import lambda_for_quality
-from workers.video_codec import EncodedSequence, decode_sequence, encode_sequence
-from workers.video_io import SourceFrames, Video, write_reconstruction
-
-log = logging.getLogger("adaptjobs.adapt")
+from workers.decoder import ReconstructionMismatch, decode_files, verify_written  # noqa: F401 (re-exported)
+from workers.encode_job import DEFAULT_INTRA_PERIOD
+from workers.methods import AdaptContext, Candidate, MethodOutcome, check_applies, method, parse_method_config  # noqa: F401
+from workers.run_layout import ADAPT_LOG, CHECKPOINT_DIR, RESULT_FILE, append_log, payload_file, stream_file
 
 
 def safe_name(name: str) -> str:
@@ -49,279 +30,90 @@ def safe_name(name: str) -> str:
     return cleaned or "video"
 
 
-def parse_method_config(method: str, options: dict | None = None):
-    if method not in METHOD_CONFIGS:
-        raise InputError(None, f"unknown method {method!r}; choose from {', '.join(METHOD_CONFIGS)}")
-    from pydantic import ValidationError
-    try:
-        return METHOD_CONFIGS[method].model_validate({"method": method, **(options or {})})
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise InputError(None, f"invalid options for method {method}: {where}: {first['msg']}") from None
+def choose(config, base: Candidate, outcome: MethodOutcome, lmbda: float, pixels: int) -> tuple[Candidate, str]:
+    """The candidate to send and the decision label (see AdaptResult.decision)."""
+    if not outcome.candidates:
+        return base, "base-method" if config.method == "none" else "zero-update"
+    if getattr(config, "send_update", "if-better") == "always":
+        return outcome.candidates[0], outcome.candidates[0].label
+    best = min(outcome.candidates, key=lambda c: c.cost(lmbda, pixels))  # the first of equals: the primary one
+    if best.cost(lmbda, pixels) < base.cost(lmbda, pixels):
+        return best, best.label
+    return base, "base-cheaper"
 
 
-# ------------------------------------------------------------------ decoder side
-def decoder_model(base: LoadedModel, payload: bytes | None, source: str | Path | None = None) -> ScaleSpaceFlow:
-    """The model a decoder runs: the base model, plus the payload's update when there is one."""
-    if payload is None:
-        return base.model
-    built = {}
-
-    def shapes_for(header) -> dict[str, tuple[int, ...]]:
-        if not hasattr(METHOD_CONFIGS.get(header.method), "STRUCTURE_FIELDS"):
-            raise BitstreamError(source, f"payload method {header.method!r} has no decoder weight update")
-        try:
-            config = parse_method_config(header.method, header.structure)
-        except InputError as exc:
-            raise BitstreamError(source, f"invalid payload header ({exc.cause})") from None
-        built["template"] = make_update(base.model, config)
-        return {payload_name(k): tuple(v.shape) for k, v in built["template"].coded.items()}
-
-    update = decode_payload(payload, base.metadata.weights_sha256, shapes_for, source)
-    values = {name.replace(".", "__"): value for name, value in update.dequantized().items()}
-    return apply_update(base.model, built["template"], values)
-
-
-def check_payload_binding(header: BitstreamHeader, payload: bytes | None, bits_source, payload_source) -> None:
-    if header.payload_sha256 is None:
-        if payload is not None:
-            raise BitstreamError(payload_source, f"{bits_source} needs no payload, but one was given")
-        return
-    if payload is None:
-        raise BitstreamError(bits_source, "needs its weight payload (--payload); none was given or found")
-    if hashlib.sha256(payload).hexdigest() != header.payload_sha256:
-        raise BitstreamError(payload_source, f"is not the payload of {bits_source} (sha256 differs)")
-
-
-# ------------------------------------------------------------------ encoder side
-@dataclass
-class Candidate:
-    encoded: EncodedSequence
-    payload: bytes | None
-    mse: float
-
-    def cost(self, lmbda: float, pixels: int) -> float:
-        return lmbda * 255.0**2 * self.mse + 8 * (len(self.encoded.data) + len(self.payload or b"")) / pixels
-
-
-def _mean_mse(video: Video, reconstruction: list[torch.Tensor]) -> float:
-    return sum(float(torch.mean((video.frame_rgb(i) - r) ** 2)) for i, r in enumerate(reconstruction)) / len(reconstruction)
-
-
-def _mean_psnr(video: Video, reconstruction: list[torch.Tensor]) -> float:
-    from workers.metrics import psnr_rgb
-    return sum(psnr_rgb(video.frame_rgb(i), r) for i, r in enumerate(reconstruction)) / len(reconstruction)
-
-
-class _LogFile:
-    def __init__(self, path: Path):
-        self.handle = open(path, "a")
-
-    def __call__(self, record: dict) -> None:
-        self.handle.write(json.dumps(record) + "\n")
-        self.handle.flush()
-
-    def close(self) -> None:
-        self.handle.close()
-
-
-def _train_lora_or_full(base: LoadedModel, config, frames: Sequence[torch.Tensor], pixels: int, lmbda: float,
-                        checkpoint_dir: Path, config_json: str, logger) -> tuple[DecoderUpdate, int, int]:
-    update = make_update(base.model, config)
-    steps, resumed = train_decoder_update(base.model, update, config.prior, config.training, frames, pixels, lmbda,
-                                          config.seed, checkpoint_dir / "decoder-state.safetensors", config_json,
-                                          on_log=lambda r: logger({"phase": "decoder", **r}))
-    return update, steps, resumed
-
-
-def _payload_for(base: LoadedModel, config, update: DecoderUpdate) -> bytes | None:
-    """The payload of the trained update, or None when every grid index is zero (nothing to send)."""
-    indices = {payload_name(k): grid_indices(v, config.prior.grid) for k, v in update.coded.items()}
-    if all(int(k.abs().max()) == 0 for k in indices.values() if k.numel()):
-        return None
-    structure = config.model_dump(mode="json", include=set(config.STRUCTURE_FIELDS))
-    header = make_header(base.metadata.weights_sha256, config.method, structure, config.prior, indices)
-    return encode_payload(WeightUpdate(header, indices))
-
-
-def _gop_adapter_encoder(model: ScaleSpaceFlow, config: GopAdaptersConfig, padded: Sequence[torch.Tensor],
-                         header: BitstreamHeader, lmbda: float, checkpoint_dir: Path, config_json: str, logger,
-                         counters: dict):
-    """inter_encoder callback for encode_sequence: trains (or reloads) the adapters of each GoP."""
-    adapted, parameters = with_adapters(model, config)
-    optimizer = torch.optim.Adam(parameters, lr=config.learning_rate)
-    names = [n for n, p in adapted.named_parameters() if p.requires_grad]
-    starts = [i for i in range(header.frame_count) if header.is_intra(i)]
-
-    def gop_state_path(gop: int) -> Path:
-        return checkpoint_dir / f"adapters-gop{gop:05d}.safetensors"
-
-    def callback(index: int, intra_hat: torch.Tensor) -> ScaleSpaceFlow:
-        gop = starts.index(index)
-        end = starts[gop + 1] if gop + 1 < len(starts) else header.frame_count
-        path = gop_state_path(gop)
-        saved = load_state(path, config_json)
-        start_step, gop_steps = 0, 0
-        if saved is not None:  # this GoP was (partly) trained before: continue from its checkpoint
-            tensors, info = saved
-            with torch.no_grad():
-                for name, p in zip(names, parameters):
-                    p.copy_(tensors[f"adapter.{name}"])
-            restore_optimizer(optimizer, "opt", tensors, info["param_groups"])
-            start_step, gop_steps = info["step"], info["optimizer_steps"]
-            counters["resumed"] += gop_steps
-        # otherwise the adapters carry over from the previous GoP, as theta_u does in Algorithm 1
-        if end - index >= 2 and start_step < config.steps:
-            def on_log(record: dict) -> None:
-                nonlocal gop_steps
-                gop_steps += 1
-                logger({"phase": "gop-adapters", "gop": gop, **record})
-
-            def checkpoint(step: int) -> None:
-                opt_tensors, groups = optimizer_tensors(optimizer, "opt")
-                tensors = {f"adapter.{n}": p.detach().clone() for n, p in zip(names, parameters)} | opt_tensors
-                save_state(path, tensors, {"config": config_json, "step": step, "param_groups": groups,
-                                           "optimizer_steps": gop_steps})
-
-            began = time.perf_counter()
-            train_gop_adapters(adapted, parameters, optimizer, list(padded[index:end]), intra_hat,
-                               (header.height, header.width), config, lmbda,
-                               start_step, checkpoint, on_log=on_log, gop=gop)
-            counters["seconds"] += time.perf_counter() - began
-        counters["steps"] += gop_steps
-        return adapted
-
-    return callback
-
-
-def adapt_video(video: Video, base: LoadedModel, outdir: str | Path, config, intra_period: int = DEFAULT_INTRA_PERIOD,
+def adapt_video(video, base, outdir: str | Path, config, intra_period: int = DEFAULT_INTRA_PERIOD,
                 recon: str | Path | None = None) -> AdaptResult:
-    """Run one adaptation unit (see the module docstring). ``config`` is one of schemas.adapt's method
-    configs. Re-running with the same arguments continues from OUTDIR/checkpoint/."""
-    if intra_period < 0:
-        raise InputError(None, f"--intra-period must be >= 0, got {intra_period}")
+    """Run one unit (see the module docstring). ``base`` is a base codec at one quality point
+    (workers.codecs; an SSF LoadedModel is taken as the SSF codec); ``config`` a registered method config."""
+    from workers.codecs.base import BaseCodec
+    from workers.codecs.ssf import SSFCodec
+
+    codec = base if isinstance(base, BaseCodec) else SSFCodec(base)
+    check_applies(config.method, codec.name)
     outdir = Path(outdir)
-    checkpoint_dir = outdir / "checkpoint"
-    checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    name = safe_name(video.name)
+    (outdir / CHECKPOINT_DIR).mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    metadata = base.metadata
-    lmbda = metadata.lmbda if metadata.lmbda is not None else lambda_for_quality(metadata.quality)
-    pixels = video.width * video.height * len(video)
-    config_json = dumps({"method": config.model_dump(mode="json"), "input": str(video.path), "frames": len(video),
-                         "base": metadata.weights_sha256, "intra_period": intra_period})
-    logger = _LogFile(outdir / "adapt.log")
-    logger({"event": "start", "input": str(video.path), "frames": len(video), "config": config.model_dump(mode="json")})
-    header = BitstreamHeader(model_id=metadata.model_id, weights_sha256=metadata.weights_sha256, quality=metadata.quality,
-                             width=video.width, height=video.height, frame_count=len(video),
-                             fps_num=video.fps.numerator, fps_den=video.fps.denominator, intra_period=intra_period)
-    tables = base.model.entropy_tables()
-    # frames padded for the codec, (1, 3, H16, W16) and (3, H16, W16), converted on access (never all in memory)
-    padded = SourceFrames(video, lambda frame: pad_frame(frame.unsqueeze(0)))
-    padded_frames = SourceFrames(video, lambda frame: pad_frame(frame.unsqueeze(0))[0])
-
-    base_encoded = encode_sequence(base.model, tables, video.frames_rgb(), header)
-    base_candidate = Candidate(base_encoded, None, _mean_mse(video, base_encoded.reconstruction))
-    candidate, steps, resumed = base_candidate, 0, 0
-    decision = "base-method" if isinstance(config, NoneConfig) else "zero-update"
-    train_seconds = 0.0
-    adapted = None
-
-    lora = config.lora if isinstance(config, GopAdaptersDecoderLoraConfig) else config
-    adapters = config.adapters if isinstance(config, GopAdaptersDecoderLoraConfig) else config
-    try:
-        model, payload = base.model, None
-        if isinstance(lora, (DecoderLoraConfig, FullDecoderConfig)):
-            began = time.perf_counter()
-            update, steps, resumed = _train_lora_or_full(base, lora, padded_frames, pixels, lmbda,
-                                                         checkpoint_dir, config_json, logger)
-            train_seconds += time.perf_counter() - began
-            payload = _payload_for(base, lora, update)
-            model = decoder_model(base, payload)  # exactly what the decoder will rebuild
-        inter_encoder = None
-        counters = {"steps": 0, "resumed": 0, "seconds": 0.0}
-        if isinstance(adapters, GopAdaptersConfig):
-            inter_encoder = _gop_adapter_encoder(model, adapters, padded, header, lmbda, checkpoint_dir, config_json,
-                                                 logger, counters)
-        if not isinstance(config, NoneConfig) and (payload is not None or inter_encoder is not None):
-            adapted_header = header.model_copy(update={
-                "method": config.method,
-                "payload_sha256": None if payload is None else hashlib.sha256(payload).hexdigest()})
-            encoded = encode_sequence(model, model.entropy_tables(), video.frames_rgb(),
-                                      adapted_header, inter_encoder=inter_encoder)
-            adapted = Candidate(encoded, payload, _mean_mse(video, encoded.reconstruction))
-            steps += counters["steps"]
-            resumed += counters["resumed"]
-            train_seconds += counters["seconds"]
-            best, label = adapted, "sent"
-            if inter_encoder is not None and payload is not None and config.send_update != "always":
-                # both: the adapters are encoder-side, so the encoder may also drop them and send the LoRA alone
-                lora_only = encode_sequence(model, model.entropy_tables(), video.frames_rgb(), adapted_header)
-                alone = Candidate(lora_only, payload, _mean_mse(video, lora_only.reconstruction))
-                if alone.cost(lmbda, pixels) < adapted.cost(lmbda, pixels):
-                    best, label = alone, "sent-lora-only"
-            if config.send_update == "always":
-                candidate, decision = adapted, "sent"
-            elif best.cost(lmbda, pixels) < base_candidate.cost(lmbda, pixels):
-                candidate, decision = best, label
-            else:
-                decision = "base-cheaper"
-    finally:
-        logger.close()
-
-    bits_path, payload_path = outdir / f"{name}.bits", outdir / f"{name}.payload"
-    atomic_write_bytes(bits_path, candidate.encoded.data)
-    if candidate.payload is not None:
-        atomic_write_bytes(payload_path, candidate.payload)
-    else:
-        payload_path.unlink(missing_ok=True)
-    frames = verify_written(bits_path, payload_path if candidate.payload is not None else None, base,
-                            candidate.encoded.reconstruction)
+    config_json = json.dumps({"method": config.model_dump(mode="json"), "input": str(video.path), "frames": len(video),
+                              "base": codec.weights_sha256 or codec.describe(), "intra_period": intra_period},
+                             sort_keys=True, separators=(",", ":"))
+    context = AdaptContext(video, codec, intra_period, outdir / CHECKPOINT_DIR, config_json,
+                           lambda record: append_log(outdir / ADAPT_LOG, record))
+    context.log({"event": "start", "input": str(video.path), "frames": len(video), "codec": codec.name,
+                 "quality": codec.quality, "config": config.model_dump(mode="json")})
+    base_candidate = context.candidate(codec.encode(video, intra_period), None, "base")
+    outcome = method(config.method).adapt(context, config)
+    chosen, decision = choose(config, base_candidate, outcome, codec.lmbda, context.pixels)
+    frames = _write_and_verify(codec, outdir, safe_name(video.name), chosen)
     seconds = time.perf_counter() - started
     if recon is not None:
-        write_reconstruction(recon, frames, video.fps)
-    metrics = sequence_metrics(video, frames)
-    bits_bytes, payload_bytes = bits_path.stat().st_size, (payload_path.stat().st_size if candidate.payload else 0)
-    result = AdaptResult(
-        input=str(video.path), bitstream=str(bits_path), model_id=metadata.model_id,
-        weights_sha256=metadata.weights_sha256, quality=metadata.quality, method=config.method,
-        width=video.width, height=video.height, frames=len(video), intra_period=intra_period,
-        bytes_written=bits_bytes, bits=candidate.encoded.bits, bpp=8 * bits_bytes / pixels,
-        encode_seconds=seconds, verified=True, **metrics,
-        payload=str(payload_path) if candidate.payload else None, payload_bytes=payload_bytes,
-        bpp_without_payload=8 * bits_bytes / pixels, bpp_with_payload=8 * (bits_bytes + payload_bytes) / pixels,
-        payload_share=payload_bytes / (bits_bytes + payload_bytes), update_sent=candidate is not base_candidate, decision=decision,
-        rd_cost=candidate.cost(lmbda, pixels), rd_cost_base=base_candidate.cost(lmbda, pixels), lmbda=lmbda,
-        bpp_base=8 * len(base_candidate.encoded.data) / pixels,
-        psnr_rgb_base=_mean_psnr(video, base_candidate.encoded.reconstruction),
-        rd_cost_adapted=None if adapted is None else adapted.cost(lmbda, pixels),
-        bpp_adapted=None if adapted is None else 8 * (len(adapted.encoded.data) + len(adapted.payload or b"")) / pixels,
-        psnr_rgb_adapted=None if adapted is None else _mean_psnr(video, adapted.encoded.reconstruction),
-        adaptation_steps=steps, train_seconds=train_seconds, adapt_seconds=seconds, resumed_from_step=resumed,
-        config=config.model_dump(mode="json"))
-    atomic_write_text(outdir / "result.json", result.model_dump_json(indent=2))
+        codec.write_reconstruction(recon, frames, video.fps)
+    result = _result(context, config, outdir, safe_name(video.name), frames, base_candidate, chosen, decision,
+                     outcome, seconds)
+    atomic_write_text(outdir / RESULT_FILE, result.model_dump_json(indent=2))
     return result
 
 
-def verify_written(bits_path: Path, payload_path: Path | None, base: LoadedModel,
-                   expected: list[torch.Tensor]) -> list[torch.Tensor]:
-    """Decode the files on disk as `adaptjobs decode` does and require the encoder's frames exactly."""
-    frames = decode_files(bits_path, payload_path, base)
-    if len(frames) != len(expected) or not all(torch.equal(a, b) for a, b in zip(frames, expected)):
-        raise ReconstructionMismatch(f"{bits_path}: decoding the written files does not reproduce the encoder's frames")
-    return frames
+def _write_and_verify(codec, outdir: Path, name: str, chosen: Candidate) -> list:
+    """Write the chosen stream and payload (removing a stale payload), decode them, require the encoder's frames."""
+    stream_path, payload_path = outdir / stream_file(name, codec.suffix), outdir / payload_file(name)
+    atomic_write_bytes(stream_path, chosen.encoded.data)
+    if chosen.payload is not None:
+        atomic_write_bytes(payload_path, chosen.payload)
+    else:
+        payload_path.unlink(missing_ok=True)
+    return verify_written(codec, stream_path, payload_path if chosen.payload is not None else None,
+                          chosen.encoded.reconstruction)
 
 
-def decode_files(bits_path: Path, payload_path: Path | None, base: LoadedModel) -> list[torch.Tensor]:
-    data = bits_path.read_bytes()
-    payload = payload_path.read_bytes() if payload_path is not None else None
+def _mean_psnr_rgb(codec, video, frames: list) -> float:
+    from workers.metrics import psnr_rgb
 
-    def model_for(header: BitstreamHeader):
-        from workers.encode_job import checked_model
-        checked_model(base, header, bits_path)
-        check_payload_binding(header, payload, bits_path, payload_path)
-        model = decoder_model(base, payload, payload_path)
-        return model, model.entropy_tables()
+    rgb = codec.rgb(frames)
+    return sum(psnr_rgb(video.frame_rgb(i), rgb[i]) for i in range(len(rgb))) / len(rgb)
 
-    return decode_sequence(data, model_for, bits_path)[1]
+
+def _result(context: AdaptContext, config, outdir: Path, name: str, frames: list, base: Candidate, chosen: Candidate,
+            decision: str, outcome: MethodOutcome, seconds: float) -> AdaptResult:
+    codec, video, pixels, lmbda = context.codec, context.video, context.pixels, context.lmbda
+    adapted = outcome.candidates[0] if outcome.candidates else None
+    stream_path, payload_path = outdir / stream_file(name, codec.suffix), outdir / payload_file(name)
+    stream_bytes = stream_path.stat().st_size
+    payload_bytes = payload_path.stat().st_size if chosen.payload is not None else 0
+    return AdaptResult(
+        input=str(video.path), bitstream=str(stream_path), codec=codec.name, model_id=codec.model_id,
+        weights_sha256=codec.weights_sha256, quality=codec.quality, method=config.method, width=video.width,
+        height=video.height, frames=len(video), intra_period=context.intra_period, bytes_written=stream_bytes,
+        bits=chosen.encoded.bits, bpp=8 * stream_bytes / pixels, encode_seconds=seconds, verified=True,
+        **codec.metrics(video, frames),
+        payload=str(payload_path) if chosen.payload is not None else None, payload_bytes=payload_bytes,
+        bpp_without_payload=8 * stream_bytes / pixels, bpp_with_payload=8 * (stream_bytes + payload_bytes) / pixels,
+        payload_share=payload_bytes / (stream_bytes + payload_bytes), update_sent=chosen is not base,
+        decision=decision, rd_cost=chosen.cost(lmbda, pixels), rd_cost_base=base.cost(lmbda, pixels), lmbda=lmbda,
+        bpp_base=8 * len(base.encoded.data) / pixels,
+        psnr_rgb_base=_mean_psnr_rgb(codec, video, base.encoded.reconstruction),
+        rd_cost_adapted=None if adapted is None else adapted.cost(lmbda, pixels),
+        bpp_adapted=None if adapted is None else 8 * adapted.total_bytes / pixels,
+        psnr_rgb_adapted=None if adapted is None else _mean_psnr_rgb(codec, video, adapted.encoded.reconstruction),
+        adaptation_steps=outcome.steps, train_seconds=outcome.train_seconds, adapt_seconds=seconds,
+        resumed_from_step=outcome.resumed, config=config.model_dump(mode="json"))

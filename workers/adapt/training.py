@@ -21,7 +21,6 @@ import torch
 from torch.func import functional_call
 
 from schemas.adapt import DecoderTraining, GopAdaptersConfig, WeightPrior
-from workers.adapt.adapters import adapter_state
 from workers.adapt.decoder_updates import DecoderUpdate
 from workers.adapt.prior import quantize_ste, weight_bits
 from workers.adapt.state import load_state, optimizer_tensors, restore_optimizer, save_state
@@ -199,10 +198,6 @@ def train_gop_adapters(model: ScaleSpaceFlow, parameters: list[torch.nn.Paramete
                         "psnr": float(terms["psnr"])})
         checkpoint(step + 1)
     return taken
-
-
-def adapter_tensors(model: ScaleSpaceFlow) -> dict[str, torch.Tensor]:
-    return adapter_state(model)
 
 
 def dumps(config) -> str:

@@ -1,0 +1,59 @@
+"""Options shared by several methods: the weight prior, decoder-side training, when to send an update."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class WeightPrior(BaseModel):
+    """Spike-and-slab prior p(d) = [N(d|0, sigma^2) + alpha N(d|0, spike_std^2)] / (1 + alpha) on every
+    coded weight update d, quantized on a grid of width ``grid`` (van Rozendaal et al.; PEVC)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    grid: float = Field(0.005, gt=0, description="quantization step t of the weight updates")
+    slab_std: float = Field(0.05, gt=0, description="sigma: std of the wide (slab) component")
+    spike_std: float | None = Field(None, gt=0, description="s: std of the narrow (spike) component; default grid/6")
+    alpha: float = Field(1000.0, gt=0, description="weight of the spike relative to the slab")
+
+    @property
+    def spike(self) -> float:
+        return self.spike_std if self.spike_std is not None else self.grid / 6.0
+
+
+class DecoderTraining(BaseModel):
+    """How a decoder-side update is trained on the test video itself.
+
+    An epoch visits every training clip (``train_gop`` consecutive frames, starting at multiples of
+    ``train_gop``) once in a seeded order, ``batch`` clips per step, each a random ``crop`` x ``crop`` window.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    epochs: int = Field(8, ge=0, description="0 = no training: the update stays zero (PEVC: 15 on GPU)")
+    train_gop: int = Field(4, ge=1, le=32, description="frames per training clip: I + P-frames (PEVC: 4)")
+    batch: int = Field(2, ge=1, description="clips per step (PEVC: 3)")
+    crop: int = Field(256, ge=128, description="crop side in px, a multiple of 128 (whole frame if smaller)")
+    learning_rate: float = Field(3e-3, gt=0, description="Adam (PEVC: 5e-4 for LoRA, 1e-4 full fine-tuning, with "
+                                                         "hundreds of steps on a GPU; we take tens)")
+    adam_eps: float = Field(1e-3, gt=0, description=(
+        "Adam's epsilon, of the order of the update's gradients: with the default 1e-8 Adam moves every weight by "
+        "~lr per step whatever its gradient, so within a few steps most weights leave the zero bin and the payload "
+        "explodes (measured on foreman: 5.3 Mbit after 10 steps at lr 1e-3); eps ~ |gradient| keeps weak-gradient "
+        "weights at zero"))
+    plateau_factor: float = Field(0.5, gt=0, lt=1, description="ReduceLROnPlateau factor on the epoch loss")
+    plateau_patience: int = Field(1, ge=0)
+    checkpoint_every: int = Field(5, ge=1, description="steps between atomic state checkpoints")
+
+    @model_validator(mode="after")
+    def _crop_multiple(self) -> "DecoderTraining":
+        if self.crop % 128:
+            raise ValueError("crop must be a multiple of 128")
+        return self
+
+
+SendUpdate = Literal["if-better", "always"]
+SEND_UPDATE_HELP = ("if-better: send the adapted result only when its RD cost (payload included) beats the base "
+                    "model's on this sequence; always: send it regardless (for experiments)")

@@ -1,0 +1,32 @@
+"""Config of method ``decoder-lora``."""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from schemas.methods._shared import SEND_UPDATE_HELP, DecoderTraining, SendUpdate, WeightPrior
+from schemas.methods.registry import register_method_config
+
+
+@register_method_config
+class DecoderLoraConfig(BaseModel):
+    """LoRA on every ConvTranspose2d of the I-frame, motion and residual decoders (PEVC, seed 003).
+
+    ``extended``: A in R^{rK x Cin K}, B in R^{Cout K x rK}, dW = reshape(BA).
+    ``repeat``:   A in R^{r x Cin},    B in R^{Cout x r},    dW = BA tiled over the K x K kernel.
+    A starts from a generator seeded with ``init_seed`` (stored in the payload, so never sent), B from
+    zeros; the payload codes B and A - A_init.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    method: Literal["decoder-lora"] = "decoder-lora"
+    STRUCTURE_FIELDS: ClassVar[tuple[str, ...]] = ("variant", "ranks", "init_seed")  # what the payload carries
+    send_update: SendUpdate = Field("if-better", description=SEND_UPDATE_HELP)
+    variant: Literal["extended", "repeat"] = "extended"
+    ranks: tuple[int, ...] = Field((16, 8, 8, 2), min_length=1, description="rank per deconv, first layer first")
+    init_seed: int = Field(0, ge=0, lt=2**31)
+    prior: WeightPrior = WeightPrior(grid=0.002)
+    training: DecoderTraining = DecoderTraining()
+    seed: int = Field(0, ge=0, description="crop and clip order")

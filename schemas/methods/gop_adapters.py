@@ -1,0 +1,39 @@
+"""Config of method ``gop-adapters``."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from schemas.methods._shared import SEND_UPDATE_HELP, SendUpdate
+from schemas.methods.registry import register_method_config
+
+
+@register_method_config
+class GopAdaptersConfig(BaseModel):
+    """Encoder-side adapters trained per GoP with patch-based GoP updating (seed 002, Algorithm 1).
+
+    Parallel adapters beside every conv of the motion and residual encoders, serial adapters after the
+    motion and residual hyper-encoders; only P-frames are adapted. Nothing is sent: a stock decoder
+    decodes the stream.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    method: Literal["gop-adapters"] = "gop-adapters"
+    send_update: SendUpdate = Field("if-better", description=SEND_UPDATE_HELP)
+    hidden_channels: int = Field(8, ge=1, description="C_dw, the adapter's squeezed width")
+    kernel_size: int = Field(3, ge=1, le=7, description="M, the depthwise kernel")
+    steps: int = Field(4, ge=0, description="MAX: passes over the GoP's patch-GoPs")
+    patch: int = Field(128, ge=128, description="patch-GoP side in px, a multiple of 128")
+    learning_rate: float = Field(1e-3, gt=0)
+    rate_proxy: Literal["noise", "rounded"] = Field(
+        "noise", description="what the rate term is evaluated at while training: latents + U(-0.5, 0.5) (its "
+                             "gradient is informative) or the rounded latents (the exact coded cost, straight-through)")
+    seed: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _patch_multiple(self) -> "GopAdaptersConfig":
+        if self.patch % 128:
+            raise ValueError("patch must be a multiple of 128")
+        return self

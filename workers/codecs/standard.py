@@ -1,0 +1,180 @@
+"""x264 and x265 as base codecs: PSNR-tuned encodes of workers/standard/encoder.py, Annex B streams.
+
+Quality is the CRF; the stream is the plain Annex B elementary stream (``<name>.h264`` / ``<name>.hevc``),
+decoded by FFmpeg; reconstructions stay 8-bit 4:2:0 planes (never through RGB on their way to a .y4m).
+Method ``none`` on x264 is the x264 anchor point for point: the same settings (encoder.py). A codec with a
+learned post-filter subclasses :class:`StandardCodec` (its encode filters the decoded planes; its
+``load`` checks the filter's weights) and registers its own name and suffix.
+
+lambda: the H.264 reference encoder's mode-decision multiplier for QP q is 0.85 * 2^((q - 12) / 3) in
+squared code values (0..255) per bit; taking the CRF for the QP and dividing by 255^2 gives the lmbda of
+our RD cost lmbda * 255^2 * MSE + bpp: 1 / (0.85 * 2^((crf - 12) / 3)). It is an approximation (CRF is
+not a constant QP) used only to compare candidates of the same unit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from schemas.job import CodecPoint, CodecRun
+from workers.codecs.base import BaseCodec, Encoded, register_codec
+from workers.errors import BitstreamError, InputError
+
+MAX_STREAM_FRAMES = 1_000_000  # decoding bound for streams that say nothing of their length
+DEFAULT_CRF = 32
+
+
+class StandardCodec(BaseCodec):
+    """One CRF point of x264 or x265 (``encoder_name``: the key in workers.standard.encoder.CODECS)."""
+
+    encoder_name: ClassVar[str]
+    quality_name: ClassVar[str] = "CRF"
+    primary_metric: ClassVar[str] = "psnr-yuv"
+
+    def __init__(self, crf: int | float | None, preset: str | None = None):
+        from workers.standard.encoder import DEFAULT_PRESET
+
+        self.quality = crf
+        self.preset = preset or DEFAULT_PRESET
+        self.model_id = f"{self.name} {self.preset}"
+        self.weights_sha256 = None
+
+    # ---------------------------------------------------------------- opening
+    @classmethod
+    def _check(cls, model: str | None, qualities, settings: dict[str, str]) -> None:
+        if model is not None:
+            raise InputError(None, f"codec {cls.name} uses no model (--model is for ssf)")
+        unknown = sorted(set(settings) - {"preset"})
+        if unknown:
+            raise InputError(None, f"codec {cls.name} takes the setting preset only (got {', '.join(unknown)})")
+        bad = [q for q in qualities or () if not 0 <= q <= 51]
+        if bad:
+            raise InputError(None, f"{cls.name} CRFs lie within 0..51, got {bad}")
+
+    @classmethod
+    def resolve(cls, model: str | None, qualities: Sequence[int | float] | None, settings: dict[str, str]) -> CodecRun:
+        from workers.standard.encoder import DEFAULT_CRFS
+
+        cls._check(model, qualities, settings)
+        chosen = tuple(sorted(qualities)) if qualities else tuple(_number(q) for q in DEFAULT_CRFS)
+        return CodecRun(codec=cls.name, qualities=chosen, settings=dict(settings), methods=("none",),
+                        primary_metric=cls.primary_metric)
+
+    @classmethod
+    def single_point(cls, model: str | None, quality: int | float | None, settings: dict[str, str]) -> CodecPoint:
+        cls._check(model, None if quality is None else [quality], settings)
+        return CodecPoint(codec=cls.name, quality=DEFAULT_CRF if quality is None else quality, settings=dict(settings))
+
+    @classmethod
+    def load(cls, point: CodecPoint) -> "StandardCodec":
+        return cls(point.quality, point.settings.get("preset"))
+
+    @classmethod
+    def for_stream(cls, data: bytes, source: str | Path | None, model: str | None) -> "StandardCodec":
+        if model is not None:
+            raise InputError(source, f"is a {cls.name} stream, which needs no --model")
+        return cls(None)
+
+    # ---------------------------------------------------------------- coding
+    @property
+    def lmbda(self) -> float:
+        if self.quality is None:
+            raise ValueError("a decoder-side codec has no CRF")
+        return 1.0 / (0.85 * 2.0 ** ((self.quality - 12.0) / 3.0))
+
+    def encode(self, video, intra_period: int, **options: Any) -> Encoded:
+        """Encode every frame's planes, then decode the stream with FFmpeg: that is the reconstruction."""
+        from workers.standard.encoder import decode_stream, encode_planes
+
+        if options:
+            raise TypeError(f"{type(self).__name__}.encode: unknown options {sorted(options)}")
+        data = encode_planes((video.frame_yuv420(i) for i in range(len(video))), video.width, video.height,
+                             video.fps, self.encoder_name, self.quality, intra_period, self.preset)
+        decoded = decode_stream(data, self.encoder_name, max_frames=len(video))
+        if len(decoded) != len(video):
+            raise RuntimeError(f"{self.describe()}: decoded {len(decoded)} frames of {len(video)}")
+        return Encoded(data, decoded, None)
+
+    def decode(self, data: bytes, source: str | Path | None = None, payload: bytes | None = None,
+               payload_source: str | Path | None = None) -> list:
+        from workers.standard.encoder import decode_stream
+
+        if payload is not None:
+            raise BitstreamError(payload_source, f"{source} is a {self.name} stream; it takes no payload")
+        frames = decode_stream(data, self.encoder_name, source, max_frames=MAX_STREAM_FRAMES)
+        if not frames:
+            raise BitstreamError(source, f"holds no decodable {self.name} frame")
+        return frames
+
+    def stream_info(self, data: bytes, source: str | Path | None = None) -> dict:
+        frames = self.decode(data, source)
+        height, width = frames[0][0].shape
+        return {"codec": self.name, "frames": len(frames), "width": width, "height": height, "bytes": len(data)}
+
+    # ---------------------------------------------------------------- frames and measures
+    def rgb(self, frames: list) -> Sequence:
+        return _AsRgb(frames)
+
+    def yuv(self, frames: list) -> Sequence:
+        return frames
+
+    def distortion(self, video, frames: list) -> float:
+        from workers.metrics import mean_mse_yuv
+
+        return mean_mse_yuv([video.frame_yuv420(i) for i in range(len(frames))], frames)
+
+    def same(self, a: list, b: list) -> bool:
+        return len(a) == len(b) and all(np.array_equal(p, q) for x, y in zip(a, b) for p, q in zip(x, y))
+
+    def write_reconstruction(self, path: str | Path, frames: list, fps: Fraction) -> None:
+        """.y4m: the planes as they are; anything else (a PNG folder): through RGB."""
+        from workers.atomic import atomic_write_bytes
+        from workers.video_io import write_reconstruction
+
+        path = Path(path)
+        if path.suffix.lower() != ".y4m":
+            write_reconstruction(path, list(self.rgb(frames)), fps)
+            return
+        height, width = frames[0][0].shape
+        head = f"YUV4MPEG2 W{width} H{height} F{fps.numerator}:{fps.denominator} Ip A1:1 C420jpeg\n".encode()
+        body = b"".join(b"FRAME\n" + y.tobytes() + u.tobytes() + v.tobytes() for y, u, v in frames)
+        atomic_write_bytes(path, head + body)
+
+
+class _AsRgb(Sequence):
+    """Decoded planes seen as RGB float frames (3, H, W), converted on access (workers.colour)."""
+
+    def __init__(self, frames: list):
+        self.frames = frames
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def __getitem__(self, index):
+        from workers.colour import yuv420_to_rgb
+
+        return yuv420_to_rgb(*self.frames[index])
+
+
+def _number(value: float) -> int | float:
+    """22.0 -> 22, 22.5 -> 22.5 (qualities are recorded as the user would write them)."""
+    return int(value) if float(value).is_integer() else float(value)
+
+
+@register_codec
+class X264Codec(StandardCodec):
+    name: ClassVar[str] = "x264"
+    suffix: ClassVar[str] = ".h264"
+    encoder_name: ClassVar[str] = "x264"
+
+
+@register_codec
+class X265Codec(StandardCodec):
+    name: ClassVar[str] = "x265"
+    suffix: ClassVar[str] = ".hevc"
+    encoder_name: ClassVar[str] = "x265"

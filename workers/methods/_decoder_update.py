@@ -1,0 +1,85 @@
+"""Shared by the decoder-side methods (decoder-lora, full-decoder): train an update of the SSF decoders on
+the video, code it as a payload, rebuild the decoder from base + payload exactly as a decoder does, and
+code the video with that decoder (workers/adapt/decoder_updates.py defines the updates themselves)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from workers.adapt.decoder_updates import DecoderUpdate, apply_update, coded_key, make_update, payload_name
+from workers.errors import BitstreamError, InputError
+from workers.methods.registry import AdaptContext, Method, MethodOutcome, parse_method_config
+
+
+def train_update(context: AdaptContext, config) -> tuple[DecoderUpdate, int, int, float]:
+    """Train (or continue from the unit's checkpoint) the update ``config`` describes on the padded frames.
+    Returns (update, steps, steps found in the checkpoint, seconds)."""
+    from workers.adapt.training import train_decoder_update
+    from workers.codec.ssf import pad_frame
+    from workers.video_io import SourceFrames
+
+    base = context.codec.loaded
+    frames = SourceFrames(context.video, lambda frame: pad_frame(frame.unsqueeze(0))[0])  # (3, H16, W16) on access
+    update = make_update(base.model, config)
+    began = time.perf_counter()
+    steps, resumed = train_decoder_update(base.model, update, config.prior, config.training, frames, context.pixels,
+                                          context.lmbda, config.seed, context.checkpoint_dir / "decoder-state.safetensors",
+                                          context.config_json, on_log=lambda r: context.log({"phase": "decoder", **r}))
+    return update, steps, resumed, time.perf_counter() - began
+
+
+def payload_for(base, config, update: DecoderUpdate) -> bytes | None:
+    """The payload of the trained update, or None when every grid index is zero (nothing to send)."""
+    from workers.adapt.payload import WeightUpdate, encode_payload, make_header
+    from workers.adapt.prior import grid_indices
+
+    indices = {payload_name(k): grid_indices(v, config.prior.grid) for k, v in update.coded.items()}
+    if all(int(k.abs().max()) == 0 for k in indices.values() if k.numel()):
+        return None
+    structure = config.model_dump(mode="json", include=set(config.STRUCTURE_FIELDS))
+    header = make_header(base.metadata.weights_sha256, config.method, structure, config.prior, indices)
+    return encode_payload(WeightUpdate(header, indices))
+
+
+def rebuild_decoder(base, payload: bytes, source: str | Path | None):
+    """Base model + payload of a decoder update -> the model whose decoders carry the update. The tensor list
+    is rebuilt from the base model and the payload's structure options (never sent)."""
+    from workers.adapt.payload import decode_payload
+
+    built = {}
+
+    def shapes_for(header) -> dict[str, tuple[int, ...]]:
+        try:
+            config = parse_method_config(header.method, header.structure)
+        except InputError as exc:
+            raise BitstreamError(source, f"invalid payload header ({exc.cause})") from None
+        if not hasattr(config, "STRUCTURE_FIELDS"):
+            raise BitstreamError(source, f"payload method {header.method!r} has no decoder weight update")
+        built["template"] = make_update(base.model, config)
+        return {payload_name(k): tuple(v.shape) for k, v in built["template"].coded.items()}
+
+    update = decode_payload(payload, base.metadata.weights_sha256, shapes_for, source)
+    values = {coded_key(name): value for name, value in update.dequantized().items()}
+    return apply_update(base.model, built["template"], values)
+
+
+class DecoderUpdateMethod(Method):
+    """A decoder-side SSF update sent as a payload (subclasses name the method; the config says which update)."""
+
+    codecs = ("ssf",)
+
+    def adapt(self, context: AdaptContext, config) -> MethodOutcome:
+        update, steps, resumed, seconds = train_update(context, config)
+        payload = payload_for(context.codec.loaded, config, update)
+        outcome = MethodOutcome(steps=steps, resumed=resumed, train_seconds=seconds)
+        if payload is None:
+            return outcome  # every coded index is zero: nothing to try
+        model = self.rebuild(context.codec.loaded, payload)  # exactly what the decoder will rebuild
+        encoded = context.codec.encode(context.video, context.intra_period, method=config.method, payload=payload,
+                                       model=model)
+        outcome.candidates.append(context.candidate(encoded, payload))
+        return outcome
+
+    def rebuild(self, base, payload: bytes, source: str | Path | None = None):
+        return rebuild_decoder(base, payload, source)

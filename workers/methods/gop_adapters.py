@@ -1,0 +1,21 @@
+"""Method ``gop-adapters``: encoder-side adapters trained per GoP (seed 002); nothing is sent, a stock SSF
+decoder decodes the stream. Config: schemas/methods/gop_adapters.py; adapters: workers/adapt/adapters.py."""
+
+from __future__ import annotations
+
+from workers.methods._gop_encoder import gop_adapter_encoder
+from workers.methods.registry import AdaptContext, Method, MethodOutcome, register_method
+
+
+@register_method
+class GopAdaptersMethod(Method):
+    name = "gop-adapters"
+    codecs = ("ssf",)
+
+    def adapt(self, context: AdaptContext, config) -> MethodOutcome:
+        counters = {"steps": 0, "resumed": 0, "seconds": 0.0}
+        inter_encoder = gop_adapter_encoder(context.codec.loaded.model, config, context, counters)
+        encoded = context.codec.encode(context.video, context.intra_period, method=config.method,
+                                       inter_encoder=inter_encoder)
+        return MethodOutcome([context.candidate(encoded, None)], counters["steps"], counters["resumed"],
+                             counters["seconds"])

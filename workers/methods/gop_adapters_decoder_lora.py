@@ -1,0 +1,32 @@
+"""Method ``gop-adapters+decoder-lora``: decoder LoRA trained on the sequence first, then per-GoP encoder
+adapters on top of the adapted model. The adapters are encoder-side, so the encoder may also drop them and
+send the LoRA-coded stream alone when that is cheaper (candidate ``sent-lora-only``)."""
+
+from __future__ import annotations
+
+from workers.methods._decoder_update import payload_for, train_update
+from workers.methods._gop_encoder import gop_adapter_encoder
+from workers.methods.registry import METHODS, AdaptContext, Method, MethodOutcome, register_method
+
+
+@register_method
+class GopAdaptersDecoderLoraMethod(Method):
+    name = "gop-adapters+decoder-lora"
+    codecs = ("ssf",)
+
+    def adapt(self, context: AdaptContext, config) -> MethodOutcome:
+        base = context.codec.loaded
+        update, steps, resumed, seconds = train_update(context, config.lora)
+        payload = payload_for(base, config.lora, update)
+        # the payload names decoder-lora: its rebuild is exactly what the decoder will run
+        model = base.model if payload is None else METHODS[config.lora.method].rebuild(base, payload)
+        counters = {"steps": 0, "resumed": 0, "seconds": 0.0}
+        inter_encoder = gop_adapter_encoder(model, config.adapters, context, counters)
+        encode = {"method": config.method, "payload": payload, "model": model}
+        adapted = context.codec.encode(context.video, context.intra_period, inter_encoder=inter_encoder, **encode)
+        outcome = MethodOutcome([context.candidate(adapted, payload)], steps + counters["steps"],
+                                resumed + counters["resumed"], seconds + counters["seconds"])
+        if payload is not None and config.send_update != "always":
+            lora_only = context.codec.encode(context.video, context.intra_period, **encode)
+            outcome.candidates.append(context.candidate(lora_only, payload, "sent-lora-only"))
+        return outcome
