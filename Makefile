@@ -20,6 +20,7 @@ demo: setup
 	$(BIN)/python -m adaptjobs.demo
 
 test: setup
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q
 
 bench: setup

@@ -55,7 +55,7 @@ def _add_execution_options(command: argparse.ArgumentParser) -> None:
 
 
 def _add_frame_options(command: argparse.ArgumentParser, frames_help: str) -> None:
-    from workers.encode_job import DEFAULT_INTRA_PERIOD
+    from workers.run_layout import DEFAULT_INTRA_PERIOD
 
     command.add_argument("--frames", type=_positive_int, help=frames_help)
     command.add_argument("--intra-period", type=_non_negative_int, default=DEFAULT_INTRA_PERIOD,
@@ -227,7 +227,7 @@ def _cmd_encode(args) -> int:
 def _cmd_decode(args) -> int:
     import json
 
-    from workers.decoder import decode_file
+    from workers.encode_job import decode_file
 
     info = decode_file(args.input, args.output, model=args.model, payload_path=args.payload)
     if args.json:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from adaptjobs.options import parse_set_options
 from schemas.job import CodecRun, JobSpec, VideoEntry
-from workers.adapt.job import safe_name
+from workers.run_layout import safe_name
 from workers.errors import InputError
 from workers.methods import parse_method_config
 from workers.task import input_bytes

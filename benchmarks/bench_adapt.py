@@ -26,7 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results_file import cpu_name, replace_section  # noqa: E402
 
 from schemas.adapt import METHOD_CONFIGS  # noqa: E402
-from workers.adapt.job import adapt_video, parse_method_config  # noqa: E402
+from workers.encoder import adapt_video  # noqa: E402
+from workers.methods import parse_method_config  # noqa: E402
 from workers.model_store import resolve_model  # noqa: E402
 from workers.video_io import read_video  # noqa: E402
 

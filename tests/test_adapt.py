@@ -13,7 +13,9 @@ import torch
 from adaptjobs.cli import main
 from schemas.adapt import DecoderLoraConfig, WeightPrior
 from workers.adapt.decoder_updates import LoraUpdate, decoder_deconvs
-from workers.adapt.job import adapt_video, decode_files, parse_method_config
+from workers.encode_job import decode_files
+from workers.encoder import adapt_video
+from workers.methods import parse_method_config
 from workers.adapt.payload import WeightUpdate, decode_payload, encode_payload, make_header, read_payload_header
 from workers.adapt.prior import bin_probability, coding_probabilities, ideal_bits, weight_bits
 from workers.bitstream import unpack

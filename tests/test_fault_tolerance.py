@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from schemas.job import CodecPoint, VideoTask
-from workers.adapt.job import parse_method_config
+from workers.methods import parse_method_config
 from workers.checkpoints import load_checkpoint
 from workers.run_layout import read_log
 from workers.task import describe_input, run_task

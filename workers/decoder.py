@@ -4,11 +4,12 @@
 - :func:`check_payload_binding`: a stream that names a payload (by sha256) gets exactly that payload;
 - :func:`decoder_model`: base model + payload -> the adapted model, rebuilt by the method that the
   payload names (workers/methods/, ``rebuild``), so a new decoder-side method needs no edit here;
-- :func:`decode_ssf` / :func:`decode_file`: decode a stream (any registered codec, by file suffix);
+- :func:`decode_ssf`: decode an SSF stream with its checked model and payload;
 - :func:`verify_written`: decode the files a unit wrote exactly as a decoder would and require the
   encoder's reconstruction bit for bit (:class:`ReconstructionMismatch` otherwise).
 
-Nothing here imports the encoder side (workers/adapt/job.py, workers/encode_job.py), which import this.
+Nothing here imports the encoder side (workers/encoder.py, workers/encode_job.py) or the codec registry
+(workers/codecs/ imports this; the file-level `adaptjobs decode` is in workers/encode_job.py).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 
 from schemas.bitstream import BitstreamHeader
 from workers.checkpoints import LoadedModel
-from workers.errors import BitstreamError, InputError
+from workers.errors import BitstreamError
 
 
 class ReconstructionMismatch(RuntimeError):
@@ -80,65 +81,3 @@ def verify_written(codec, stream_path: Path, payload_path: Path | None, expected
     if not codec.same(frames, expected):
         raise ReconstructionMismatch(f"{stream_path}: decoding the written files does not reproduce the encoder's frames")
     return frames
-
-
-def decode_files(bits_path: Path, payload_path: Path | None, base: LoadedModel) -> list:
-    """Decode an SSF unit's files with ``base`` (tests and tools that hold the model already)."""
-    from workers.codecs.ssf import SSFCodec
-
-    data = bits_path.read_bytes()
-    payload = payload_path.read_bytes() if payload_path is not None else None
-    return SSFCodec(base).decode(data, bits_path, payload, payload_path)
-
-
-def unit_stream(path: Path) -> Path:
-    """The stream to decode: ``path`` itself, or the one stream file of a unit folder (a run's unit folder
-    or the -o folder of `adaptjobs adapt`)."""
-    from workers.codecs.base import stream_suffixes
-
-    if not path.is_dir():
-        return path
-    found = sorted(p for p in path.iterdir() if p.suffix in stream_suffixes() and p.is_file())
-    if len(found) != 1:
-        raise InputError(path, f"a folder to decode must hold exactly one stream ({', '.join(stream_suffixes())}), "
-                               f"it holds {len(found)}")
-    return found[0]
-
-
-def decode_file(stream_path: str | Path, output: str | Path, model: str | None = None,
-                payload_path: str | Path | None = None) -> dict:
-    """Decode ``stream_path`` (codec from its suffix) to ``output`` (.y4m, or a PNG folder). SSF: the model
-    defaults to the one the header names when it ships with the package, and a stream made with a decoder
-    update needs its payload (default: <stem>.payload beside it). Returns the stream's info."""
-    from workers.codecs.base import codec_for_path
-
-    stream_path = unit_stream(Path(stream_path))
-    codec_cls = codec_for_path(stream_path)
-    try:
-        data = stream_path.read_bytes()
-    except OSError as exc:
-        raise InputError(stream_path, f"cannot read the bitstream ({exc.strerror})") from None
-    codec = codec_cls.for_stream(data, stream_path, model)
-    info = codec.stream_info(data, stream_path)
-    beside = stream_path.with_suffix(".payload")
-    if payload_path is None and info.get("payload_sha256") is not None and beside.exists():
-        payload_path = beside
-    payload = None
-    if payload_path is not None:
-        try:
-            payload = Path(payload_path).read_bytes()
-        except OSError as exc:
-            raise InputError(payload_path, f"cannot read the payload ({exc.strerror})") from None
-    frames = codec.decode(data, stream_path, payload, payload_path)
-    fps = _fps(info, data, stream_path)
-    codec.write_reconstruction(output, frames, fps)
-    return info
-
-
-def _fps(info: dict, data: bytes, source: Path):
-    """The stream's frame rate (SSF: from the header; Annex B streams carry none we read: 25)."""
-    from fractions import Fraction
-
-    if "fps_num" in info:
-        return Fraction(info["fps_num"], info["fps_den"])
-    return Fraction(25)

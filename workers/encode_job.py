@@ -12,12 +12,10 @@ from pathlib import Path
 
 from schemas.results import EncodeResult
 from workers.atomic import atomic_write_bytes
-from workers.decoder import ReconstructionMismatch, checked_model, decode_file, unit_stream  # noqa: F401 (re-exported)
+from workers.decoder import ReconstructionMismatch, checked_model  # noqa: F401 (re-exported)
 from workers.errors import InputError
+from workers.run_layout import DEFAULT_INTRA_PERIOD, PAYLOAD_SUFFIX
 from workers.video_io import Video, read_video
-
-DEFAULT_INTRA_PERIOD = 12  # PEVC's test GoP
-unit_bitstream = unit_stream  # the former name
 
 
 def encode_video(video: Video, codec, output: str | Path, intra_period: int = DEFAULT_INTRA_PERIOD,
@@ -57,3 +55,59 @@ def encode_file(input_path: str | Path, output: str | Path, model: str | None = 
     point = codec_cls.single_point(model, quality, settings or {})
     video = read_video(input_path, frames)
     return encode_video(video, codec_cls.load(point), output, intra_period, recon)
+
+
+def decode_files(bits_path: Path, payload_path: Path | None, base) -> list:
+    """Decode an SSF unit's files with ``base`` (a LoadedModel: tests and tools that hold the model already)."""
+    from workers.codecs.ssf import SSFCodec
+
+    data = bits_path.read_bytes()
+    payload = payload_path.read_bytes() if payload_path is not None else None
+    return SSFCodec(base).decode(data, bits_path, payload, payload_path)
+
+
+def unit_stream(path: Path) -> Path:
+    """The stream to decode: ``path`` itself, or the one stream file of a unit folder (a run's unit folder
+    or the -o folder of `adaptjobs adapt`)."""
+    from workers.codecs.base import stream_suffixes
+
+    if not path.is_dir():
+        return path
+    found = sorted(p for p in path.iterdir() if p.suffix in stream_suffixes() and p.is_file())
+    if len(found) != 1:
+        raise InputError(path, f"a folder to decode must hold exactly one stream ({', '.join(stream_suffixes())}), "
+                               f"it holds {len(found)}")
+    return found[0]
+
+
+def decode_file(stream_path: str | Path, output: str | Path, model: str | None = None,
+                payload_path: str | Path | None = None) -> dict:
+    """Decode ``stream_path`` (codec from its suffix) to ``output`` (.y4m, or a PNG folder). SSF: the model
+    defaults to the one the header names when it ships with the package, and a stream made with a decoder
+    update needs its payload (default: <stem>.payload beside it). Returns the stream's info."""
+    from fractions import Fraction
+
+    from workers.codecs.base import codec_for_path
+
+    stream_path = unit_stream(Path(stream_path))
+    codec_cls = codec_for_path(stream_path)
+    try:
+        data = stream_path.read_bytes()
+    except OSError as exc:
+        raise InputError(stream_path, f"cannot read the bitstream ({exc.strerror})") from None
+    codec = codec_cls.for_stream(data, stream_path, model)
+    info = codec.stream_info(data, stream_path)
+    beside = stream_path.with_suffix(PAYLOAD_SUFFIX)
+    if payload_path is None and info.get("payload_sha256") is not None and beside.exists():
+        payload_path = beside
+    payload = None
+    if payload_path is not None:
+        try:
+            payload = Path(payload_path).read_bytes()
+        except OSError as exc:
+            raise InputError(payload_path, f"cannot read the payload ({exc.strerror})") from None
+    frames = codec.decode(data, stream_path, payload, payload_path)
+    # SSF headers carry the frame rate; Annex B streams are written at 25 fps (their timing is not read back)
+    fps = Fraction(info["fps_num"], info["fps_den"]) if "fps_num" in info else Fraction(25)
+    codec.write_reconstruction(output, frames, fps)
+    return info

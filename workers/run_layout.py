@@ -15,6 +15,7 @@ import errno
 import fcntl
 import json
 import os
+import re
 import socket
 import time
 from collections.abc import Iterator
@@ -31,6 +32,13 @@ RESULT_FILE = "result.json"
 CHECKPOINT_DIR = "checkpoint"
 JOB_FILE = "job.json"
 PAYLOAD_SUFFIX = ".payload"
+DEFAULT_INTRA_PERIOD = 12  # PEVC's test GoP
+
+
+def safe_name(name: str) -> str:
+    """A file-name stem that cannot escape a folder: [A-Za-z0-9._-], no leading dot."""
+    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "_", name).lstrip(".")
+    return cleaned or "video"
 
 
 def unit_rel(video: str, codec: str, method: str, quality: Quality) -> str:

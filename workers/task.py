@@ -36,7 +36,7 @@ def input_bytes(path: Path) -> int:
 
 def describe_input(path: str | Path, name: str | None = None) -> VideoEntry:
     """The VideoEntry of an input path (absolute), named after its file stem unless ``name`` is given."""
-    from workers.adapt.job import safe_name
+    from workers.run_layout import safe_name
 
     path = Path(path).resolve()
     stem = path.name.split(".")[0] if not path.is_dir() else path.name
@@ -113,7 +113,7 @@ def _adapt(task: VideoTask, unit_dir: Path, timings: dict[str, float]):
     seconds of the first two."""
     import torch
 
-    from workers.adapt.job import adapt_video
+    from workers.encoder import adapt_video
     from workers.codecs import load_codec
     from workers.video_io import read_video
 

@@ -2,7 +2,7 @@
 
 A base codec is bound to one quality point (its own kind of quality: the SSF quality index, the x264/x265
 CRF) and codes a whole video into stream bytes plus the exact reconstruction a decoder will produce.
-Methods (workers/methods/) adapt around it; the unit loop (workers/adapt/job.py), the decoder
+Methods (workers/methods/) adapt around it; the unit loop (workers/encoder.py), the decoder
 (workers/decoder.py), `adaptjobs encode/decode` and the run driver only talk to this interface.
 
     driver (submit):  cls.resolve(model, qualities, settings) -> CodecRun     what JobSpec records

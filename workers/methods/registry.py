@@ -5,7 +5,7 @@ A method is one module in this package defining a :class:`Method` subclass decor
 schemas/methods/ (the schema side; JobSpec and the CLI take their unions and choices from there). A
 method says which base codecs it applies to, what it tries on the encoder side (:meth:`Method.adapt`:
 candidates, each with its stream, payload and distortion) and how a decoder rebuilds the adapted codec
-from the base and the payload (:meth:`Method.rebuild`). The unit loop (workers/adapt/job.py) encodes the
+from the base and the payload (:meth:`Method.rebuild`). The unit loop (workers/encoder.py) encodes the
 base candidate, asks the method for its candidates, keeps the lowest RD cost, writes and verifies.
 """
 

@@ -1,4 +1,5 @@
-"""One unit: a video, a base codec at one quality point, a method -> stream, payload, result.json, log.
+"""The encoder side of one unit: a video, a base codec at one quality point, a method -> stream, payload,
+result.json, log (workers/decoder.py is the other side).
 
     1. code the video with the base codec (the reference and the fallback);
     2. ask the method (workers/methods/) for its candidates: it trains what it trains, checkpointing into
@@ -12,22 +13,15 @@
 from __future__ import annotations
 
 import json
-import re
 import time
 from pathlib import Path
 
 from schemas.adapt import AdaptResult
 from workers.atomic import atomic_write_bytes, atomic_write_text
-from workers.decoder import ReconstructionMismatch, decode_files, verify_written  # noqa: F401 (re-exported)
-from workers.encode_job import DEFAULT_INTRA_PERIOD
-from workers.methods import AdaptContext, Candidate, MethodOutcome, check_applies, method, parse_method_config  # noqa: F401
-from workers.run_layout import ADAPT_LOG, CHECKPOINT_DIR, RESULT_FILE, append_log, payload_file, stream_file
-
-
-def safe_name(name: str) -> str:
-    """A file-name stem that cannot escape a folder: [A-Za-z0-9._-], no leading dot."""
-    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "_", name).lstrip(".")
-    return cleaned or "video"
+from workers.decoder import verify_written
+from workers.methods import AdaptContext, Candidate, MethodOutcome, check_applies, method
+from workers.run_layout import (ADAPT_LOG, CHECKPOINT_DIR, DEFAULT_INTRA_PERIOD, RESULT_FILE, append_log, payload_file,
+                                safe_name, stream_file)
 
 
 def choose(config, base: Candidate, outcome: MethodOutcome, lmbda: float, pixels: int) -> tuple[Candidate, str]:
