@@ -1,5 +1,5 @@
 # Two entry points for a fresh machine: `make demo` (the main job) and `make test`.
-# Each creates .venv and installs what it needs; torch is pinned to the CPU build on this disk.
+# Each creates .venv and installs everything (.[all,test]); torch is pinned to the CPU build on this disk.
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -11,7 +11,7 @@ $(BIN)/adaptjobs: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet $(TORCH)
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -e '.[all,test]'
 	touch $@
 
 setup: $(BIN)/adaptjobs

@@ -379,7 +379,10 @@ def _cmd_info(args) -> int:
 
 
 def _execution(args):
+    from adaptjobs.extras import require
     from adaptjobs.runner import Execution
+
+    require("ray", f"adaptjobs {args.command}")  # before anything is written
 
     if args.cpus_per_task <= 0:
         raise InputError(None, f"--cpus-per-task must be > 0, got {args.cpus_per_task}")

@@ -46,6 +46,10 @@ def write_report(run: str | Path, metric: str | None = None, out: str | Path | N
     from adaptjobs.report_html import render_html
     from adaptjobs.report_plots import overhead_plot, rd_plot
 
+    from adaptjobs.extras import require
+
+    require("matplotlib", "adaptjobs report (plots)")
+    require("bjontegaard", "adaptjobs report (BD-rates)")
     if metric is not None and metric not in METRICS:
         raise InputError(None, f"--metric must be one of {', '.join(METRICS)}, got {metric!r}")
     data = collect_run(run)
@@ -135,7 +139,11 @@ def compressai_curves(data: RunData) -> list[tuple[str, CompressAICurve]]:
 def status_bd_rate_line(status: RunStatus) -> str | None:
     """The one-line BD-rate summary `adaptjobs status` prints once every unit of the run is done (average
     PSNR-RGB BD-rates); None while units are missing or failed, or when there is nothing to compare."""
+    import importlib.util
+
     if status.counts.get("done") != status.counts.get("total"):
+        return None
+    if importlib.util.find_spec("bjontegaard") is None:  # adaptjobs[report] not installed: status without it
         return None
     data = collect_run(status.run)
     return summary_line(data, METRICS[default_metric(data.spec)])

@@ -61,7 +61,9 @@ def _ray_adapt(task_json: str) -> dict:
 
 def connect(execution: Execution) -> bool:
     """Connect to Ray; returns True when this call started it (and so should shut it down)."""
-    import ray
+    from adaptjobs.extras import require
+
+    ray = require("ray", "running units (submit, resume)")
 
     if ray.is_initialized():
         return False
@@ -129,7 +131,9 @@ def fail_unprobed(store: RunStore, units: list[Unit], summary: RunSummary) -> li
 def run(store: RunStore, spec: JobSpec, execution: Execution, retry_failed: bool = False) -> RunSummary:
     """Schedule every unit of RUN that still has work, wait for all of them, and return the counts.
     The caller holds the driver lock."""
-    import ray
+    from adaptjobs.extras import require
+
+    ray = require("ray", "running units (submit, resume)")
 
     started = time.perf_counter()
     summary = RunSummary()
