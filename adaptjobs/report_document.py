@@ -106,6 +106,22 @@ def run_description(data: RunData) -> str:
     return f"Run {data.root}. " + ". ".join(parts) + f". {frames} per video, intra period {data.spec.intra_period}."
 
 
+def video_blocks(data: RunData, video: str, metric: Metric, per_video: list[BDRateRow],
+                 rd_plots: dict[str, str]) -> list[Block]:
+    """One video's section: its units, its BD-rates, its RD plot."""
+    mine = [r for r in per_video if r.video == video]
+    blocks: list[Block] = [Heading(2, f"Video {video}"), Heading(3, "Rate and quality per codec, method and quality"),
+                           unit_table([r for r in data.rows if r.video == video]),
+                           Heading(3, f"BD-rate ({metric.label})"),
+                           bd_table(mine, metric, average=False) if mine else
+                           Paragraph("No comparison: the run has no `none` curve to compare with.")]
+    if video in rd_plots:
+        blocks.append(Image(rd_plots[video], f"{video}: rate (bpp, payload included) vs {metric.label}"))
+    else:
+        blocks.append(Paragraph(f"No RD plot for {video}: none of its units has finished.", warning=True))
+    return blocks
+
+
 def build_document(data: RunData, metric: Metric, per_video: list[BDRateRow], averages: list[BDRateRow],
                    rd_plots: dict[str, str], overhead_plot: str | None) -> list[Block]:
     counts = data.unit_counts()
@@ -133,19 +149,8 @@ def build_document(data: RunData, metric: Metric, per_video: list[BDRateRow], av
         blocks.append(Paragraph(f"{metric.label} is compared in dB, -10 log10(1 - {metric.label}), as CompressAI plots "
                                 "it; the tables show the raw MS-SSIM (0..1)."))
 
-    for video, curves in data.curves.items():
-        blocks.append(Heading(2, f"Video {video}"))
-        rows = [r for r in data.rows if r.video == video]
-        blocks.append(Heading(3, "Rate and quality per codec, method and quality"))
-        blocks.append(unit_table(rows))
-        blocks.append(Heading(3, f"BD-rate ({metric.label})"))
-        mine = [r for r in per_video if r.video == video]
-        blocks.append(bd_table(mine, metric, average=False) if mine else
-                      Paragraph("No comparison: the run has no `none` curve to compare with."))
-        if video in rd_plots:
-            blocks.append(Image(rd_plots[video], f"{video}: rate (bpp, payload included) vs {metric.label}"))
-        else:
-            blocks.append(Paragraph(f"No RD plot for {video}: none of its units has finished.", warning=True))
+    for video in data.curves:
+        blocks += video_blocks(data, video, metric, per_video, rd_plots)
 
     blocks.append(Heading(2, f"Average BD-rate over videos ({metric.label})"))
     if averages:

@@ -53,10 +53,14 @@ class RunSummary:
 
 
 def _ray_adapt(task_json: str) -> dict:
+    """The Ray task of one unit (runs in a worker): workers.task.run_task, told which Ray node runs it."""
+    import ray
+
     from schemas.job import VideoTask
     from workers.task import run_task
 
-    return run_task(VideoTask.model_validate_json(task_json)).model_dump()
+    node_id = ray.get_runtime_context().get_node_id()
+    return run_task(VideoTask.model_validate_json(task_json), node_id=node_id).model_dump()
 
 
 def connect(execution: Execution) -> bool:

@@ -85,3 +85,21 @@ def test_a_run_with_several_codecs(tmp_path, carphone_path, tiny_checkpoint):
         build_spec(videos, ["none"], [], parse_codec_choices(["x264:60"], None, [], "none"), None, 2, 12)
     with pytest.raises(InputError, match="exactly one --codec"):
         parse_codec_choices(["ssf", "x264"], "1,2", [], None)
+
+
+def test_worker_logging_reaches_the_unit_log_only_while_the_unit_runs(tmp_path):
+    import logging
+
+    from workers.run_layout import read_log, unit_logging
+
+    path = tmp_path / "adapt.log"
+    logger = logging.getLogger("workers.adapt.training")
+    before = logging.getLogger("workers").level
+    with unit_logging(path):
+        logger.info("resumed from checkpoint %s at step %d", "state", 7)
+        logger.debug("not at INFO")
+    logger.info("after the unit")
+    records = read_log(path)
+    assert [(r["event"], r["level"], r["logger"], r["message"]) for r in records] == [
+        ("log", "info", "workers.adapt.training", "resumed from checkpoint state at step 7")]
+    assert logging.getLogger("workers").level == before and not logging.getLogger("workers").handlers

@@ -115,8 +115,12 @@ def test_a_killed_node_costs_only_the_steps_since_the_last_checkpoint(tmp_path, 
     log = read_log(unit / "adapt.log")
     attempts = [r for r in log if r.get("event") == "attempt"]
     assert len(attempts) >= 2, "the unit should have been retried after its node died"
+    # one host, two nodes: only the Ray node id tells the attempts apart
+    assert len({a["host"] for a in attempts}) == 1 and attempts[0]["node_id"] != attempts[-1]["node_id"]
     done = [r for r in log if r.get("event") == "done"]
     assert len(done) == 1 and done[0]["resumed_from_step"] >= killed_at > 0  # continued, not restarted
+    resumed = [r for r in log if r.get("event") == "log" and "resumed from checkpoint" in r["message"]]
+    assert resumed and f"at step {done[0]['resumed_from_step']}" in resumed[-1]["message"]  # the training log
     assert done[0]["resumed_from_step"] < EPOCHS
     assert {p.suffix: p.read_bytes() for p in unit.glob("clip.*")} == reference
 

@@ -14,6 +14,7 @@ import datetime
 import errno
 import fcntl
 import json
+import logging
 import os
 import re
 import socket
@@ -70,6 +71,40 @@ def append_log(path: Path, record: dict) -> None:
     with open(path, "a") as handle:
         handle.write(json.dumps({"at": now_iso(), **record}) + "\n")
         handle.flush()
+
+
+class UnitLogHandler(logging.Handler):
+    """Writes the worker's ``logging`` records (the training loops' included) into the unit log, as events
+    {"event": "log", "level", "logger", "message"}: inside a Ray worker nothing else would show them."""
+
+    def __init__(self, path: Path):
+        super().__init__(logging.INFO)
+        self.path = path
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            append_log(self.path, {"event": "log", "level": record.levelname.lower(), "logger": record.name,
+                                   "message": record.getMessage()})
+        except Exception:  # noqa: BLE001 - logging must never break the unit
+            self.handleError(record)
+
+
+@contextlib.contextmanager
+def unit_logging(path: Path, loggers: tuple[str, ...] = ("workers", "adaptjobs")) -> Iterator[None]:
+    """Route INFO and above of ``loggers`` to the unit log ``path`` while the block runs, then restore them
+    (a long-lived worker runs many units: nothing is configured at import or left behind)."""
+    handler = UnitLogHandler(path)
+    saved = [(logging.getLogger(name), logging.getLogger(name).level) for name in loggers]
+    for logger, level in saved:
+        logger.addHandler(handler)
+        if level == logging.NOTSET or level > logging.INFO:
+            logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        for logger, level in saved:
+            logger.removeHandler(handler)
+            logger.setLevel(level)
 
 
 def read_log(path: Path) -> list[dict]:

@@ -21,7 +21,7 @@ from pathlib import Path
 from schemas.job import FailureRecord, TaskOutcome, VideoEntry, VideoTask
 from workers.errors import InputError
 from workers.run_layout import (ADAPT_LOG, DONE, JOB_FILE, append_log, attempts, host_name, is_done, read_done,
-                                unit_lock, write_done, write_failed)
+                                unit_lock, unit_logging, write_done, write_failed)
 
 
 def input_bytes(path: Path) -> int:
@@ -62,11 +62,12 @@ def check_unchanged(video: VideoEntry) -> None:
 
 
 def run_unit(unit_dir: Path, run_dir: Path | None, log_name: str, source: str, work: Callable[[], dict],
-             redo: bool = False) -> TaskOutcome:
+             redo: bool = False, node_id: str | None = None) -> TaskOutcome:
     """The life of one unit, whatever its work: check that RUN is visible, take the unit lock, skip it if
-    DONE (unless ``redo``), log the attempt, run ``work`` (which writes the unit's artifacts and returns
-    extra fields for the "done" log event), then write DONE last; record failures as FAILED.
-    ``source`` names the input in messages about unexpected errors."""
+    DONE (unless ``redo``), log the attempt (host, pid and the Ray node id when there is one: two nodes on one
+    host differ only by it), run ``work`` with the worker's logging routed to the unit log (``work`` writes
+    the unit's artifacts and returns extra fields for the "done" event), then write DONE last; record
+    failures as FAILED. ``source`` names the input in messages about unexpected errors."""
     if run_dir is not None:
         missing = storage_failure(run_dir, unit_dir)
         if missing is not None:
@@ -79,10 +80,12 @@ def run_unit(unit_dir: Path, run_dir: Path | None, log_name: str, source: str, w
                                seconds=done.seconds if done else 0.0)
         (unit_dir / DONE).unlink(missing_ok=True)
         attempt = attempts(log_path) + 1
-        append_log(log_path, {"event": "attempt", "attempt": attempt, "host": host_name(), "pid": os.getpid()})
+        where = {"host": host_name(), "pid": os.getpid(), **({"node_id": node_id} if node_id else {})}
+        append_log(log_path, {"event": "attempt", "attempt": attempt, **where})
         started = time.perf_counter()
         try:
-            details = work()
+            with unit_logging(log_path):
+                details = work()
         except InputError as exc:
             return _failed(unit_dir, log_path, str(exc), "input", attempt, started)
         except Exception as exc:  # noqa: BLE001 - a bug: recorded with its traceback, not retried
@@ -94,9 +97,9 @@ def run_unit(unit_dir: Path, run_dir: Path | None, log_name: str, source: str, w
                            resumed_from_step=int(details.get("resumed_from_step", 0)))
 
 
-def run_task(task: VideoTask, redo: bool = False) -> TaskOutcome:
-    """Run one adaptation unit (see module docstring). ``redo``: run even if the unit is DONE (the `adapt`
-    command); the runner never redoes a DONE unit."""
+def run_task(task: VideoTask, redo: bool = False, node_id: str | None = None) -> TaskOutcome:
+    """Run one unit (see module docstring). ``redo``: run even if the unit is DONE (the `adapt` command); the
+    runner never redoes a DONE unit. ``node_id``: the Ray node running it (recorded with the attempt)."""
     unit_dir = Path(task.unit_dir)
 
     def work() -> dict:
@@ -105,7 +108,7 @@ def run_task(task: VideoTask, redo: bool = False) -> TaskOutcome:
         return {"resumed_from_step": result.resumed_from_step, "decision": result.decision, **timings}
 
     return run_unit(unit_dir, None if task.run_dir is None else Path(task.run_dir), ADAPT_LOG, task.video.path, work,
-                    redo)
+                    redo, node_id)
 
 
 def _adapt(task: VideoTask, unit_dir: Path, timings: dict[str, float]):

@@ -27,7 +27,7 @@ from workers.adapt.state import load_state, optimizer_tensors, restore_optimizer
 from workers.codec.ssf import ScaleSpaceFlow
 from workers.rd_loss import rate_distortion
 
-log = logging.getLogger("adaptjobs.adapt")
+log = logging.getLogger(__name__)  # routed to the unit log by workers.run_layout.unit_logging
 
 
 def _generator(*parts: int) -> torch.Generator:

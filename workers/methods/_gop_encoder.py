@@ -3,12 +3,15 @@ checkpoint) the adapters of each GoP with patch-based GoP updating (seed 002, Al
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
 import torch
 
 from workers.methods.registry import AdaptContext
+
+log = logging.getLogger(__name__)  # routed to the unit log by workers.run_layout.unit_logging
 
 
 def gop_adapter_encoder(model, config, context: AdaptContext, counters: dict):
@@ -31,6 +34,8 @@ def gop_adapter_encoder(model, config, context: AdaptContext, counters: dict):
         end = starts[gop + 1] if gop + 1 < len(starts) else header.frame_count
         path = context.checkpoint_dir / f"adapters-gop{gop:05d}.safetensors"
         start_step, gop_steps = _restore(load_state(path, context.config_json), names, parameters, optimizer, counters)
+        if gop_steps:
+            log.info("resumed the adapters of GoP %d from checkpoint %s at step %d", gop, path, start_step)
         # otherwise the adapters carry over from the previous GoP, as theta_u does in Algorithm 1
         if end - index >= 2 and start_step < config.steps:
             gop_steps = _train_gop(adapted, parameters, optimizer, names, list(padded[index:end]), intra_hat, header,

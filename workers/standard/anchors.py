@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from schemas.anchors import AnchorPoint
-from workers.metrics import ms_ssim_rgb, psnr_rgb, psnr_yuv
+from workers.metrics import sequence_metrics
 from workers.colour import yuv420_to_rgb
 from workers.standard.encoder import DEFAULT_CRFS, DEFAULT_PRESET, decode_stream, encode_planes
 from workers.video_io import SourceFrames, Video
@@ -32,14 +32,13 @@ def encode_anchor(video: Video, codec: str, crf: float, intra_period: int, prese
 
 def _measure(video: Video, codec: str, crf: float, preset: str, intra_period: int, total: int,
              decoded: list[tuple[np.ndarray, ...]]) -> AnchorPoint:
-    originals = SourceFrames(video)  # RGB converted on access, like the decoded frames below
-    reconstructions = _DecodedFrames(decoded)
+    """The point's metrics, averaged by workers.metrics.sequence_metrics (the one place that averages)."""
+    metrics = sequence_metrics(SourceFrames(video), [video.frame_yuv420(i) for i in range(len(video))],
+                               _DecodedFrames(decoded), decoded)
     return AnchorPoint(
         codec=codec, crf=crf, preset=preset, intra_period=intra_period, frames=len(video), width=video.width,
         height=video.height, bytes=total, bpp=total * 8 / (video.width * video.height * len(video)),
-        psnr_rgb=sum(psnr_rgb(originals[i], reconstructions[i]) for i in range(len(video))) / len(video),
-        psnr_yuv=sum(psnr_yuv(video.frame_yuv420(i), planes) for i, planes in enumerate(decoded)) / len(video),
-        ms_ssim_rgb=ms_ssim_rgb(originals, reconstructions))
+        psnr_rgb=metrics["psnr_rgb"], psnr_yuv=metrics["psnr_yuv"], ms_ssim_rgb=metrics["ms_ssim_rgb"])
 
 
 class _DecodedFrames(Sequence):
