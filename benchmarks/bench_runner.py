@@ -31,7 +31,7 @@ from results_file import cpu_name, replace_section  # noqa: E402
 from adaptjobs.demo import sample_dir  # noqa: E402
 from adaptjobs.run_store import RunStore  # noqa: E402
 from adaptjobs.runner import Execution, run  # noqa: E402
-from adaptjobs.spec import build_spec  # noqa: E402
+from adaptjobs.spec import build_spec, parse_codec_choices  # noqa: E402
 from workers.run_layout import read_done, read_log  # noqa: E402
 from workers.task import run_task  # noqa: E402
 
@@ -39,7 +39,8 @@ METHOD_OPTIONS = ["decoder-lora:training.epochs=2"]
 
 
 def make_spec(videos: Path, frames: int):
-    return build_spec(videos, ["none", "decoder-lora"], METHOD_OPTIONS, None, None, frames, 12, "none")
+    return build_spec(videos, ["none", "decoder-lora"], METHOD_OPTIONS, parse_codec_choices([], None, [], "none"), None,
+                      frames, 12)
 
 
 def unit_times(store: RunStore, spec) -> dict[str, list[float]]:
