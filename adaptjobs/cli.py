@@ -187,7 +187,7 @@ def _add_run_parsers(commands) -> None:
                              "codec of the run is a standard one; ms-ssim is compared in dB, -10 log10(1 - MS-SSIM))")
     report.add_argument("--out", help="folder to write (default RUN/report)")
 
-    info = commands.add_parser("info", help="describe a bitstream or a checkpoint")
+    info = commands.add_parser("info", help="describe a stream (.bits, .h264, .hevc) or a checkpoint")
     info.add_argument("input")
 
 
@@ -371,6 +371,13 @@ def _cmd_info(args) -> int:
         data = path.read_bytes()
     except OSError as exc:
         raise InputError(path, f"cannot read ({exc.strerror})") from None
+    from workers.codecs.base import codec_for_path, stream_suffixes
+
+    if path.suffix in stream_suffixes() and path.suffix != ".bits":  # a standard codec's Annex B stream
+        import json
+
+        print(json.dumps(codec_for_path(path).for_stream(data, path, None).stream_info(data, path), indent=2))
+        return 0
     header, frames = unpack(data, path)
     print(header.model_dump_json(indent=2))
     for index, frame in enumerate(frames):

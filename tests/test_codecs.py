@@ -36,6 +36,10 @@ def test_adapt_none_on_a_standard_codec_writes_its_stream_and_decode_reproduces_
     point, _ = encode_anchor(read_video(carphone_path, 3), codec, 32, 2)
     assert point.bytes == result.bytes_written and point.psnr_yuv == pytest.approx(result.psnr_yuv, abs=1e-9)
 
+    capsys.readouterr()
+    assert main(["info", str(stream)]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert (info["codec"], info["frames"], info["width"], info["height"]) == (codec, 3, 176, 144)
     for source in (stream, out):  # the stream, or the unit folder holding it
         decoded = tmp_path / "dec.y4m"
         assert main(["decode", str(source), "-o", str(decoded)]) == 0
