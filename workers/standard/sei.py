@@ -155,11 +155,12 @@ class SeiMessage:
     payload: bytes
 
 
-def _read_ff_coded(rbsp: bytes, pos: int, what: str, source: str | Path | None) -> tuple[int, int]:
+def _read_ff_coded(rbsp: bytes, pos: int, limit: int, what: str, source: str | Path | None) -> tuple[int, int]:
+    """Read one FF-run value from ``rbsp[pos:limit]``: (value, position after it)."""
     value = 0
-    while pos < len(rbsp) and rbsp[pos] == 0xFF:
+    while pos < limit and rbsp[pos] == 0xFF:
         value, pos = value + 255, pos + 1
-    if pos >= len(rbsp):
+    if pos >= limit:
         raise BitstreamError(source, f"malformed SEI: the {what} runs past the end of the NAL unit")
     return value + rbsp[pos], pos + 1
 
@@ -178,8 +179,8 @@ def parse_sei_rbsp(rbsp: bytes, source: str | Path | None = None) -> list[SeiMes
         raise BitstreamError(source, f"malformed SEI: ends with {last} instead of the rbsp trailing bits 0x80")
     messages, pos = [], 0
     while pos < end - 1:
-        payload_type, pos = _read_ff_coded(rbsp, pos, "payloadType", source)
-        size, pos = _read_ff_coded(rbsp, pos, "payloadSize", source)
+        payload_type, pos = _read_ff_coded(rbsp, pos, end - 1, "payloadType", source)
+        size, pos = _read_ff_coded(rbsp, pos, end - 1, "payloadSize", source)
         if size > end - 1 - pos:
             raise BitstreamError(source, f"malformed SEI: payloadSize {size} exceeds the {end - 1 - pos} bytes left "
                                          f"in the NAL unit")
