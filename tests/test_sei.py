@@ -18,6 +18,7 @@ from workers.standard.sei import (
     START_CODE,
     add_emulation_prevention,
     extract_user_data,
+    first_access_unit_prefix,
     insert_user_data,
     iter_nal_spans,
     parse_sei_rbsp,
@@ -202,8 +203,7 @@ def test_huge_claimed_payload_size_is_refused_quickly(streams, codec):
     by it."""
     stream = streams[codec]
     syntax = H264 if codec == "x264" else HEVC
-    first_slice = next(s for s in iter_nal_spans(stream) if syntax.nal_type(stream[s.body: s.body + 1])
-                       in syntax.vcl_types).start
+    first_slice = first_access_unit_prefix(stream, syntax)[1].start
     claim = START_CODE + syntax.sei_header + b"\x05" + b"\xff" * 4000 + b"\xc8" + UUID + b"\x80"
     hostile_stream = stream[:first_slice] + claim + stream[first_slice:]
     began = time.perf_counter()
@@ -216,7 +216,7 @@ def test_huge_claimed_payload_size_is_refused_quickly(streams, codec):
 def test_mixed_sei_unit_keeps_the_other_messages(streams):
     """An SEI NAL unit holding someone else's message and ours: strip rewrites it with theirs only."""
     stream = streams["x265"]
-    first_slice = next(s for s in iter_nal_spans(stream) if HEVC.nal_type(stream[s.body:]) in HEVC.vcl_types).start
+    first_slice = first_access_unit_prefix(stream, HEVC)[1].start
     theirs = user_data_unregistered(X264_UUID, b"\x00\x00\x00theirs")
     unit = START_CODE + sei_nal_unit("x265", [theirs, user_data_unregistered(UUID, b"ours")])
     mixed = stream[:first_slice] + unit + stream[first_slice:]
