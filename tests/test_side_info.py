@@ -1,27 +1,28 @@
-"""adaptjobs' side-info record in the SEI of x264/x265 streams: round trips (plain and chunked), exact
-strip, standard decoders unaffected, no record -> None, every kind of damage refused in one line."""
+"""adaptjobs' compact side-info record in the SEI of x264/x265 streams: golden bytes, the size of the
+whole SEI NAL unit, round trips (plain and chunked), exact strip, standard decoders unaffected, no
+record -> None, every kind of damage refused in one line, bounded work."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import struct
+import time
 import zlib
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from schemas.side_info import FilterRef, StandardSideInfo, UpdateRef
+from schemas.side_info import MAX_UPDATE_BYTES, StandardSideInfo, UpdateMethod, UpdateRef, filter_id
 from workers.errors import BitstreamError
 from workers.standard.encoder import decode_stream, encode_planes, x264_settings
 from workers.standard.sei import extract_user_data, insert_user_data
 from workers.standard.side_info import (
     CHUNK_BYTES,
-    MAGIC,
+    MAX_CHUNKS,
     SIDE_INFO_UUID,
     attach_side_info,
-    header_json,
+    check_side_info_against_stream,
+    join_chunks,
     pack_record,
     read_side_info,
     split_chunks,
@@ -31,6 +32,7 @@ from workers.standard.side_info import (
 
 CODECS = ("x264", "x265")
 SHA = "0123456789abcdef" * 4
+FILTER = filter_id(SHA)
 PROPERTY = settings(max_examples=40, deadline=None)
 
 
@@ -40,16 +42,16 @@ def streams(carphone) -> dict[str, bytes]:
             for codec in CODECS}
 
 
-def side_info(codec: str, blob: bytes = b"", **changes) -> StandardSideInfo:
-    update = UpdateRef(method="bias-scale", bytes=len(blob), sha256=hashlib.sha256(blob).hexdigest()) if blob else None
-    fields = dict(codec=codec, crf=37.0, width=176, height=144, frame_count=4, intra_period=0, threads=2,
-                  filter=FilterRef(name=f"postfilter-{codec}", weights_sha256=SHA), filter_enabled=True, update=update)
+def side_info(blob: bytes = b"", method: UpdateMethod = UpdateMethod.SCALE_BIAS, **changes) -> StandardSideInfo:
+    update = UpdateRef(method=method, bytes=len(blob)) if blob else None
+    fields = dict(crf=37.0, threads=2, filter_id=FILTER, filter_enabled=True, update=update)
     return StandardSideInfo(**{**fields, **changes})
 
 
-def record_from_header(head: bytes, blob: bytes = b"", version: int = 1, magic: bytes = MAGIC) -> bytes:
-    """A record with any header bytes and a valid CRC, to reach the checks behind the CRC."""
-    body = struct.pack("<4sBH", magic, version, len(head)) + head + blob
+def record(flags: int = 1, crf: int = 3700, threads: int = 2, tail: bytes = b"", version: int = 2,
+           magic: bytes = b"AJ") -> bytes:
+    """A record with any field values and a valid CRC, to reach the checks behind the CRC."""
+    body = struct.pack("<2sBBHH8s", magic, version, flags, crf, threads, FILTER) + tail
     return body + struct.pack("<I", zlib.crc32(body))
 
 
@@ -65,6 +67,52 @@ def refused(stream: bytes, codec: str, cause: str) -> str:
     return message
 
 
+# --- the layout -----------------------------------------------------------------------------------------
+
+def test_record_golden_bytes():
+    """The byte table of workers/standard/side_info.py, field by field."""
+    info = side_info(crf=37.5, threads=3)
+    assert pack_record(info).hex(" ") == ("41 4a 02 01 a6 0e 03 00 01 23 45 67 89 ab cd ef "
+                                          + struct.pack("<I", zlib.crc32(bytes.fromhex("414a0201a60e0300")
+                                                                         + FILTER)).hex(" "))
+    assert len(pack_record(info)) == 20
+    blob = b"\x00\x00\x01up"
+    with_update = pack_record(side_info(blob, UpdateMethod.LORA), blob)
+    assert with_update[:17].hex(" ") == "41 4a 02 03 74 0e 02 00 01 23 45 67 89 ab cd ef 02"
+    assert with_update[17:21 + len(blob)] == b"\x05\x00\x00\x00" + blob
+    assert with_update[-4:] == struct.pack("<I", zlib.crc32(with_update[:-4])) and len(with_update) == 25 + len(blob)
+    assert split_chunks(pack_record(info)) == [b"\x00\x01" + pack_record(info)]
+
+
+def test_update_method_ids_are_fixed():
+    """The registry is by hand: these numbers are on the wire and must never change."""
+    assert {m.name: m.value for m in UpdateMethod} == {"SCALE_BIAS": 1, "LORA": 2, "LAST_LAYER": 3}
+
+
+@pytest.mark.parametrize("codec,nal_bytes", [("x264", 46), ("x265", 47)])
+def test_whole_sei_nal_unit_is_small(streams, codec, nal_bytes):
+    """Start code 4 + NAL header 1|2 + payloadType 1 + payloadSize 1 + UUID 16 + chunk 2 + record 20 +
+    trailing bits 1: what a record without update adds to a stream."""
+    out = attach_side_info(streams[codec], codec, side_info())
+    assert len(out) - len(streams[codec]) == nal_bytes
+
+
+def test_filter_id_is_the_sha256_prefix_and_crf_is_in_hundredths():
+    assert FILTER == bytes.fromhex("0123456789abcdef")
+    odd = side_info(filter_id=bytes.fromhex("ff00112233445566"))  # not UTF-8: JSON carries it as hex
+    assert '"filter_id":"ff00112233445566"' in odd.model_dump_json()
+    assert StandardSideInfo.model_validate_json(odd.model_dump_json()) == odd
+    with pytest.raises(ValueError, match="32 bytes"):
+        filter_id("ab" * 8)
+    assert side_info(crf=22.57).crf_steps == 2257 and side_info(crf=0.07).crf == 0.07
+    with pytest.raises(ValueError, match="not a multiple of 1/100"):
+        side_info(crf=37.123)
+    with pytest.raises(ValueError, match="an update needs filter_enabled"):
+        side_info(b"x", filter_enabled=False)
+
+
+# --- round trips ----------------------------------------------------------------------------------------
+
 @pytest.mark.parametrize("codec", CODECS)
 @pytest.mark.parametrize("blob_size", [0, 1, 2 * CHUNK_BYTES + 123])
 def test_round_trip_strip_and_standard_decode(streams, codec, blob_size):
@@ -72,7 +120,7 @@ def test_round_trip_strip_and_standard_decode(streams, codec, blob_size):
     the carrying stream to the same frames; a 32 KiB+ update is split over 3 messages."""
     stream = streams[codec]
     blob = bytes((i * 7) % 4 for i in range(blob_size))  # full of 00 00 0x emulations
-    info = side_info(codec, blob)
+    info = side_info(blob)
     out = attach_side_info(stream, codec, info, blob)
     assert read_side_info(out, codec, "clip") == (info, blob)
     assert strip_side_info(out, codec) == stream
@@ -90,45 +138,40 @@ def test_stream_without_record_reads_none(streams, codec):
     assert read_side_info(other, codec, "plain") is None
 
 
-def test_header_golden_bytes():
-    """Canonical header: sorted keys, no spaces, floats as floats."""
-    info = side_info("x264", filter_enabled=False)
-    assert header_json(info) == (
-        b'{"codec":"x264","crf":37.0,"filter":{"name":"postfilter-x264","weights_sha256":"' + SHA.encode()
-        + b'"},"filter_enabled":false,"frame_count":4,"height":144,"intra_period":0,"threads":2,"update":null,'
-        b'"width":176}')
-    record = pack_record(info)
-    assert record[:7] == MAGIC + b"\x01" + struct.pack("<H", len(header_json(info)))
-    assert record[-4:] == struct.pack("<I", zlib.crc32(record[:-4]))
-
-
 infos = st.builds(
-    StandardSideInfo, codec=st.sampled_from(CODECS), crf=st.floats(0, 51), width=st.integers(1, 8192).map(lambda n: 2 * n),
-    height=st.integers(1, 8192).map(lambda n: 2 * n), frame_count=st.integers(1, 1_000_000),
-    intra_period=st.integers(0, 1_000_000), threads=st.integers(1, 4096),
-    filter=st.builds(FilterRef, name=st.from_regex(r"[a-z][a-z0-9._-]{0,20}", fullmatch=True),
-                     weights_sha256=st.from_regex(r"[0-9a-f]{64}", fullmatch=True)),
-    filter_enabled=st.booleans())
+    StandardSideInfo, crf=st.integers(0, 5100).map(lambda n: n / 100), threads=st.integers(1, 4096),
+    filter_id=st.binary(min_size=8, max_size=8), filter_enabled=st.booleans())
 
 
 @PROPERTY
-@given(info=infos, blob=st.binary(max_size=3 * CHUNK_BYTES // 2))
-def test_record_round_trip_and_any_flipped_byte_is_refused(info, blob):
+@given(info=infos, blob=st.binary(max_size=3 * CHUNK_BYTES // 2), method=st.sampled_from(UpdateMethod),
+       flip=st.integers(0, 1 << 30), bit=st.integers(0, 7))
+def test_record_round_trip_and_any_flipped_bit_is_refused(info, blob, method, flip, bit):
     if blob:
-        info = info.model_copy(update={"update": UpdateRef(method="m", bytes=len(blob),
-                                                           sha256=hashlib.sha256(blob).hexdigest())})
-    record = pack_record(info, blob)
-    assert unpack_record(record) == (info, blob)
-    position = len(blob) * 31 % len(record)
-    damaged = record[:position] + bytes([record[position] ^ 0x41]) + record[position + 1:]
+        info = StandardSideInfo(**{**info.model_dump(), "filter_enabled": True,
+                                   "update": UpdateRef(method=method, bytes=len(blob))})
+    packed = pack_record(info, blob)
+    assert unpack_record(packed) == (info, blob)
+    assert join_chunks(split_chunks(packed)) == packed
+    position = flip % len(packed)
+    damaged = packed[:position] + bytes([packed[position] ^ (1 << bit)]) + packed[position + 1:]
     with pytest.raises(BitstreamError):
         unpack_record(damaged, "x")
 
 
+def test_pack_refuses_a_blob_that_does_not_match():
+    with pytest.raises(ValueError, match="says 0 bytes, 3 given"):
+        pack_record(side_info(), b"abc")
+    with pytest.raises(ValueError, match="says 3 bytes, 2 given"):
+        pack_record(side_info(b"abc"), b"ab")
+
+
+# --- refusals -------------------------------------------------------------------------------------------
+
 @pytest.mark.parametrize("codec", CODECS)
 def test_damaged_chunks_are_refused(streams, codec):
     stream, blob = streams[codec], bytes(2 * CHUNK_BYTES)
-    chunks = split_chunks(pack_record(side_info(codec, blob), blob))
+    chunks = split_chunks(pack_record(side_info(blob), blob))
     assert len(chunks) == 3
     refused(carrying(stream, codec, chunks[:2]), codec, "chunks do not match: chunk 0 of 2 says 0 of 3")
     refused(carrying(stream, codec, [chunks[1], chunks[0], chunks[2]]), codec, "chunk 0 of 3 says 1 of 3")
@@ -140,61 +183,73 @@ def test_damaged_chunks_are_refused(streams, codec):
 
 @pytest.mark.parametrize("codec", CODECS)
 def test_corrupted_or_truncated_record_is_refused(streams, codec):
-    stream = streams[codec]
-    record = pack_record(side_info(codec))
-    flipped = record[:20] + bytes([record[20] ^ 1]) + record[21:]
+    stream, packed = streams[codec], pack_record(side_info())
+    flipped = packed[:9] + bytes([packed[9] ^ 1]) + packed[10:]
     refused(carrying(stream, codec, split_chunks(flipped)), codec, "CRC32 mismatch")
-    refused(carrying(stream, codec, split_chunks(record[:-1])), codec, "truncated or corrupted|CRC32")
-    refused(carrying(stream, codec, split_chunks(record[:9])), codec, "truncated")
-    refused(carrying(stream, codec, split_chunks(record_from_header(b"{}", magic=b"XXXX"))), codec, "expected b'AJSI'")
-    refused(carrying(stream, codec, split_chunks(record_from_header(header_json(side_info(codec)), version=2))),
-            codec, "version 2 is not supported")
-    other = "x265" if codec == "x264" else "x264"
-    refused(carrying(stream, codec, split_chunks(pack_record(side_info(other)))), codec, f"is for {other}")
+    refused(carrying(stream, codec, split_chunks(packed[:-1])), codec, "truncated")
+    refused(carrying(stream, codec, split_chunks(packed + b"\x00")), codec, "CRC32 mismatch")
 
 
-def _header(codec: str, **changes) -> dict:
-    return {**json.loads(header_json(side_info(codec))), **changes}
-
-
-def _canonical(fields: dict) -> bytes:
-    return json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()
-
-
-@pytest.mark.parametrize("make_head,cause", [
-    (lambda c: _canonical(_header(c))[:-1] + b',"crf":1.0}', "duplicate key"),
-    (lambda c: _canonical(_header(c)).replace(b'"crf":37.0', b'"crf":NaN'), "NaN is not a JSON number"),
-    (lambda c: _canonical(_header(c)).replace(b'"crf":37.0', b'"crf":Infinity'), "Infinity is not a JSON number"),
-    (lambda c: _canonical(_header(c, extra=1)), "extra: Extra inputs are not permitted"),
-    (lambda c: _canonical(_header(c, crf=51.5)), "crf: Input should be less than or equal to 51"),
-    (lambda c: _canonical(_header(c, width=0)), "width: Input should be greater than or equal to 2"),
-    (lambda c: _canonical(_header(c, height=145)), "must be even"),
-    (lambda c: _canonical(_header(c, threads=0)), "threads"),
-    (lambda c: _canonical(_header(c, frame_count=10**9)), "frame_count"),
-    (lambda c: _canonical(_header(c, filter_enabled="true")), "filter_enabled"),
-    (lambda c: _canonical(_header(c, filter=None)), "need a filter"),
-    (lambda c: _canonical(_header(c, update={"method": "m", "bytes": 5, "sha256": SHA})), "says 5 bytes, 0 are present"),
-    (lambda c: _canonical(_header(c)).replace(b",", b", "), "canonical form"),
-    (lambda c: b"\xff" + _canonical(_header(c)), "invalid"),
-    (lambda c: b"[1, 2", "invalid"),
+@pytest.mark.parametrize("make_record,cause", [
+    (lambda: record(magic=b"AX"), "starts with b'AX', expected b'AJ'"),
+    (lambda: record(version=1), "format version 1; this adaptjobs reads 2"),
+    (lambda: b"AJSI\x01" + record()[5:], "format version 83"),  # format 1's magic and version
+    (lambda: record(flags=0x05), "unknown flags 0x05"),
+    (lambda: record(flags=0x80), "unknown flags 0x80"),
+    (lambda: record(crf=5101), "crf: Input should be less than or equal to 51"),
+    (lambda: record(threads=0), "threads: Input should be greater than or equal to 1"),
+    (lambda: record(threads=4097), "threads: Input should be less than or equal to 4096"),
+    (lambda: record(flags=0, tail=b"x"), "1 bytes after its fields and no update"),
+    (lambda: record(flags=2, tail=struct.pack("<BI", 1, 1) + b"u"), "an update needs filter_enabled"),
+    (lambda: record(flags=3, tail=struct.pack("<BI", 0, 1) + b"u"), "unknown update method 0 \\(known: 1 scale_bias"),
+    (lambda: record(flags=3, tail=struct.pack("<BI", 4, 1) + b"u"), "unknown update method 4"),
+    (lambda: record(flags=3, tail=struct.pack("<BI", 1, 0)), "update.bytes: Input should be greater than or equal to 1"),
+    (lambda: record(flags=3, tail=struct.pack("<BI", 1, 2) + b"u"), "says the update has 2 bytes, 1 are present"),
+    (lambda: record(flags=3, tail=struct.pack("<BI", 1, 1) + b"uv"), "says the update has 1 bytes, 2 are present"),
+    (lambda: record(flags=3, tail=b"\x01\x01"), "truncated \\(22 bytes, at least 25 with an update\\)"),
+    (lambda: record()[:19], "truncated \\(19 bytes, at least 20 needed\\)"),
 ])
 @pytest.mark.parametrize("codec", CODECS)
-def test_bad_header_behind_a_valid_crc_is_refused(streams, codec, make_head, cause):
-    refused(carrying(streams[codec], codec, split_chunks(record_from_header(make_head(codec)))), codec, cause)
+def test_bad_fields_behind_a_valid_crc_are_refused(streams, codec, make_record, cause):
+    refused(carrying(streams[codec], codec, split_chunks(make_record())), codec, cause)
 
 
-def test_update_must_match_the_blob(streams):
-    blob = b"\x00\x00\x01update"
-    head = _canonical(_header("x264", update={"method": "m", "bytes": len(blob), "sha256": SHA}))
-    refused(carrying(streams["x264"], "x264", split_chunks(record_from_header(head, blob))), "x264", "sha256 mismatch")
-    head = _canonical(_header("x264"))
-    refused(carrying(streams["x264"], "x264", split_chunks(record_from_header(head, blob))), "x264",
-            "no update but 9 update bytes")
+def test_oversized_update_is_refused_by_the_model():
+    with pytest.raises(ValueError, match="less than or equal to 1048576"):
+        UpdateRef(method=UpdateMethod.LORA, bytes=MAX_UPDATE_BYTES + 1)
 
 
-def test_attach_refuses_a_second_record_and_a_codec_mismatch(streams):
-    once = attach_side_info(streams["x264"], "x264", side_info("x264"))
+def test_claims_are_refused_without_work(streams):
+    """A record claiming a 4 GiB update in 30 bytes, a chunk count of 255 with one chunk present, and more
+    chunks than the limit: refused at once, nothing sized by a claim."""
+    stream = streams["x264"]
+    began = time.perf_counter()
+    refused(carrying(stream, "x264", split_chunks(record(flags=3, tail=struct.pack("<BI", 1, 0xFFFFFFFF) + b"u"))),
+            "x264", "says the update has 4294967295 bytes, 1 are present")
+    refused(carrying(stream, "x264", [b"\x00\xff" + record()]), "x264", "chunk 0 of 1 says 0 of 255")
+    refused(carrying(stream, "x264", [bytes([i % 256, 0]) for i in range(MAX_CHUNKS + 1)]), "x264",
+            f"split over {MAX_CHUNKS + 1} chunks, at most {MAX_CHUNKS}")
+    assert time.perf_counter() - began < 1.0
+
+
+def test_attach_refuses_a_second_record(streams):
+    once = attach_side_info(streams["x264"], "x264", side_info())
     with pytest.raises(BitstreamError, match="already carries"):
-        attach_side_info(once, "x264", side_info("x264"))
-    with pytest.raises(ValueError, match="cannot go into a x265 stream"):
-        attach_side_info(streams["x265"], "x265", side_info("x264"))
+        attach_side_info(once, "x264", side_info())
+
+
+# --- the encoder's consistency check ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("codec", CODECS)
+def test_check_against_stream(streams, carphone, codec):
+    stream, info = streams[codec], side_info()
+    check_side_info_against_stream(stream, codec, info, carphone.width, carphone.height, 4)
+    with pytest.raises(ValueError, match="holds 4 frames, the encoder made 5"):
+        check_side_info_against_stream(stream, codec, info, carphone.width, carphone.height, 5)
+    with pytest.raises(ValueError, match="holds more than the 3 frames it declares \\(the encoder made 3\\)"):
+        check_side_info_against_stream(stream, codec, info, carphone.width, carphone.height, 3)
+    with pytest.raises(ValueError, match="is 176x144, the encoder made 352x288"):
+        check_side_info_against_stream(stream, codec, info, 352, 288, 4)
+    if codec == "x264":
+        with pytest.raises(ValueError, match="crf 37.0, the side info says 32.0"):
+            check_side_info_against_stream(stream, codec, side_info(crf=32), carphone.width, carphone.height, 4)
