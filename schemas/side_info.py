@@ -1,0 +1,105 @@
+"""What a standard-codec stream tells adaptjobs' decoder beyond what the stream itself says (see
+workers/standard/side_info.py for the bytes).
+
+Only what the decoder cannot regenerate is here. The codec, the frame size, the frame count and the
+intra period are in the elementary stream (parameter sets, slices): the decoder takes them from the
+stream, and the encoder checks they agree with what it meant (side_info.check_side_info_against_stream).
+
+Every field has hard limits, so a hostile record cannot make the decoder allocate or loop without
+bound: the decoder trusts nothing it did not validate here.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+# A coded filter update is a part of the post-filter's weights: the whole default filter
+# (workers/postfilter/network.py, 8 layers x 32 channels) has 59,558 parameters, 238,232 bytes in fp32
+# (`python -c "from workers.postfilter.network import PostFilter; print(sum(p.numel() for p in
+# PostFilter().parameters()))"`). 1 MiB is four times that, and bounds what a reader accepts.
+MAX_UPDATE_BYTES = 1 << 20
+MAX_THREADS = 4096  # the same bound as schemas.bitstream.BitstreamHeader.threads
+FILTER_ID_BYTES = 8
+CRF_STEPS = 100  # crf travels in hundredths (u16)
+
+
+class UpdateMethod(IntEnum):
+    """How a coded filter update was made; the value is its id on the wire.
+
+    A hand-kept registry, never derived from dict or enum order: a new method gets the next free
+    number, and a number is never reused or renumbered (that would make old streams decode with the
+    wrong update decoder). 0 is not a method (a zeroed byte is refused, not read as a method)."""
+
+    SCALE_BIAS = 1  # per-channel multipliers and biases of the shipped filter
+    LORA = 2  # low-rank updates of the conv weights
+    LAST_LAYER = 3  # the tail conv's weights and biases replaced
+
+
+def filter_id(weights_sha256: str) -> bytes:
+    """The wire identity of a shipped post-filter: the first FILTER_ID_BYTES bytes of the sha256 of its
+    weights file. 8 bytes bind a stream to one filter among the few adaptjobs ships: two different
+    weight files share a 64-bit prefix with probability about n^2 / 2^65 (n = filters ever shipped; for
+    n = 1000 that is 3e-14). A forger who wants a collision gains nothing: the decoder only ever runs
+    filters it ships (trusted weights), looked up by this id, so a forged id picks another trusted
+    filter, which the forger could get by writing its id anyway."""
+    digest = bytes.fromhex(weights_sha256)
+    if len(digest) != 32:
+        raise ValueError(f"a sha256 has 32 bytes, got {len(digest)}")
+    return digest[:FILTER_ID_BYTES]
+
+
+class UpdateRef(BaseModel):
+    """The coded filter update that follows in the record: how it was made and its exact length
+    (checked against the bytes present; its integrity is covered by the record's CRC32)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    method: UpdateMethod
+    bytes: int = Field(ge=1, le=MAX_UPDATE_BYTES)
+
+
+class StandardSideInfo(BaseModel):
+    """Side information of a standard-codec (x264/x265) stream with a learned post-filter.
+
+    ``crf``: the encoder's CRF (the filter is conditioned on it), a multiple of 0.01.
+    ``threads``: torch intra-op threads of the encoder's filter run. The decoder runs the filter under
+    ``workers.video_codec.torch_threads(threads)``: the count fixes how CPU kernels split their sums,
+    not how many cores run them, and the last bit of a filtered pixel depends on the split, so a stream
+    filtered with 2 threads is filtered exactly on a 1-core decoder too (the same rule as
+    BitstreamHeader.threads).
+    ``filter_id``: :func:`filter_id` of the shipped filter's weights.
+    ``filter_enabled`` False: the encoder measured that the filter does not help this video at this CRF,
+    so the decoder outputs the plain decoded frames (the filter is still named, for the record).
+    ``update``: an update of that filter, sent with the record (needs ``filter_enabled``).
+    """
+
+    # bytes as hex in JSON (`adaptjobs info`, logs): a filter id is rarely valid UTF-8
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, ser_json_bytes="hex",
+                              val_json_bytes="hex")
+
+    crf: float = Field(ge=0, le=51)
+    threads: int = Field(ge=1, le=MAX_THREADS)
+    filter_id: bytes = Field(min_length=FILTER_ID_BYTES, max_length=FILTER_ID_BYTES)
+    filter_enabled: bool = False
+    update: UpdateRef | None = None
+
+    @field_validator("crf")
+    @classmethod
+    def _hundredths(cls, crf: float) -> float:
+        steps = round(crf * CRF_STEPS)
+        if abs(crf * CRF_STEPS - steps) > 1e-6:
+            raise ValueError(f"crf {crf} is not a multiple of 1/{CRF_STEPS}")
+        return steps / CRF_STEPS  # the value the wire gives back, so records round-trip exactly
+
+    @model_validator(mode="after")
+    def _update_needs_the_filter(self) -> "StandardSideInfo":
+        if self.update is not None and not self.filter_enabled:
+            raise ValueError("an update needs filter_enabled")
+        return self
+
+    @property
+    def crf_steps(self) -> int:
+        """crf in hundredths, as it travels."""
+        return round(self.crf * CRF_STEPS)
