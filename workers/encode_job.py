@@ -21,7 +21,8 @@ from workers.codec.ssf import EntropyTables, ScaleSpaceFlow
 from workers.colour import rgb_to_yuv420
 from workers.errors import BitstreamError, InputError
 from workers.metrics import ms_ssim_rgb, psnr_rgb, psnr_yuv
-from workers.model_store import resolve_model
+from workers.limits import MAX_BITSTREAM_BYTES, MAX_PAYLOAD_BYTES, read_regular_file
+from workers.model_store import resolve_for_stream, resolve_model
 from workers.video_codec import decode_sequence, encode_sequence
 from workers.video_io import SourceFrames, Video, read_video, write_reconstruction
 
@@ -101,26 +102,20 @@ def unit_bitstream(path: Path) -> Path:
 
 def decode_file(bits_path: str | Path, output: str | Path, model: str | None = None,
                 payload_path: str | Path | None = None) -> BitstreamHeader:
-    """Decode ``bits_path`` to ``output`` (.y4m, or a PNG folder). The model defaults to the one the
-    header names when it ships with the package. A stream made with a decoder update needs its payload:
+    """Decode ``bits_path`` to ``output`` (.y4m, or a PNG folder). The model defaults to the installed one
+    whose weights hash the header names (model_store.resolve_for_stream). A stream made with a decoder update needs its payload:
     ``payload_path``, by default <bits stem>.payload beside the bitstream."""
     from workers.adapt.job import check_payload_binding, decoder_model
 
     bits_path = unit_bitstream(Path(bits_path))
-    try:
-        data = bits_path.read_bytes()
-    except OSError as exc:
-        raise InputError(bits_path, f"cannot read the bitstream ({exc.strerror})") from None
+    data = read_regular_file(bits_path, "bitstream", MAX_BITSTREAM_BYTES)  # issue 11: no FIFO/device, bounded
     header, _ = unpack_header(data, bits_path)
     if payload_path is None and header.payload_sha256 is not None and bits_path.with_suffix(".payload").exists():
         payload_path = bits_path.with_suffix(".payload")
     payload = None
     if payload_path is not None:
-        try:
-            payload = Path(payload_path).read_bytes()
-        except OSError as exc:
-            raise InputError(payload_path, f"cannot read the payload ({exc.strerror})") from None
-    loaded = resolve_model(model if model is not None else header.model_id, header.quality)
+        payload = read_regular_file(payload_path, "payload", MAX_PAYLOAD_BYTES)
+    loaded = resolve_for_stream(model, header, bits_path)  # issue 11: the header never names a path
 
     def model_for(h: BitstreamHeader) -> tuple[ScaleSpaceFlow, EntropyTables]:
         checked_model(loaded, h, bits_path)
