@@ -5,12 +5,12 @@ constants, against a hard limit AND against the bytes actually present, so that 
 bytes cannot ask for gigabytes or hours (issue 11). The numbers, and why:
 
 - ``MAX_SIDE`` / ``MAX_FRAME_PIXELS``: 8K UHD (7680x4320) is the largest video we claim to handle;
-  decoding costs about 190 bytes of memory per pixel (measured in issue 11: a 4096x4096 frame, 3 GB).
+  decoding costs about 180 bytes of memory per pixel (measured in issue 11: a 4096x4096 frame, 3 GB).
 - ``MAX_PIXELS_PER_FRAME_BYTE``: a coded frame of W*H pixels must carry at least W*H/16384 bytes of
   streams. The most compressible content we could make, a flat grey 1024x1024 clip with the shipped
   ssf-compact q1, needs 25,904 stream bytes for the I-frame (40 px/byte) and >= 1,504 per P-frame
-  (697 px/byte; /tmp/minstream2.py in the harden branch's report); real video sits near 80 px/byte
-  (0.1 bpp). So the limit leaves a 23x margin over flat synthetic content and caps decode work at
+  (697 px/byte; `python benchmarks/bench_min_stream.py`); a stream at 0.1 bpp has 80 px/byte.
+  So the limit leaves a 23x margin over flat synthetic content and caps decode work at
   16,384 pixels per byte present.
 - ``I_FRAME_FRAMING_BYTES`` / ``P_FRAME_FRAMING_BYTES``: a frame record has a type, a count, one u32
   length per stream and a CRC, so ``frame_count`` is bounded by the bytes present before any frame is read.
