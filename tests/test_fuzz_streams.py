@@ -85,7 +85,7 @@ BITSTREAM_KEYS = ["fps_den", "fps_num", "frame_count", "height", "intra_period",
                   "threads", "weights_sha256", "width"]
 
 
-@quick(120)
+@quick(100)
 @given(mutation=header_mutations(BITSTREAM_KEYS))
 def test_fuzzed_bitstream_headers_decode_or_are_refused_in_one_line(stream, tiny_model, mutation):
     head, frames = split_bitstream(stream)
@@ -134,7 +134,7 @@ def apply_record_changes(frames: list[FrameRecord], changes) -> list[FrameRecord
     return frames
 
 
-@quick(120)
+@quick(80)
 @given(changes=st.lists(st.tuples(st.integers(0, 5), record_change), min_size=1, max_size=4))
 def test_fuzzed_frame_records_decode_or_are_refused_in_one_line(stream, tiny_model, changes):
     head, frames = split_bitstream(stream)
