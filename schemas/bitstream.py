@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
+import re
 from fractions import Fraction
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+# Hard limits on what a header may ask a decoder to spend (workers/limits.py says why these values; the
+# bytes-present checks live in workers/bitstream.py). They are part of the format: a stream beyond them
+# is refused, not decoded.
+MAX_SIDE = 8192
+MAX_FRAME_PIXELS = 7680 * 4320  # 8K UHD
+MAX_FRAMES = 1_000_000
+MAX_FPS_TERM = 2**31 - 1  # containers store fps as int32 rationals
+MAX_THREADS = 4096
+_CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 class BitstreamHeader(BaseModel):
@@ -16,29 +27,42 @@ class BitstreamHeader(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    model_id: str = Field(min_length=1, max_length=128)
+    model_id: str = Field(min_length=1, max_length=128,
+                          description="the model's name; matched against shipped names, never used as a path")
     weights_sha256: str = Field(pattern="^[0-9a-f]{64}$")
     quality: int = Field(ge=1, le=64)
-    width: int = Field(ge=16, le=16384)
-    height: int = Field(ge=16, le=16384)
-    frame_count: int = Field(ge=1, le=1_000_000)
-    fps_num: int = Field(ge=1)
-    fps_den: int = Field(ge=1)
-    intra_period: int = Field(ge=0, description="frames per I-frame; 0 = only the first frame is intra")
-    method: str = Field("none", min_length=1, max_length=64,
+    width: int = Field(ge=16, le=MAX_SIDE)
+    height: int = Field(ge=16, le=MAX_SIDE)
+    frame_count: int = Field(ge=1, le=MAX_FRAMES)
+    fps_num: int = Field(ge=1, le=MAX_FPS_TERM)
+    fps_den: int = Field(ge=1, le=MAX_FPS_TERM)
+    intra_period: int = Field(ge=0, le=MAX_FRAMES, description="frames per I-frame; 0 = only the first frame is intra")
+    method: str = Field("none", min_length=1, max_length=64, pattern=r"^[a-z0-9+._-]+$",
                         description="the adaptation the frames were coded with ('none' when no update was sent)")
     payload_sha256: str | None = Field(None, pattern="^[0-9a-f]{64}$",
                                        description="sha256 of the weight payload the decoder must apply; absent: none")
-    threads: int | None = Field(None, ge=1, le=4096,
+    threads: int | None = Field(None, ge=1, le=MAX_THREADS,
                                 description="torch intra-op threads the encoder reconstructed with; the decoder runs "
-                                            "with the same count, because CPU kernels split their sums by thread and "
-                                            "the last bit of a reconstructed pixel depends on the split (absent in "
-                                            "format 2: the decoder's own setting)")
+                                            "with the same count, capped to its available cores, because CPU kernels "
+                                            "split their sums by thread and the last bit of a reconstructed pixel "
+                                            "depends on the split (so a decoder with fewer cores than this may differ "
+                                            "in the last bit; workers/limits.capped_threads); absent in format 2: "
+                                            "the decoder's own setting")
+
+    @field_validator("model_id")
+    @classmethod
+    def _printable_model_id(cls, value: str) -> str:
+        # printed in messages and compared with names, never opened: a newline would split a message
+        if _CONTROL_CHARACTERS.search(value):
+            raise ValueError("must not contain control characters")
+        return value
 
     @model_validator(mode="after")
     def _even_sizes(self) -> "BitstreamHeader":
         if self.width % 2 or self.height % 2:
             raise ValueError("width and height must be even (4:2:0 video)")
+        if self.width * self.height > MAX_FRAME_PIXELS:
+            raise ValueError(f"{self.width}x{self.height} is more than {MAX_FRAME_PIXELS} pixels per frame")
         return self
 
     @property

@@ -17,6 +17,13 @@ Byte layout (all integers little-endian)::
 
 The file ends right after the last frame's CRC. Shapes are not stored: they follow from the header's
 width and height. Nothing here is pickled; a reader checks every length before it slices.
+
+A reader trusts nothing in a header (issue 11): the header is strict JSON (no duplicate keys, no
+NaN/Infinity) of at most MAX_HEADER_BYTES, its fields are within the schema's hard limits, and what it
+asks for must fit the bytes present: ``frame_count`` frame records need at least their framing bytes,
+and a frame of W*H pixels must carry at least W*H / MAX_PIXELS_PER_FRAME_BYTE bytes of streams, so
+decode time and memory grow with the file, not with what a header claims. Every stream length is a whole
+number of 32-bit words and a frame with no coded bytes at all is refused.
 """
 
 from __future__ import annotations
@@ -30,7 +37,10 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from schemas.bitstream import BitstreamHeader
-from workers.errors import BitstreamError
+from workers.errors import BitstreamError, validation_line
+from workers.limits import (I_FRAME_FRAMING_BYTES, MAX_HEADER_BYTES, MAX_PIXELS_PER_FRAME_BYTE,
+                            P_FRAME_FRAMING_BYTES)
+from workers.strict_json import StrictJsonError, loads_strict
 
 MAGIC = b"AJVB"
 FORMAT_VERSION = 3  # 3: the header records the encoder's thread count; 2: frames padded to x16, latents to x8
@@ -86,6 +96,8 @@ class _Reader:
 
 def unpack_header(data: bytes, source: str | Path | None = None) -> tuple[BitstreamHeader, int]:
     """Parse and check magic, version, header and header CRC. Returns (header, offset of frame 0)."""
+    if not data:
+        raise BitstreamError(source, "the bitstream is empty (0 bytes)")
     reader = _Reader(data, source)
     magic = reader.take(len(MAGIC), "the magic bytes") if len(data) >= len(MAGIC) else data
     if magic != MAGIC:
@@ -94,15 +106,46 @@ def unpack_header(data: bytes, source: str | Path | None = None) -> tuple[Bitstr
     if version not in READABLE_VERSIONS:
         readable = ", ".join(map(str, READABLE_VERSIONS))
         raise BitstreamError(source, f"bitstream format version {version} is not supported (this adaptjobs reads {readable})")
+    if length > MAX_HEADER_BYTES:
+        raise BitstreamError(source, f"the header claims {length} bytes, more than the limit of {MAX_HEADER_BYTES}")
     head = reader.take(length, "the header")
     (crc,) = reader.unpack("<I", "the header CRC")
     if crc != zlib.crc32(data[len(MAGIC): reader.pos - 4]):
         raise BitstreamError(source, "the header is corrupted (CRC32 mismatch)")
     try:
-        header = BitstreamHeader.model_validate(json.loads(head.decode("utf-8")))
-    except (UnicodeDecodeError, json.JSONDecodeError, ValidationError) as exc:
-        raise BitstreamError(source, f"invalid header ({str(exc).splitlines()[0]})") from None
+        header = BitstreamHeader.model_validate(loads_strict(head))
+    except StrictJsonError as exc:
+        raise BitstreamError(source, f"invalid header ({exc})") from None
+    except ValidationError as exc:
+        raise BitstreamError(source, f"invalid header ({validation_line(exc)})") from None
+    _check_fits(header, len(data) - reader.pos, source)
     return header, reader.pos
+
+
+def minimum_frame_bytes(header: BitstreamHeader) -> int:
+    """The fewest bytes ``header.frame_count`` frame records can take (framing only, empty streams)."""
+    intra = 1 if header.intra_period == 0 else 1 + (header.frame_count - 1) // header.intra_period
+    return intra * I_FRAME_FRAMING_BYTES + (header.frame_count - intra) * P_FRAME_FRAMING_BYTES
+
+
+def minimum_stream_bytes(header: BitstreamHeader) -> int:
+    """The fewest stream bytes one frame of the header's size must carry (see module docstring)."""
+    return -(-header.width * header.height // MAX_PIXELS_PER_FRAME_BYTE)
+
+
+def _check_fits(header: BitstreamHeader, available: int, source: str | Path | None) -> None:
+    needed = minimum_frame_bytes(header) + header.frame_count * minimum_stream_bytes(header)
+    if needed > available:
+        raise BitstreamError(source, f"the header declares {header.frame_count} frames of {header.width}x{header.height}, "
+                                     f"which need at least {needed} bytes; {available} are present")
+
+
+def _check_streams(lengths: tuple[int, ...], header: BitstreamHeader, index: int, source: str | Path | None) -> None:
+    if any(n % 4 for n in lengths):
+        raise BitstreamError(source, f"frame {index} is corrupted (stream lengths {list(lengths)} are not whole 32-bit words)")
+    if sum(lengths) < max(1, minimum_stream_bytes(header)):
+        raise BitstreamError(source, f"frame {index} carries {sum(lengths)} bytes of coded data; a {header.width}x"
+                                     f"{header.height} frame needs at least {max(1, minimum_stream_bytes(header))}")
 
 
 def unpack(data: bytes, source: str | Path | None = None) -> tuple[BitstreamHeader, list[FrameChunk]]:
@@ -118,6 +161,7 @@ def unpack(data: bytes, source: str | Path | None = None) -> tuple[BitstreamHead
         if expected is None or count != expected:
             raise BitstreamError(source, f"frame {index} is corrupted (type {frame_type} with {count} streams)")
         lengths = reader.unpack(f"<{count}I", f"frame {index} stream lengths")
+        _check_streams(lengths, header, index, source)
         streams = [reader.take(n, f"frame {index} stream {k}") for k, n in enumerate(lengths)]
         (crc,) = reader.unpack("<I", f"frame {index} CRC")
         if crc != zlib.crc32(data[start: reader.pos - 4]):

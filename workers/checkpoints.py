@@ -13,7 +13,8 @@ the derived CDF buffers are ignored (we rebuild coding tables from the weights).
 from __future__ import annotations
 
 import hashlib
-import json
+import io
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,9 +25,12 @@ from pydantic import ValidationError
 from schemas.codec import CheckpointMetadata, Provenance, SSFArchitecture
 from workers.atomic import atomic_write_bytes
 from workers.codec.ssf import ScaleSpaceFlow
-from workers.errors import ModelError
+from workers.errors import InputError, ModelError, exception_line, one_line, validation_line
+from workers.limits import MAX_CHECKPOINT_BYTES, check_regular_file, read_regular_file
+from workers.strict_json import StrictJsonError, loads_strict
 
 METADATA_KEY = "adaptjobs"
+MAX_SAFETENSORS_HEADER_BYTES = 16 << 20  # names, shapes and offsets of ~200 tensors + our metadata: ~40 KB
 # Buffers CompressAI stores that are derived from the parameters (or constants): never loaded.
 _DERIVED_SUFFIXES = ("_quantized_cdf", "_offset", "_cdf_length", "scale_table", "scale_bound", "target",
                      "likelihood_lower_bound.bound", "lower_bound_scale.bound")
@@ -96,29 +100,70 @@ def save_checkpoint(path: str | Path, model: ScaleSpaceFlow, metadata: Checkpoin
     atomic_write_bytes(path, checkpoint_bytes(model, metadata, storage_dtype))
 
 
+def _read_bytes(path: Path, what: str) -> bytes:
+    try:
+        return read_regular_file(path, what, MAX_CHECKPOINT_BYTES)
+    except InputError as exc:
+        raise ModelError(path, exc.cause) from None
+
+
+def _metadata_from_header(header_bytes: bytes, path: Path) -> CheckpointMetadata:
+    """Our metadata from a safetensors JSON header (strict JSON; the metadata value is strict JSON too)."""
+    try:
+        header = loads_strict(header_bytes)
+        raw_metadata = (header.get("__metadata__") or {}).get(METADATA_KEY) if isinstance(header, dict) else None
+    except (StrictJsonError, AttributeError) as exc:
+        raise ModelError(path, f"not a safetensors checkpoint (header: {exception_line(exc)})") from None
+    if raw_metadata is None:
+        raise ModelError(path, "a safetensors file without adaptjobs metadata (not an adaptjobs checkpoint)")
+    try:
+        return CheckpointMetadata.model_validate(loads_strict(raw_metadata))
+    except (StrictJsonError, TypeError) as exc:
+        raise ModelError(path, f"invalid checkpoint metadata ({exception_line(exc)})") from None
+    except ValidationError as exc:
+        raise ModelError(path, f"invalid checkpoint metadata ({validation_line(exc)})") from None
+
+
+def _header_length(prefix: bytes, size: int, path: Path) -> int:
+    if len(prefix) < 8:
+        raise ModelError(path, f"not a safetensors checkpoint ({len(prefix)} bytes, shorter than its header length)")
+    length = int.from_bytes(prefix[:8], "little")
+    if length > min(MAX_SAFETENSORS_HEADER_BYTES, size - 8):
+        raise ModelError(path, f"not a safetensors checkpoint (header length {length} does not fit)")
+    return length
+
+
+def read_checkpoint_metadata(path: str | Path) -> CheckpointMetadata:
+    """The metadata of one of our checkpoints, reading only its header (no weights loaded or hashed):
+    cheap enough to scan a model folder for the weights hash a bitstream names. A match must still be
+    loaded with :func:`load_checkpoint`, which checks the weights against the hash."""
+    path = Path(path)
+    try:
+        check_regular_file(path, "checkpoint")
+        with open(path, "rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            length = _header_length(handle.read(8), size, path)
+            header_bytes = handle.read(length)
+    except InputError as exc:
+        raise ModelError(path, exc.cause) from None
+    except OSError as exc:
+        raise ModelError(path, f"cannot read the checkpoint ({exc.strerror})") from None
+    return _metadata_from_header(header_bytes, path)
+
+
 def load_checkpoint(path: str | Path) -> LoadedModel:
     """Load one of our safetensors checkpoints, checking its metadata and weight hash."""
     from safetensors import SafetensorError
     from safetensors.torch import load
 
     path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise ModelError(path, f"cannot read the checkpoint ({exc.strerror})") from None
+    data = _read_bytes(path, "checkpoint")
+    header_len = _header_length(data[:8], len(data), path)
+    metadata = _metadata_from_header(data[8: 8 + header_len], path)
     try:
         weights = {name: tensor.float() for name, tensor in load(data).items()}
-        header_len = int.from_bytes(data[:8], "little")
-        header = json.loads(data[8: 8 + header_len])
-        raw_metadata = (header.get("__metadata__") or {}).get(METADATA_KEY)
-    except (SafetensorError, ValueError, UnicodeDecodeError) as exc:
-        raise ModelError(path, f"not a safetensors checkpoint ({str(exc).splitlines()[0]})") from None
-    if raw_metadata is None:
-        raise ModelError(path, "a safetensors file without adaptjobs metadata (not an adaptjobs checkpoint)")
-    try:
-        metadata = CheckpointMetadata.model_validate_json(raw_metadata)
-    except ValidationError as exc:
-        raise ModelError(path, f"invalid checkpoint metadata ({str(exc).splitlines()[0]})") from None
+    except (SafetensorError, ValueError, RuntimeError) as exc:
+        raise ModelError(path, f"not a safetensors checkpoint ({exception_line(exc, 200)})") from None
     actual = weights_sha256(weights)
     if actual != metadata.weights_sha256:
         raise ModelError(path, f"weights hash {actual[:12]} does not match its metadata {metadata.weights_sha256[:12]} "
@@ -149,6 +194,17 @@ def _canonical_compressai_name(name: str) -> str:
     return name
 
 
+def _torch_load_reason(exc: Exception) -> str:
+    """One line for a torch.load failure. torch's weights_only refusal is a paragraph that advises re-running
+    with ``weights_only=False``, which would run the file's pickle code: keep only the unpickler's finding."""
+    message = str(exc)
+    if "Weights only load failed" not in message:
+        return exception_line(exc, 200)
+    finding = next((line.strip() for line in message.splitlines() if "Unpickler error" in line), "")
+    finding = finding.split("Unpickler error:", 1)[-1].strip().split(". ")[0] or "not a tensor-only file"
+    return f"refused: it needs more than tensors to load ({one_line(finding, 160)}); nothing in it was run"
+
+
 def import_compressai(path: str | Path, quality: int | None = None) -> LoadedModel:
     """Load a CompressAI ``ssf2020`` checkpoint (``.pth.tar``) into our model.
 
@@ -156,10 +212,13 @@ def import_compressai(path: str | Path, quality: int | None = None) -> LoadedMod
     the tensor shapes, so compact re-trainings in CompressAI's layout load too.
     """
     path = Path(path)
+    data = _read_bytes(path, "checkpoint")
+    if not data:
+        raise ModelError(path, "the checkpoint is empty (0 bytes)")
     try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
+        raw = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many kinds for non-checkpoints
-        raise ModelError(path, f"not a loadable CompressAI checkpoint ({str(exc).splitlines()[0][:200]})") from None
+        raise ModelError(path, f"not a loadable CompressAI checkpoint ({_torch_load_reason(exc)})") from None
     if isinstance(raw, dict) and "state_dict" in raw and isinstance(raw["state_dict"], dict):
         raw = raw["state_dict"]
     if not isinstance(raw, dict) or not all(isinstance(v, torch.Tensor) for v in raw.values()):

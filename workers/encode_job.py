@@ -14,6 +14,7 @@ from schemas.results import EncodeResult
 from workers.atomic import atomic_write_bytes
 from workers.decoder import ReconstructionMismatch, checked_model  # noqa: F401 (re-exported)
 from workers.errors import InputError
+from workers.limits import MAX_BITSTREAM_BYTES, MAX_PAYLOAD_BYTES, read_regular_file
 from workers.run_layout import DEFAULT_INTRA_PERIOD, PAYLOAD_SUFFIX
 from workers.video_io import Video, read_video
 
@@ -91,10 +92,7 @@ def decode_file(stream_path: str | Path, output: str | Path, model: str | None =
 
     stream_path = unit_stream(Path(stream_path))
     codec_cls = codec_for_path(stream_path)
-    try:
-        data = stream_path.read_bytes()
-    except OSError as exc:
-        raise InputError(stream_path, f"cannot read the bitstream ({exc.strerror})") from None
+    data = read_regular_file(stream_path, "bitstream", MAX_BITSTREAM_BYTES)  # no FIFO/device, bounded size
     codec = codec_cls.for_stream(data, stream_path, model)
     info = codec.stream_info(data, stream_path)
     beside = stream_path.with_suffix(PAYLOAD_SUFFIX)
@@ -102,10 +100,7 @@ def decode_file(stream_path: str | Path, output: str | Path, model: str | None =
         payload_path = beside
     payload = None
     if payload_path is not None:
-        try:
-            payload = Path(payload_path).read_bytes()
-        except OSError as exc:
-            raise InputError(payload_path, f"cannot read the payload ({exc.strerror})") from None
+        payload = read_regular_file(payload_path, "payload", MAX_PAYLOAD_BYTES)
     frames = codec.decode(data, stream_path, payload, payload_path)
     # SSF headers carry the frame rate; Annex B streams are written at 25 fps (their timing is not read back)
     fps = Fraction(info["fps_num"], info["fps_den"]) if "fps_num" in info else Fraction(25)

@@ -5,14 +5,23 @@
   (default: quality 3, or the middle one of what the family has).
 - ``path/to/ssf2020-mse-3-*.pth.tar``: a CompressAI checkpoint, imported in memory.
 - ``NAME``: a model family shipped inside the package (``workers/models/NAME/``).
+
+A bitstream's header names its model (``model_id``, ``weights_sha256``), but a header is untrusted: it
+never names a path that gets opened. :func:`resolve_for_stream` looks only where the user pointed
+(``--model``) or where the installation keeps models (the shipped families, and the folders listed in
+``ADAPTJOBS_MODEL_DIR``), and picks the checkpoint whose weights hash is the header's.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-from workers.checkpoints import LoadedModel, import_compressai, load_checkpoint
-from workers.errors import ModelError
+from schemas.bitstream import BitstreamHeader
+from workers.checkpoints import LoadedModel, import_compressai, load_checkpoint, read_checkpoint_metadata
+from workers.errors import ModelError, escape_controls
+
+MODEL_DIR_ENV = "ADAPTJOBS_MODEL_DIR"  # os.pathsep-separated folders of *.safetensors (searched 2 levels deep)
 
 SHIPPED_MODELS_DIR = Path(__file__).parent / "models"
 
@@ -76,3 +85,55 @@ def resolve_model(spec: str | Path | None, quality: int | None = None) -> Loaded
     if quality is not None and loaded.metadata.quality != quality:
         raise ModelError(path, f"is a quality-{loaded.metadata.quality} checkpoint, --quality {quality} was asked for")
     return loaded
+
+
+def configured_model_dirs() -> list[Path]:
+    """The folders ``ADAPTJOBS_MODEL_DIR`` lists (os.pathsep-separated), in order; missing ones skipped."""
+    value = os.environ.get(MODEL_DIR_ENV, "")
+    return [Path(part) for part in value.split(os.pathsep) if part and Path(part).is_dir()]
+
+
+def _candidate_checkpoints(preferred_family: str | None) -> list[Path]:
+    """Our checkpoints an installation offers a decoder: the shipped family named ``preferred_family``
+    first (the common case, found with one file read), then every shipped family, then the configured
+    folders (files in them and in their direct subfolders)."""
+    names = shipped_model_names()
+    ordered = ([preferred_family] if preferred_family in names else []) + [n for n in names if n != preferred_family]
+    files = [f for name in ordered for f in sorted((SHIPPED_MODELS_DIR / name).glob("*.safetensors"))]
+    for folder in configured_model_dirs():
+        files += sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*/*.safetensors"))
+    return files
+
+
+def find_by_weights_hash(weights_sha256: str, preferred_family: str | None = None) -> Path | None:
+    """The first installed checkpoint (see :func:`_candidate_checkpoints`) whose metadata carries
+    ``weights_sha256``; unreadable files are skipped. Only headers are read."""
+    for file in _candidate_checkpoints(preferred_family):
+        if not file.is_file():
+            continue
+        try:
+            if read_checkpoint_metadata(file).weights_sha256 == weights_sha256:
+                return file
+        except ModelError:
+            continue
+    return None
+
+
+def resolve_for_stream(model_arg: str | Path | None, header: BitstreamHeader,
+                       source: str | Path | None = None) -> LoadedModel:
+    """The base model to decode a stream with ``header``.
+
+    ``model_arg`` (the user's ``--model``) wins and is resolved like any --model, at the header's quality;
+    the caller still checks its weights hash against the header. Without it, the installed checkpoint
+    whose weights hash is ``header.weights_sha256`` is loaded (:func:`find_by_weights_hash`): the header's
+    ``model_id`` only orders the search, it is never opened as a path.
+    """
+    if model_arg is not None:
+        return resolve_model(model_arg, header.quality)
+    found = find_by_weights_hash(header.weights_sha256, header.model_id)
+    if found is None:
+        where = ", ".join(shipped_model_names()) or "none"
+        raise ModelError(source, f"was encoded with model {escape_controls(header.model_id)!r} (weights sha256 "
+                                 f"{header.weights_sha256[:12]}), which is neither shipped (shipped: {where}) nor in "
+                                 f"${MODEL_DIR_ENV}; pass --model PATH")
+    return load_checkpoint(found)

@@ -4,7 +4,9 @@ The encoder reconstructs every frame from the symbols it actually wrote, with th
 decoder runs, and P-frames reference that reconstruction, so ``decode_sequence(encode_sequence(...))``
 returns the encoder's frames bit for bit on the same machine and software. The header records the
 encoder's torch thread count and the decoder runs with it: CPU convolutions split their sums by thread,
-so a decoder with another count differs in the last bit of some pixels (and P-frames carry it on).
+so a decoder with another count differs in the last bit of some pixels (and P-frames carry it on). The
+count is capped to the decoder's cores (workers/limits.capped_threads): a decoder with fewer cores than
+the encoder had may then differ in the last bit.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from workers.bitstream import FRAME_INTER, FRAME_INTRA, FrameChunk, pack, unpack
 from workers.codec.hyperprior import CodedLatent
 from workers.codec.ssf import EntropyTables, ScaleSpaceFlow, pad_frame, padded_size
 from workers.errors import BitstreamError
+from workers.limits import capped_threads
 
 
 @dataclass
@@ -86,7 +89,7 @@ def decode_sequence(data: bytes, model_for: Callable[[BitstreamHeader], tuple[Sc
     model, tables = model_for(header)
     padded = padded_size(header.height, header.width)
     frames, x_ref = [], None
-    with torch_threads(header.threads):
+    with torch_threads(capped_threads(header.threads, torch.get_num_threads())):  # issue 11: never > cores
         for index, chunk in enumerate(chunks):
             try:
                 if chunk.frame_type == FRAME_INTRA:

@@ -22,7 +22,8 @@ import torch
 
 from workers.atomic import atomic_write
 from workers.colour import rgb_to_yuv420, to_uint8, yuv420_to_rgb
-from workers.errors import InputError
+from workers.errors import InputError, exception_line
+from workers.limits import check_frame_size, check_regular_file
 
 MIN_SIDE = 16
 # File suffixes taken as videos when a folder is scanned (pretraining data, `adaptjobs submit VIDEO_DIR`);
@@ -113,16 +114,23 @@ def read_video(path: str | Path, max_frames: int | None = None) -> Video:
         raise InputError(path, "no such file or directory")
     if path.is_dir():
         video = _read_png_folder(path, max_frames)
-    elif path.suffix.lower() == ".yuv":
+        return _non_empty(video, path)
+    check_regular_file(path, "video")  # a FIFO would hang FFmpeg, a device would feed it forever
+    if path.suffix.lower() == ".yuv":
         video = _read_raw_yuv(path, max_frames)
     else:
         video = _read_container(path, max_frames)
+    return _non_empty(video, path)
+
+
+def _non_empty(video: Video, path: Path) -> Video:
     if len(video) == 0:
         raise InputError(path, "the video has no frames")
     return video
 
 
 def _check_size(path: Path, width: int, height: int) -> None:
+    check_frame_size(path, width, height)
     if width < MIN_SIDE or height < MIN_SIDE:
         raise InputError(path, f"frame size {width}x{height} is too small (each side must be >= {MIN_SIDE})")
     if width % 2 or height % 2:
@@ -132,6 +140,7 @@ def _check_size(path: Path, width: int, height: int) -> None:
 def _read_container(path: Path, max_frames: int | None) -> Video:
     import av  # imported here: PyAV loads FFmpeg's libraries
 
+    _check_y4m_size(path)
     try:
         container = av.open(str(path))
     except (av.error.FFmpegError, UnicodeDecodeError, ValueError) as exc:
@@ -140,9 +149,13 @@ def _read_container(path: Path, max_frames: int | None) -> Video:
         if not container.streams.video:
             raise InputError(path, "the file has no video stream")
         stream = container.streams.video[0]
+        context = stream.codec_context
+        if context is None:  # a truncated mp4 can announce a stream FFmpeg has no decoder set up for
+            raise InputError(path, "FFmpeg has no decoder for its video stream (damaged or unsupported file)")
+        if context.width and context.height:
+            check_frame_size(path, context.width, context.height)
         rate = stream.average_rate or stream.guessed_rate
-        video = Video(path=path, width=0, height=0, fps=Fraction(rate) if rate else DEFAULT_FPS,
-                      source_format=stream.codec_context.pix_fmt or "unknown")
+        video = Video(path=path, width=0, height=0, fps=_fps_or_default(rate), source_format=context.pix_fmt or "unknown")
         try:
             for frame in container.decode(stream):
                 _append_frame(video, frame)
@@ -153,6 +166,38 @@ def _read_container(path: Path, max_frames: int | None) -> Video:
                 raise InputError(path, f"cannot decode any frame ({_ffmpeg_reason(exc)})") from None
             raise InputError(path, f"decoding failed after {len(video)} frames ({_ffmpeg_reason(exc)})") from None
     return video
+
+
+def _fps_or_default(rate) -> Fraction:
+    """The stream's frame rate if it is a usable positive rational, else DEFAULT_FPS."""
+    try:
+        fps = Fraction(rate) if rate else DEFAULT_FPS
+    except (TypeError, ValueError, ZeroDivisionError):
+        return DEFAULT_FPS
+    return fps if 0 < fps <= 1000 else DEFAULT_FPS
+
+
+_Y4M_MAGIC = b"YUV4MPEG2"
+
+
+def _check_y4m_size(path: Path) -> None:
+    """Refuse a Y4M whose header declares a frame beyond the size limit, before FFmpeg allocates for it
+    (issue 11: 100000x100000 ended in FFmpeg's 'Device or resource busy')."""
+    try:
+        with open(path, "rb") as handle:
+            first_line = handle.read(256).split(b"\n", 1)[0]
+    except OSError as exc:
+        raise InputError(path, f"cannot read the video ({exc.strerror})") from None
+    if not first_line.startswith(_Y4M_MAGIC):
+        return
+    fields = {token[:1]: token[1:] for token in first_line.split()[1:] if token}
+    try:
+        width, height = int(fields.get(b"W", b"0")), int(fields.get(b"H", b"0"))
+    except ValueError:
+        raise InputError(path, "the Y4M header has no valid W/H fields") from None
+    if width <= 0 or height <= 0:
+        raise InputError(path, "the Y4M header has no valid W/H fields")
+    check_frame_size(path, width, height)
 
 
 def _append_frame(video: Video, frame) -> None:
@@ -197,7 +242,7 @@ def yuv420_frame(y: np.ndarray, u: np.ndarray, v: np.ndarray):
 
 def _ffmpeg_reason(exc: Exception) -> str:
     message = getattr(exc, "strerror", None) or str(exc)
-    return message.splitlines()[0] if message else type(exc).__name__
+    return exception_line(Exception(message), 200) if message else type(exc).__name__
 
 
 def _read_raw_yuv(path: Path, max_frames: int | None) -> Video:
@@ -239,6 +284,7 @@ def _read_png_folder(path: Path, max_frames: int | None) -> Video:
         files = files[:max_frames]
     video = Video(path=path, width=0, height=0, fps=DEFAULT_FPS, source_format="png")
     for file in files:
+        check_regular_file(file, "PNG frame")
         try:
             with av.open(str(file)) as container:
                 frame = next(container.decode(video=0))

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from workers.codec.entropy_models import CODING_MIN_RANGE, CODING_TAIL_STDS, EntropyBottleneck, scale_table
-from workers.errors import BitstreamError
+from workers.errors import BitstreamError, exception_line
 
 FACTORIZED_TAIL_MASS = 1e-9   # per side; mass beyond is folded into the outermost bins
 FACTORIZED_MAX_OFFSET = 1024  # symbols are searched within median +- this
@@ -43,7 +43,7 @@ def _open_decoder(data: bytes, what: str):
     except BaseException as exc:  # constriction panics are BaseExceptions
         if isinstance(exc, (KeyboardInterrupt, SystemExit)):
             raise
-        raise BitstreamError(None, f"{what}: invalid compressed data ({exc})") from None
+        raise BitstreamError(None, f"{what}: invalid compressed data ({exception_line(exc, 160)})") from None
 
 
 def _finish_decoding(coder, what: str) -> None:
@@ -52,12 +52,15 @@ def _finish_decoding(coder, what: str) -> None:
 
 
 def _decode_guarded(coder, model, count: int, what: str) -> np.ndarray:
+    """``coder.decode(model, count)``, with every failure as a one-line BitstreamError: constriction
+    raises multi-line messages (e.g. "not normalizable") and PanicException, a BaseException that
+    ``except Exception`` does not catch."""
     try:
         return coder.decode(model, count)
     except BaseException as exc:
         if isinstance(exc, (KeyboardInterrupt, SystemExit)):
             raise
-        raise BitstreamError(None, f"{what}: decoding failed ({exc})") from None
+        raise BitstreamError(None, f"{what}: decoding failed ({exception_line(exc, 160)})") from None
 
 
 @dataclass

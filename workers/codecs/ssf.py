@@ -72,12 +72,13 @@ class SSFCodec(BaseCodec):
 
     @classmethod
     def for_stream(cls, data: bytes, source: str | Path | None, model: str | None) -> "SSFCodec":
-        """The model the header names (when it ships with the package) at its quality, or ``model``."""
+        """``model`` (the user's --model) at the header's quality, else the installed checkpoint whose weights
+        hash the header names (model_store.resolve_for_stream): a header never names a path that gets opened."""
         from workers.bitstream import unpack_header
-        from workers.model_store import resolve_model
+        from workers.model_store import resolve_for_stream
 
         header, _ = unpack_header(data, source)
-        return cls(resolve_model(model if model is not None else header.model_id, header.quality))
+        return cls(resolve_for_stream(model, header, source))
 
     # ---------------------------------------------------------------- coding
     @property
