@@ -136,7 +136,7 @@ def sample_payload(loaded, seed: int = 0) -> bytes:
 
 def decode_stream_action(data: bytes, loaded, source: str = "case.bits") -> Callable[[], object]:
     """What `adaptjobs decode --model M` does with bytes ``data``, minus the file writing."""
-    from workers.encode_job import checked_model
+    from workers.decoder import checked_model
     from workers.video_codec import decode_sequence
 
     return lambda: decode_sequence(data, lambda h: checked_model(loaded, h, source), source)
@@ -144,6 +144,6 @@ def decode_stream_action(data: bytes, loaded, source: str = "case.bits") -> Call
 
 def decode_payload_action(data: bytes, loaded, source: str = "case.payload") -> Callable[[], object]:
     """What the decoder does with a payload: rebuild the adapted model from ``loaded`` + ``data``."""
-    from workers.adapt.job import decoder_model
+    from workers.decoder import decoder_model
 
     return lambda: decoder_model(loaded, data, source)
