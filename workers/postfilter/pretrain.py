@@ -124,7 +124,7 @@ class Sampler:
         left = 2 * int(torch.randint((w - c) // 2 + 1, (1,), generator=generator))
         flip = bool(torch.randint(2, (1,), generator=generator))
         array = self.cache.arrays[self.items[pick]]
-        rows = [np.asarray(array[v, frame]) for v in (0, self.versions[(codec, crf)])]
+        rows = [array[v, frame] for v in (0, self.versions[(codec, crf)])]  # memory-mapped views: read only the crop
         crops = []
         for packed in rows:
             y, u, v = unpack_i420(packed)
