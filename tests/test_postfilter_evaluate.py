@@ -62,3 +62,31 @@ def test_evaluation_rule_takes_the_better_of_on_and_off(carphone_path, tmp_path)
         assert p.quality("postfilter", "yuv") >= p.none["yuv"]
     text = format_summary(summarize(points))
     assert "x264" in text and "x265" in text and "mean" in text
+
+
+def test_evaluate_cli_and_model_card(carphone_path, tmp_path):
+    """The CLI writes its JSON; the card script ships the evaluated weights and a card naming them."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    from workers.postfilter.checkpoint import FilterTraining, load_filter, save_filter
+    from workers.postfilter.evaluate import main
+
+    save_filter(tmp_path / "f.safetensors", _trained_looking(3), "pf-tiny", FilterTraining(source="test", steps=1))
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "carphone.mp4").symlink_to(carphone_path)
+    assert main([str(tmp_path / "f.safetensors"), "--data", str(tmp_path / "data"), "--codecs", "x264", "--crfs",
+                 *map(str, CRFS), "--frames", "2", "--json", str(tmp_path / "eval.json"), "--threads", "1"]) == 0
+    report = json.loads((tmp_path / "eval.json").read_text())
+    assert len(report["points"]) == 4 and "x264" in report["summary"]["codecs"]
+    spec = importlib.util.spec_from_file_location("postfilter_card", Path(__file__).parents[1] / "scripts" / "postfilter_card.py")
+    card_script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(card_script)
+    out = tmp_path / "shipped"
+    assert card_script.main(["--filter", str(tmp_path / "f.safetensors"), "--eval", str(tmp_path / "eval.json"),
+                             "--out-dir", str(out)]) == 0
+    shipped = load_filter(out / "pf-tiny.safetensors")
+    card = json.loads((out / "card.json").read_text())
+    assert card["weights_sha256"] == shipped.metadata.weights_sha256 == report["weights_sha256"]
+    assert "carphone" in (out / "MODEL_CARD.md").read_text()

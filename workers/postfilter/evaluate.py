@@ -185,7 +185,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--stream-cache", type=Path, default=None, help="folder that keeps the coded streams")
     parser.add_argument("--json", type=Path, default=None, help="write points + summary here")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--streams-only", action="store_true", help="only fill --stream-cache (no filter runs)")
     return parser
+
+
+def prepare_streams(sources: list[Path], codecs: tuple[str, ...], crfs: tuple[float, ...], max_frames: int | None,
+                    cache: Path) -> None:
+    """Code every stream once into ``cache`` (they do not depend on the filter)."""
+    for path in sources:
+        name, frames = read_sequence(path, max_frames)
+        for codec in codecs:
+            for crf in crfs:
+                coded_stream(frames, name, codec, crf, cache)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -195,6 +206,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     torch.set_num_threads(args.threads)
     started = time.monotonic()
+    if args.streams_only:
+        prepare_streams(default_sources(args.data), tuple(args.codecs), tuple(args.crfs), args.frames, args.stream_cache)
+        return 0
     try:
         loaded = load_filter(args.filter)
         points = evaluate(loaded.model, default_sources(args.data), tuple(args.codecs), tuple(args.crfs),
