@@ -77,8 +77,9 @@ def main() -> None:
     lines = ["## Post-filter size and speed", "",
              f"Measured {datetime.date.today()} on {cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, "
              f"Python {platform.python_version()}; filter {label}, architecture {model.architecture.to_dict()}.",
-             "The machine was shared with other jobs while this ran (a training run among them): treat the "
-             "frame rates as lower bounds.", "",
+             f"The machine was shared with other jobs while this ran (load average {os.getloadavg()[0]:.1f} on "
+             f"{os.cpu_count()} cores at the start): treat the frame rates as lower bounds; 2 threads lose most "
+             "under such load.", "",
              f"`python benchmarks/bench_postfilter.py --repeats {args.repeats}`: `filter_planes` on one real "
              "frame (uint8 4:2:0 in and out), repeated.", "",
              f"- {model.macs_per_pixel():,.0f} MAC per luma pixel, {params:,} parameters "

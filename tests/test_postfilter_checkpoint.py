@@ -96,3 +96,13 @@ def test_foreign_safetensors_and_missing_file_are_refused(tmp_path):
 def test_unknown_shipped_filter_is_refused():
     with pytest.raises(ModelError, match="no (shipped )?post-filter"):
         shipped_filter("no-such-filter")
+
+
+def test_shipped_filters_load_and_are_not_taken_for_ssf_models():
+    from workers.model_store import shipped_model_names
+    from workers.postfilter.checkpoint import shipped_filter_names
+
+    assert "postfilter" not in shipped_model_names()
+    for name in shipped_filter_names():
+        loaded = shipped_filter(name)
+        assert loaded.metadata.name == name and loaded.model.macs_per_pixel() <= 30_000
