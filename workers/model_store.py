@@ -29,7 +29,9 @@ SHIPPED_MODELS_DIR = Path(__file__).parent / "models"
 def shipped_model_names() -> list[str]:
     if not SHIPPED_MODELS_DIR.is_dir():
         return []
-    return sorted(p.name for p in SHIPPED_MODELS_DIR.iterdir() if p.is_dir() and any(p.glob("*.safetensors")))
+    # workers/models/postfilter/ holds the standard codecs' post-filters (workers/postfilter/checkpoint.py), not SSF
+    return sorted(p.name for p in SHIPPED_MODELS_DIR.iterdir()
+                  if p.is_dir() and p.name != "postfilter" and any(p.glob("*.safetensors")))
 
 
 def default_model_name() -> str | None:
