@@ -41,7 +41,7 @@ from workers.metrics import psnr_yuv
 from workers.postfilter.network import PostFilter, filter_planes
 from workers.postfilter.update import (Parameterisation, UpdateStructure, adapted_filter, coded_shapes,
                                        make_filter_update)
-from workers.postfilter.update_payload import CodedUpdate, decode_update, encode_update, transmitted_prior
+from workers.postfilter.update_payload import FIXED_BYTES, CodedUpdate, decode_update, encode_update, transmitted_prior
 
 Planes = tuple[np.ndarray, np.ndarray, np.ndarray]
 PLANE_WEIGHTS = (6.0 / 8.0, 1.0 / 8.0, 1.0 / 8.0)  # PSNR-YUV's (6Y + U + V) / 8
@@ -57,13 +57,13 @@ class FilterTraining(BaseModel):
     """Gradient training of the scale-bias and LoRA updates (CPU-sized: tens of steps on small crops)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-    steps: int = Field(60, ge=0)
+    steps: int = Field(40, ge=0)
     batch: int = Field(4, ge=1, description="crops per step, each from a frame drawn at random")
-    crop: int = Field(128, ge=8, description="luma crop side in px (even); whole frame if smaller")
+    crop: int = Field(96, ge=8, description="luma crop side in px (even); whole frame if smaller")
     learning_rate: float = Field(2e-3, gt=0)
     adam_eps: float = Field(1e-6, gt=0, description="of the order of the weak gradients: keeps them in the zero bin")
     eval_every: int = Field(10, ge=1, description="steps between RD measurements that pick the best state")
-    eval_frames: int = Field(8, ge=1, description="evenly spaced whole frames the RD measurement uses")
+    eval_frames: int = Field(4, ge=1, description="evenly spaced whole frames the RD measurement uses")
     checkpoint_every: int = Field(10, ge=1)
 
 
@@ -79,6 +79,9 @@ class FilterAdaptConfig(BaseModel):
     ridge: tuple[float, ...] = Field((1e-4, 1e-3, 1e-2, 1e-1), min_length=1,
                                      description="last-layer: ridge strengths tried (relative to the features' energy)")
     least_squares_frames: int = Field(32, ge=1, description="last-layer: evenly spaced frames the solve uses")
+    grid_scales: tuple[float, ...] = Field((0.5, 1.0, 2.0, 4.0), min_length=1, description=(
+        "last-layer: multiples of the prior's grid (and spike) tried; the payload carries the chosen prior, so "
+        "each unit may pick its own step"))
     send_update: Literal["if-better", "always"] = "if-better"
     seed: int = Field(0, ge=0)
 
@@ -217,6 +220,7 @@ class _Unit:
     codec: str
     config: FilterAdaptConfig
     lmbda: float
+    chosen_prior: WeightPrior | None = None  # last-layer: the grid the solve picked
 
     @property
     def pixels(self) -> int:
@@ -225,7 +229,7 @@ class _Unit:
 
     @property
     def prior(self) -> WeightPrior:
-        return self.config.coding_prior()
+        return self.chosen_prior or self.config.coding_prior()
 
 
 def _base_model(base) -> PostFilter:
@@ -297,6 +301,7 @@ class _Progress:
     best_step: int = 0
     best_bytes: int = 0
     resumed_from: int = 0
+    prior: dict | None = None  # last-layer: the chosen prior (JSON)
 
 
 def _restore(update, optimizer, state_path: Path | None, config_json: str) -> tuple[_Progress, dict]:
@@ -310,7 +315,8 @@ def _restore(update, optimizer, state_path: Path | None, config_json: str) -> tu
     if info.get("param_groups") is not None:
         restore_optimizer(optimizer, "opt", tensors, info["param_groups"])
     best = {name: tensors[f"best.{name}"] for name in update.coded}
-    progress = _Progress(info["step"], info["best_cost"], info["best_step"], info["best_bytes"], info["step"])
+    progress = _Progress(info["step"], info["best_cost"], info["best_step"], info["best_bytes"], info["step"],
+                         info.get("prior"))
     return progress, best
 
 
@@ -322,7 +328,7 @@ def _save(update, optimizer, best: dict, progress: _Progress, state_path: Path |
                | {f"best.{n}": v for n, v in best.items()} | opt_tensors)
     save_state(state_path, tensors, {"config": config_json, "step": progress.step, "best_cost": progress.best_cost,
                                      "best_step": progress.best_step, "best_bytes": progress.best_bytes,
-                                     "param_groups": groups})
+                                     "param_groups": groups, "prior": progress.prior})
 
 
 def train_update(unit: _Unit, update, state_path: Path | None, config_json: str,
@@ -407,24 +413,29 @@ def solve_last_layer(unit: _Unit, gram: torch.Tensor, cross: torch.Tensor, posit
 
     For each ridge strength rho: d_c = (A_c + mu_c I)^-1 b_c with A_c = lambda w_c G / N and b_c = lambda w_c
     H_c / N (the RD cost's quadratic distortion term, in the same units), mu_c = rho trace(A_c) / D; the
-    ridge stands in for the prior's rate. Each candidate is rounded on the grid and scored exactly on the
-    normal equations (lambda * wMSE change) plus its ideal bits / pixels; the zero update scores 0."""
-    weights, prior = _channel_weights(), unit.prior
+    ridge stands in for the prior's rate. Each candidate is rounded on each grid (the prior's grid times
+    ``grid_scales``; the payload carries the chosen one) and scored exactly on the
+    normal equations (lambda * wMSE change) plus its ideal bits and the payload's fixed bytes / pixels; the
+    zero update scores 0."""
+    weights, base_prior = _channel_weights(), unit.config.coding_prior()
     scale = unit.lmbda * 255.0**2 / positions
-    best, best_cost, scores = torch.zeros(6, gram.shape[0], dtype=torch.int64), 0.0, {}
+    best, best_cost, best_prior, scores = torch.zeros(6, gram.shape[0], dtype=torch.int64), 0.0, base_prior, {}
     eye = torch.eye(gram.shape[0], dtype=torch.float64)
     for rho in unit.config.ridge:
         delta = torch.stack([torch.linalg.solve(scale * w * gram + rho * float(torch.trace(scale * w * gram)) / gram.shape[0] * eye,
                                                 scale * w * cross[:, c]) for c, w in enumerate(weights)])
-        k = torch.round(delta / prior.grid).clamp(-(1 << 15), 1 << 15).to(torch.int64)
-        q = k.to(torch.float64) * prior.grid
-        distortion = float(sum(w * scale * (q[c] @ gram @ q[c] - 2 * q[c] @ cross[:, c]) for c, w in enumerate(weights)))
-        bound = max(1, int(k.abs().max()))
-        cost = distortion + ideal_bits(prior, k, bound) / unit.pixels if bool(k.any()) else 0.0
-        scores[f"{rho:g}"] = cost
-        if cost < best_cost:
-            best, best_cost = k, cost
-    return best, {"predicted_cost_change": best_cost, "ridge_scores": scores}
+        for grid_scale in unit.config.grid_scales:
+            prior = transmitted_prior(WeightPrior(grid=base_prior.grid * grid_scale, slab_std=base_prior.slab_std,
+                                                  spike_std=base_prior.spike * grid_scale, alpha=base_prior.alpha))
+            k = torch.round(delta / prior.grid).clamp(-(1 << 15), 1 << 15).to(torch.int64)
+            q = k.to(torch.float64) * prior.grid
+            distortion = float(sum(w * scale * (q[c] @ gram @ q[c] - 2 * q[c] @ cross[:, c]) for c, w in enumerate(weights)))
+            bits = ideal_bits(prior, k, max(1, int(k.abs().max()))) + 8 * FIXED_BYTES
+            cost = distortion + bits / unit.pixels if bool(k.any()) else 0.0
+            scores[f"{rho:g}x{grid_scale:g}"] = cost
+            if cost < best_cost:
+                best, best_cost, best_prior = k, cost, prior
+    return best, {"predicted_cost_change": best_cost, "ridge_x_grid_scores": scores, "prior": best_prior.model_dump()}
 
 
 def fit_last_layer(unit: _Unit, update, state_path: Path | None, config_json: str,
@@ -435,6 +446,8 @@ def fit_last_layer(unit: _Unit, update, state_path: Path | None, config_json: st
     if not best:
         frames = evenly_spaced(len(unit.decoded), unit.config.least_squares_frames)
         k, info = solve_last_layer(unit, *tail_statistics(unit, frames))
+        progress.prior = info["prior"]
+        unit.chosen_prior = WeightPrior(**progress.prior)
         weight, bias = update.base["tail.weight"], update.base["tail.bias"]
         values = k.to(torch.float32) * unit.prior.grid
         best = {"tail__weight__delta": values[:, :-1].reshape(weight.shape).contiguous(),
@@ -446,6 +459,7 @@ def fit_last_layer(unit: _Unit, update, state_path: Path | None, config_json: st
         _save(update, None, best, progress, state_path, config_json)
         if log is not None:
             log({"step": 1, **info})
+    unit.chosen_prior = WeightPrior(**progress.prior)
     with torch.no_grad():
         for name, p in update.coded.items():
             p.copy_(best[name])
@@ -495,14 +509,16 @@ def unit_fingerprint(originals: Sequence[Planes], decoded: Sequence[Planes]) -> 
 
 def adapt_filter(base, base_sha256: str, originals: Sequence[Planes], decoded: Sequence[Planes], crf: float,
                  codec: str, config: FilterAdaptConfig = FilterAdaptConfig(), checkpoint_dir: str | Path | None = None,
-                 log: Callable[[dict], None] | None = None, lmbda: float | None = None) -> FilterAdaptation:
+                 log: Callable[[dict], None] | None = None, lmbda: float | None = None,
+                 generic_planes: Sequence[Planes] | None = None) -> FilterAdaptation:
     """Adapt the base filter (a PostFilter or a loaded filter with ``.model``, weights hashing to
     ``base_sha256``) to this (video, codec, CRF) and decide what to send (module docstring).
 
     ``originals``/``decoded``: per frame (Y (H,W), U, V (H/2,W/2)) uint8. ``lmbda``: weight of wMSE per bit
     per pixel, default :func:`codec_lambda`. ``checkpoint_dir``: where the resumable state lives (None: no
     checkpoints). The returned planes are what ``rebuild_filter`` + ``filter_planes`` give a decoder for
-    the decision (the decoded frames for 'none'), byte for byte."""
+    the decision (the decoded frames for 'none'), byte for byte. ``generic_planes``: the base filter's
+    output on ``decoded`` if the caller has it already (saves a pass when comparing parameterisations)."""
     _check_frames(originals, decoded)
     began = time.perf_counter()
     lambda_source = "given" if lmbda is not None else f"qp-relation (QP = CRF {crf:g}, {codec})"
@@ -518,11 +534,12 @@ def adapt_filter(base, base_sha256: str, originals: Sequence[Planes], decoded: S
     fitted = time.perf_counter()
     blob = update_blob(unit, update)
     adapted = None if blob is None else rebuild_filter(unit.base, base_sha256, blob)  # exactly the decoder's
-    generic_planes = filter_all(unit.base, decoded, unit.crf, codec)
+    if generic_planes is None:
+        generic_planes = filter_all(unit.base, decoded, unit.crf, codec)
     adapted_planes = None if adapted is None else filter_all(adapted, decoded, unit.crf, codec)
     decision = decide(originals, decoded, generic_planes, adapted_planes, 0 if blob is None else len(blob),
                       unit.lmbda, lambda_source, config.send_update)
-    planes = {"none": list(decoded), "generic": generic_planes, "adapted": adapted_planes}[decision.decision]
+    planes = {"none": list(decoded), "generic": list(generic_planes), "adapted": adapted_planes}[decision.decision]
     frames = len(decoded)
     stats = {"parameterisation": config.parameterisation, "steps": progress.step, "resumed_from": progress.resumed_from,
              "best_step": progress.best_step, "update_bytes": 0 if blob is None else len(blob),
