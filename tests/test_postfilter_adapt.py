@@ -43,11 +43,15 @@ def base() -> LoadedFilter:
     return tiny_filter(0)
 
 
+def coded_frames(video, codec: str):
+    originals = [video.frame_yuv420(i) for i in range(len(video))]
+    data = encode_planes(originals, video.width, video.height, video.fps, codec, CRF, 12)
+    return originals, decode_stream(data, codec)
+
+
 @pytest.fixture(scope="module")
 def frames(carphone):
-    originals = [carphone.frame_yuv420(i) for i in range(len(carphone))]
-    data = encode_planes(originals, carphone.width, carphone.height, carphone.fps, "x264", CRF, 12)
-    return originals, decode_stream(data, "x264")
+    return coded_frames(carphone, "x264")
 
 
 def _adapt(base, frames, parameterisation, tmp_path=None, **kwargs):
@@ -115,6 +119,16 @@ def test_decoder_rebuilds_the_encoders_filtered_frames(base, frames, parameteris
         assert all(np.array_equal(a, b) for a, b in zip(filter_planes(rebuilt, planes, CRF, "x264"), expected))
     generic = [filter_planes(base.model, planes, CRF, "x264") for planes in frames[1]]
     assert any(not np.array_equal(a[0], b[0]) for a, b in zip(result.planes, generic))
+
+
+def test_x265_unit_decodes_to_the_encoders_frames(base, carphone):
+    frames = coded_frames(carphone, "x265")
+    config = FilterAdaptConfig(parameterisation="scale-bias", training=FAST, send_update="always")
+    result = adapt_filter(base, base.metadata.weights_sha256, *frames, CRF, "x265", config, lmbda=1.0)
+    assert result.blob is not None
+    rebuilt = rebuild_filter(base, base.metadata.weights_sha256, result.blob)
+    for planes, expected in zip(frames[1], result.planes):
+        assert all(np.array_equal(a, b) for a, b in zip(filter_planes(rebuilt, planes, CRF, "x265"), expected))
 
 
 @pytest.fixture(scope="module")
