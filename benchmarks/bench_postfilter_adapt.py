@@ -151,7 +151,8 @@ def main() -> None:
                                               "psnr_none", "psnr_generic", "psnr_adapted", "adapt_seconds_per_frame")}),
               flush=True)
 
-    paths = sorted(p for p in args.data.iterdir() if args.sequences is None or p.name in args.sequences)
+    paths = (sorted(args.data.iterdir()) if args.sequences is None  # given names: measured in that order
+             else [args.data / name for name in args.sequences])
     for path in paths:
         measure_sequence(path, loaded, args.crfs, args.parameterisations, args, done, write)
     text = summary(rows, args.parameterisations) + "\n\n" + "\n".join(slope_table(rows))
