@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results_file import cpu_name, replace_section  # noqa: E402
 
 from adaptjobs.bdrate import bd_rate  # noqa: E402
-from workers.postfilter.adapt import (FilterAdaptConfig, FilterTraining, adapt_filter, codec_lambda,  # noqa: E402
+from workers.postfilter.adapt import (FilterAdaptConfig, UpdateTraining, adapt_filter, codec_lambda,  # noqa: E402
                                       filter_all, lambda_from_slope, mean_psnr_yuv, mean_wmse)
 from workers.postfilter.checkpoint import load_filter  # noqa: E402
 from workers.standard.encoder import DEFAULT_CRFS, decode_stream, encode_planes  # noqa: E402
@@ -54,7 +54,7 @@ def measure_sequence(path: Path, loaded, crfs, parameterisations, args, done: se
         filter_seconds = time.perf_counter() - began
         for parameterisation in todo:
             config = FilterAdaptConfig(parameterisation=parameterisation,
-                                       training=FilterTraining(**json.loads(args.training)))
+                                       training=UpdateTraining(**json.loads(args.training)))
             result = adapt_filter(loaded, loaded.metadata.weights_sha256, originals, decoded, crf, args.codec, config,
                                   generic_planes=generic)
             write({"sequence": video.name, "crf": crf, "parameterisation": parameterisation, "frames": len(video),
@@ -135,12 +135,13 @@ def main() -> None:
     parser.add_argument("--intra-period", type=int, default=12)
     parser.add_argument("--frames", type=int, default=None, help="default: all frames")
     parser.add_argument("--sequences", nargs="*", default=None, help="names under --data (default: all)")
-    parser.add_argument("--training", default="{}", help="FilterTraining fields as JSON (default: the defaults)")
+    parser.add_argument("--training", default="{}", help="UpdateTraining fields as JSON (default: the defaults)")
     parser.add_argument("--units", type=Path, required=True, help="JSON lines of measured units (resumable)")
     parser.add_argument("--out", type=Path, default=None, help="RESULTS.md to update")
     args = parser.parse_args()
     loaded = load_filter(args.filter)
     rows = [json.loads(line) for line in args.units.read_text().splitlines()] if args.units.exists() else []
+    rows = [r for r in rows if r["crf"] in args.crfs and r["parameterisation"] in args.parameterisations]
     done = {(r["sequence"], r["crf"], r["parameterisation"]) for r in rows}
 
     def write(row: dict) -> None:

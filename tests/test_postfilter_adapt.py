@@ -14,7 +14,7 @@ from schemas.adapt import WeightPrior
 from workers.adapt.payload import WeightUpdate, encode_payload, make_header
 from workers.adapt.prior import ideal_bits
 from workers.errors import BitstreamError, InputError
-from workers.postfilter.adapt import (FilterAdaptConfig, FilterTraining, adapt_filter, codec_lambda, lambda_from_slope,
+from workers.postfilter.adapt import (FilterAdaptConfig, UpdateTraining, adapt_filter, codec_lambda, lambda_from_slope,
                                       rebuild_filter)
 from workers.postfilter.checkpoint import LoadedFilter, make_metadata
 from workers.postfilter.network import FilterArchitecture, PostFilter, filter_planes
@@ -26,7 +26,7 @@ PARAMETERISATIONS = ("scale-bias", "lora", "last-layer")
 STRUCTURES = {"scale-bias": UpdateStructure("scale-bias"), "lora": UpdateStructure("lora", 2, 5),
               "last-layer": UpdateStructure("last-layer")}
 CRF = 37.0
-FAST = FilterTraining(steps=6, batch=2, crop=32, eval_every=3, eval_frames=2, checkpoint_every=2)
+FAST = UpdateTraining(steps=6, batch=2, crop=32, eval_every=3, eval_frames=2, checkpoint_every=2)
 
 
 def tiny_filter(seed: int) -> LoadedFilter:

@@ -46,14 +46,17 @@ from workers.postfilter.update_payload import FIXED_BYTES, CodedUpdate, decode_u
 Planes = tuple[np.ndarray, np.ndarray, np.ndarray]
 PLANE_WEIGHTS = (6.0 / 8.0, 1.0 / 8.0, 1.0 / 8.0)  # PSNR-YUV's (6Y + U + V) / 8
 QP_LAMBDA_FACTOR = {"x264": 0.85, "x265": 0.57}  # JM (H.264) and HM (HEVC) lambda = f * 2^((QP - 12) / 3)
-DEFAULT_PRIORS = {  # grids measured on train/ videos (benchmarks/bench_postfilter_adapt.py)
+# Grids: first choices, lightly checked on one train/ clip (imageio_realshort_320x240, 12 frames, x264 CRF 37,
+# a barely trained base): scale-bias at 0.004 cost 0.10033 vs 0.10037 at 0.002 (lambda * wMSE + bpp). The
+# last layer picks its own grid per unit among DEFAULT grid * grid_scales.
+DEFAULT_PRIORS = {
     "scale-bias": WeightPrior(grid=0.004, slab_std=0.05),
     "lora": WeightPrior(grid=0.004, slab_std=0.05),
     "last-layer": WeightPrior(grid=0.002, slab_std=0.05),
 }
 
 
-class FilterTraining(BaseModel):
+class UpdateTraining(BaseModel):
     """Gradient training of the scale-bias and LoRA updates (CPU-sized: tens of steps on small crops)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -75,7 +78,7 @@ class FilterAdaptConfig(BaseModel):
     rank: int = Field(2, ge=1, lt=256, description="LoRA rank per conv (lora only)")
     init_seed: int = Field(0, ge=0, lt=2**32, description="seed of LoRA's A initialisation (lora only)")
     prior: WeightPrior | None = Field(None, description="default: DEFAULT_PRIORS[parameterisation]")
-    training: FilterTraining = FilterTraining()
+    training: UpdateTraining = UpdateTraining()
     ridge: tuple[float, ...] = Field((1e-4, 1e-3, 1e-2, 1e-1), min_length=1,
                                      description="last-layer: ridge strengths tried (relative to the features' energy)")
     least_squares_frames: int = Field(32, ge=1, description="last-layer: evenly spaced frames the solve uses")
