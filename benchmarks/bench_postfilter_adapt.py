@@ -63,18 +63,50 @@ def measure_sequence(path: Path, loaded, crfs, parameterisations, args, done: se
                    **result.decision.to_dict(), **result.stats})
 
 
-def curves(rows: list[dict]) -> dict:
-    """sequence -> {"none", "postfilter", "<parameterisation>"} -> [(bpp, psnr)]."""
+def redecide(r: dict, lmbda: float) -> tuple[str, int]:
+    """(decision, bytes sent) of unit ``r`` at another lambda: its wMSEs are recovered from the recorded costs
+    (cost = lambda * wMSE + 8 * update bytes / pixels), the trained update is the same."""
+    costs = {"none": lmbda * r["wmse_none"], "generic": lmbda * r["cost_generic"] / r["lmbda"]}
+    if r["cost_adapted"] is not None:
+        extra = 8 * r["update_bytes"] / r["pixels"]
+        costs["adapted"] = lmbda * (r["cost_adapted"] - extra) / r["lmbda"] + extra
+    label = "none" if costs["none"] <= costs["generic"] else "generic"
+    if "adapted" in costs and costs["adapted"] < costs[label]:
+        label = "adapted"
+    return label, r["update_bytes"] if label == "adapted" else 0
+
+
+def curves(rows: list[dict], lambdas: dict | None = None) -> dict:
+    """sequence -> {"none", "postfilter", "<parameterisation>"} -> [(bpp, psnr)]; with ``lambdas``
+    ((sequence, crf) -> lambda) every decision is taken again at that lambda (:func:`redecide`)."""
     out: dict = {}
     for r in rows:
         seq = out.setdefault(r["sequence"], {})
         bpp = 8 * r["stream_bytes"] / r["pixels"]
         seq.setdefault("none", {})[r["crf"]] = (bpp, r["psnr_none"])
-        on = r["cost_generic"] < r["cost_none"]
+        decision, sent = (r["decision"], r["blob_bytes"]) if lambdas is None else redecide(r, lambdas[r["sequence"], r["crf"]])
+        on = decision == "generic" or (decision == "adapted" and r["cost_generic"] < r["cost_none"])
         seq.setdefault("postfilter", {})[r["crf"]] = (bpp, r["psnr_generic"] if on else r["psnr_none"])
-        chosen = {"none": r["psnr_none"], "generic": r["psnr_generic"], "adapted": r["psnr_adapted"]}[r["decision"]]
-        seq.setdefault(r["parameterisation"], {})[r["crf"]] = (8 * (r["stream_bytes"] + r["blob_bytes"]) / r["pixels"], chosen)
+        chosen = {"none": r["psnr_none"], "generic": r["psnr_generic"], "adapted": r["psnr_adapted"]}[decision]
+        seq.setdefault(r["parameterisation"], {})[r["crf"]] = (8 * (r["stream_bytes"] + sent) / r["pixels"], chosen)
     return {s: {m: [pts[c] for c in sorted(pts)] for m, pts in methods.items()} for s, methods in out.items()}
+
+
+def slope_lambdas(rows: list[dict]) -> dict:
+    """(sequence, crf) -> -d bpp / d wMSE of the none curve through the neighbouring CRFs of the sweep."""
+    by_seq: dict = {}
+    for r in rows:
+        by_seq.setdefault(r["sequence"], {})[r["crf"]] = (8 * r["stream_bytes"] / r["pixels"], r["wmse_none"])
+    out = {}
+    for seq, points in by_seq.items():
+        crfs = sorted(points)
+        for i, crf in enumerate(crfs):
+            neighbours = [points[c] for c in crfs[max(0, i - 1): i + 2]]
+            try:
+                out[seq, crf] = lambda_from_slope(neighbours)
+            except (ValueError, TypeError):
+                out[seq, crf] = codec_lambda(crf, "x264")
+    return out
 
 
 def slope_table(rows: list[dict]) -> list[str]:
@@ -95,28 +127,30 @@ def slope_table(rows: list[dict]) -> list[str]:
     return lines
 
 
-def summary(rows: list[dict], parameterisations) -> str:
-    table = curves(rows)
+def summary(rows: list[dict], parameterisations, lambdas: dict | None = None) -> str:
+    table = curves(rows, lambdas)
     lines = ["| parameterisation | sequence | BD-rate vs none | BD-rate vs postfilter | units sent | update bytes (mean when sent) "
              "| share of stream (mean when sent) | adapt s/frame | unit above postfilter's RD cost |", "|---|---|---|---|---|---|---|---|---|"]
     for p in parameterisations:
         vs_none, vs_generic = [], []
         for seq in sorted(table):
-            if p not in table[seq]:
+            if len(table[seq].get(p, [])) < 4:  # a BD-rate needs 4 points: unfinished sequences are left out
                 continue
             a = bd_rate(table[seq]["none"], table[seq][p]).percent
             b = bd_rate(table[seq]["postfilter"], table[seq][p]).percent
             vs_none.append(a)
             vs_generic.append(b)
             mine = [r for r in rows if r["sequence"] == seq and r["parameterisation"] == p]
+            if lambdas is not None:
+                mine = [r | dict(zip(("decision", "blob_bytes"), redecide(r, lambdas[seq, r["crf"]]))) for r in mine]
             sent = [r for r in mine if r["decision"] == "adapted"]
             size = np.mean([r["blob_bytes"] for r in sent]) if sent else 0
             share = np.mean([r["blob_bytes"] / (r["stream_bytes"] + r["blob_bytes"]) for r in sent]) if sent else 0
-            worse = sum(_chosen_cost(r) > min(r["cost_generic"], r["cost_none"]) + 1e-12 for r in mine)
+            worse = sum(_chosen_cost(r) > min(r["cost_generic"], r["cost_none"]) + 1e-12 for r in mine) if lambdas is None else "-"
             lines.append(f"| {p} | {seq} | {a:+.2f}% | {b:+.2f}% | {len(sent)}/{len(mine)} | {size:.0f} | {100 * share:.2f}% "
                          f"| {np.mean([r['adapt_seconds_per_frame'] for r in mine]):.2f} | {worse} |")
         lines.append(f"| {p} | **average** | **{np.mean(vs_none):+.2f}%** | **{np.mean(vs_generic):+.2f}%** | | | | | |")
-    generic = [bd_rate(table[s]["none"], table[s]["postfilter"]).percent for s in sorted(table)]
+    generic = [bd_rate(table[s]["none"], table[s]["postfilter"]).percent for s in sorted(table) if len(table[s]["none"]) >= 4]
     lines.append(f"| postfilter (generic, reference) | average | {np.mean(generic):+.2f}% | | | | | | |")
     return "\n".join(lines)
 
@@ -156,7 +190,10 @@ def main() -> None:
              else [args.data / name for name in args.sequences])
     for path in paths:
         measure_sequence(path, loaded, args.crfs, args.parameterisations, args, done, write)
-    text = summary(rows, args.parameterisations) + "\n\n" + "\n".join(slope_table(rows))
+    text = ("Decisions at the QP-lambda relation (the default of adapt_filter):\n\n" + summary(rows, args.parameterisations)
+            + "\n\nThe same trained updates, decisions taken again at the local slope of each sequence's none curve "
+            "(neighbouring CRFs of this sweep):\n\n" + summary(rows, args.parameterisations, slope_lambdas(rows))
+            + "\n\n" + "\n".join(slope_table(rows)))
     print(text)
     if args.out is not None:
         header = (f"## Post-filter adaptation per video (eval-dev, {args.codec}, intra period {args.intra_period})\n\n"

@@ -15,7 +15,7 @@ from workers.adapt.payload import WeightUpdate, encode_payload, make_header
 from workers.adapt.prior import ideal_bits
 from workers.errors import BitstreamError, InputError
 from workers.postfilter.adapt import (FilterAdaptConfig, UpdateTraining, adapt_filter, codec_lambda, lambda_from_slope,
-                                      rebuild_filter)
+                                      local_slope_lambda, rebuild_filter)
 from workers.postfilter.checkpoint import LoadedFilter, make_metadata
 from workers.postfilter.network import FilterArchitecture, PostFilter, filter_planes
 from workers.postfilter.update import UpdateStructure, coded_shapes, make_filter_update
@@ -208,6 +208,13 @@ def test_codec_lambda_and_slope():
     assert codec_lambda(15, "x264") == pytest.approx(codec_lambda(12, "x264") / 2)
     assert codec_lambda(32, "x265") > codec_lambda(32, "x264")
     assert lambda_from_slope([(0.10, 40.0), (0.08, 50.0), (0.06, 60.0)]) == pytest.approx(0.002)
+
+
+def test_local_slope_lambda_is_positive_and_near_the_qp_relation(carphone, frames):
+    originals, decoded = frames
+    data = encode_planes(originals, carphone.width, carphone.height, carphone.fps, "x264", CRF, 12)
+    value = local_slope_lambda(originals, decoded, len(data), carphone.fps, "x264", CRF, 12)
+    assert 0.05 < value / codec_lambda(CRF, "x264") < 20
 
 
 def test_bad_frames_are_refused_with_one_line(base, frames):

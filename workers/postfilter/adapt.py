@@ -143,6 +143,26 @@ def lambda_from_slope(points: Sequence[tuple[float, float]]) -> float:
     return float(-slope)
 
 
+def local_slope_lambda(originals: Sequence[Planes], decoded: Sequence[Planes], stream_bytes: int, fps, codec: str,
+                       crf: float, intra_period: int, delta: float = 3.0) -> float:
+    """lambda as the local slope of this video's own ``none`` curve: the unit's point plus x264/x265 encodes
+    at CRF -/+ ``delta`` (two extra encodes with the same settings), fitted by :func:`lambda_from_slope`.
+    Falls back to :func:`codec_lambda` where the three points do not give a falling curve."""
+    from workers.standard.encoder import decode_stream, encode_planes
+
+    height, width = originals[0][0].shape
+    pixels = width * height * len(originals)
+    points = [(8.0 * stream_bytes / pixels, mean_wmse(originals, decoded))]
+    for neighbour in (crf - delta, crf + delta):
+        if 0 <= neighbour <= 51:
+            data = encode_planes(originals, width, height, fps, codec, neighbour, intra_period)
+            points.append((8.0 * len(data) / pixels, mean_wmse(originals, decode_stream(data, codec))))
+    try:
+        return lambda_from_slope(points)
+    except ValueError:
+        return codec_lambda(crf, codec)
+
+
 # ------------------------------------------------------------------ tensors and metrics
 def _tensor(plane: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(plane)).float().div(255.0)[None, None]
