@@ -53,6 +53,11 @@ class PostFilter(nn.Module):
         self.head = nn.Conv2d(INPUT_PLANES + CONDITION_PLANES, c, 3, padding=1)
         self.body = nn.ModuleList(nn.Conv2d(c, c, 3, padding=1) for _ in range(architecture.layers - 2))
         self.tail = nn.Conv2d(c, INPUT_PLANES, 3, padding=1)
+        for conv in (self.head, *self.body):
+            # He init for LeakyReLU(0.1): PyTorch's default init shrinks the features ~2x per layer, so the
+            # zero-initialised tail would see features ~50x smaller than the input
+            nn.init.kaiming_normal_(conv.weight, a=0.1, nonlinearity="leaky_relu")
+            nn.init.zeros_(conv.bias)
         nn.init.zeros_(self.tail.weight)
         nn.init.zeros_(self.tail.bias)
 

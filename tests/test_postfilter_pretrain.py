@@ -1,0 +1,98 @@
+"""Post-filter training: the pair cache is deterministic and resumable; resumed == uninterrupted training."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from workers.postfilter.checkpoint import load_filter
+from workers.postfilter.dataset import DatasetConfig, build_cache, open_cache, pack_i420, unpack_i420
+from workers.postfilter.pretrain import TrainConfig, main, train
+
+TINY_DATA = DatasetConfig(codecs=("x264", "x265"), crfs=(32, 47), clips_per_video=2, max_frames_per_video=24,
+                          max_items=2)
+
+
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory, carphone_path) -> Path:
+    folder = tmp_path_factory.mktemp("sources")
+    (folder / "carphone.mp4").symlink_to(carphone_path)
+    return folder
+
+
+def _digests(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.glob("*.npy"))}
+
+
+def test_pack_unpack_round_trip():
+    rng = np.random.default_rng(0)
+    planes = (rng.integers(0, 256, (6, 8), dtype=np.uint8), rng.integers(0, 256, (3, 4), dtype=np.uint8),
+              rng.integers(0, 256, (3, 4), dtype=np.uint8))
+    for a, b in zip(planes, unpack_i420(pack_i420(planes))):
+        assert np.array_equal(a, b)
+
+
+def test_cache_is_deterministic_and_resumes(sources, tmp_path):
+    first = build_cache([sources], tmp_path / "a", TINY_DATA)
+    second = build_cache([sources], tmp_path / "b", TINY_DATA)
+    assert _digests(tmp_path / "a") == _digests(tmp_path / "b") and len(first["items"]) == 2
+    assert first == second
+    # a killed build: one item missing, the index never written -> the resumed build restores the same bytes
+    victim = sorted((tmp_path / "b").glob("*.npy"))[-1]
+    victim.unlink()
+    (tmp_path / "b" / "index.json").unlink()
+    assert build_cache([sources], tmp_path / "b", TINY_DATA) == first
+    assert _digests(tmp_path / "a") == _digests(tmp_path / "b")
+    cache = open_cache(tmp_path / "a")
+    array = cache.arrays[0]
+    assert array.shape[0] == 1 + 2 * 2 and array.dtype == np.uint8
+    # versions differ from the original and from each other (the CRFs really changed the coding)
+    assert not np.array_equal(array[0], array[1]) and not np.array_equal(array[1], array[2])
+
+
+def test_cache_refuses_another_config(sources, tmp_path):
+    build_cache([sources], tmp_path / "c", TINY_DATA)
+    from workers.errors import InputError
+
+    with pytest.raises(InputError, match="another dataset config"):
+        build_cache([sources], tmp_path / "c", DatasetConfig(crfs=(22,), max_items=1))
+
+
+def _config(sources: Path, cache: Path) -> TrainConfig:
+    return TrainConfig(name="pf-test", data=(str(sources),), cache=str(cache), layers=3, channels=4, steps=6,
+                       batch=4, crop=32, warmup_steps=2, checkpoint_every=2, log_every=1, threads=1,
+                       max_items=2, crfs=(32, 47))
+
+
+def test_resumed_training_equals_uninterrupted(sources, tmp_path):
+    cache = tmp_path / "cache"
+    build_cache([sources], cache, DatasetConfig(crfs=(32, 47), max_items=2))
+    config = _config(sources, cache)
+    train(config, tmp_path / "whole")
+    train(config, tmp_path / "parts", stop_after_steps=3)  # stops between checkpoints: redoes step 3
+    assert json.loads((tmp_path / "parts" / "state.json").read_text())["step"] == 2
+    train(config, tmp_path / "parts")
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    assert (whole / "state.safetensors").read_bytes() == (parts / "state.safetensors").read_bytes()
+    assert (whole / "latest.safetensors").read_bytes() != b""
+    a, b = load_filter(whole / "latest.safetensors"), load_filter(parts / "latest.safetensors")
+    assert a.metadata.weights_sha256 == b.metadata.weights_sha256 and a.metadata.training.steps == 6
+    losses = [json.loads(line)["loss"] for line in (whole / "log.jsonl").read_text().splitlines()]
+    assert len(losses) == 6 and losses != [losses[0]] * 6, "training did not change anything"
+    assert sorted(p.name for p in (whole / "checkpoints").iterdir()) == [
+        "step-000002.safetensors", "step-000004.safetensors", "step-000006.safetensors"]
+
+
+def test_cli_refuses_another_config_on_the_same_folder(sources, tmp_path):
+    cache = tmp_path / "cache"
+    build_cache([sources], cache, DatasetConfig(crfs=(32, 47), max_items=2))
+    args = ["--out", str(tmp_path / "run"), "--data", str(sources), "--cache", str(cache), "--layers", "3",
+            "--channels", "4", "--steps", "1", "--batch", "2", "--crop", "32", "--crfs", "32", "47", "--max-items", "2",
+            "--threads", "1"]
+    assert main(args) == 0
+    with pytest.raises(SystemExit, match="another training config"):
+        main([*args[:-2], "--threads", "2"])
