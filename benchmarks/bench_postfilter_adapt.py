@@ -1,0 +1,208 @@
+"""Per-video post-filter updates on eval-dev (not a test: numbers go to RESULTS.md).
+
+    nice python benchmarks/bench_postfilter_adapt.py --filter /root/pf-run/latest.safetensors \\
+        --units /tmp/pfa-units.jsonl --out benchmarks/RESULTS.md
+
+For every sequence (all frames), CRF and parameterisation: x264 (PSNR-tuned, intra period 12) codes the
+video; the generic filter and the adapted one run on the decoded frames; the decision (none / generic /
+adapted, update bytes counted) gives this method's point. Curves are PSNR-YUV over bits per pixel, where
+the rate is the stream's bytes plus the update's (the SEI carrier's own fixed bytes are left out of every
+method alike). ``postfilter`` is the generic filter with its on/off switch (on when it lowers
+lambda * wMSE). BD-rate of ``postfilter-adapt`` against ``none`` (plain x264) and against ``postfilter``,
+per sequence and on average; update bytes and their share of the stream; adaptation seconds per frame.
+It also compares the QP-lambda relation with the local slope of each sequence's own ``none`` curve.
+
+Units already in --units (JSON lines) are not measured again, so an interrupted run continues.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results_file import cpu_name, replace_section  # noqa: E402
+
+from adaptjobs.bdrate import bd_rate  # noqa: E402
+from workers.postfilter.adapt import (FilterAdaptConfig, UpdateTraining, adapt_filter, codec_lambda,  # noqa: E402
+                                      filter_all, lambda_from_slope, mean_psnr_yuv, mean_wmse)
+from workers.postfilter.checkpoint import load_filter  # noqa: E402
+from workers.standard.encoder import DEFAULT_CRFS, decode_stream, encode_planes  # noqa: E402
+from workers.video_io import read_video  # noqa: E402
+
+EVAL_DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "eval-dev"
+
+
+def measure_sequence(path: Path, loaded, crfs, parameterisations, args, done: set, write) -> None:
+    video = read_video(path, max_frames=args.frames)
+    originals = [video.frame_yuv420(i) for i in range(len(video))]
+    pixels = video.width * video.height * len(video)
+    for crf in crfs:
+        todo = [p for p in parameterisations if (video.name, crf, p) not in done]
+        if not todo:
+            continue
+        data = encode_planes(originals, video.width, video.height, video.fps, args.codec, crf, args.intra_period)
+        decoded = decode_stream(data, args.codec)
+        began = time.perf_counter()
+        generic = filter_all(loaded.model, decoded, crf, args.codec)
+        filter_seconds = time.perf_counter() - began
+        for parameterisation in todo:
+            config = FilterAdaptConfig(parameterisation=parameterisation,
+                                       training=UpdateTraining(**json.loads(args.training)))
+            result = adapt_filter(loaded, loaded.metadata.weights_sha256, originals, decoded, crf, args.codec, config,
+                                  generic_planes=generic)
+            write({"sequence": video.name, "crf": crf, "parameterisation": parameterisation, "frames": len(video),
+                   "pixels": pixels, "stream_bytes": len(data), "wmse_none": mean_wmse(originals, decoded),
+                   "filter_seconds_per_frame": filter_seconds / len(video),
+                   **result.decision.to_dict(), **result.stats})
+
+
+def redecide(r: dict, lmbda: float) -> tuple[str, int]:
+    """(decision, bytes sent) of unit ``r`` at another lambda: its wMSEs are recovered from the recorded costs
+    (cost = lambda * wMSE + 8 * update bytes / pixels), the trained update is the same."""
+    costs = {"none": lmbda * r["wmse_none"], "generic": lmbda * r["cost_generic"] / r["lmbda"]}
+    if r["cost_adapted"] is not None:
+        extra = 8 * r["update_bytes"] / r["pixels"]
+        costs["adapted"] = lmbda * (r["cost_adapted"] - extra) / r["lmbda"] + extra
+    label = "none" if costs["none"] <= costs["generic"] else "generic"
+    if "adapted" in costs and costs["adapted"] < costs[label]:
+        label = "adapted"
+    return label, r["update_bytes"] if label == "adapted" else 0
+
+
+def curves(rows: list[dict], lambdas: dict | None = None) -> dict:
+    """sequence -> {"none", "postfilter", "<parameterisation>"} -> [(bpp, psnr)]; with ``lambdas``
+    ((sequence, crf) -> lambda) every decision is taken again at that lambda (:func:`redecide`)."""
+    out: dict = {}
+    for r in rows:
+        seq = out.setdefault(r["sequence"], {})
+        bpp = 8 * r["stream_bytes"] / r["pixels"]
+        seq.setdefault("none", {})[r["crf"]] = (bpp, r["psnr_none"])
+        decision, sent = (r["decision"], r["blob_bytes"]) if lambdas is None else redecide(r, lambdas[r["sequence"], r["crf"]])
+        on = decision == "generic" or (decision == "adapted" and r["cost_generic"] < r["cost_none"])
+        seq.setdefault("postfilter", {})[r["crf"]] = (bpp, r["psnr_generic"] if on else r["psnr_none"])
+        chosen = {"none": r["psnr_none"], "generic": r["psnr_generic"], "adapted": r["psnr_adapted"]}[decision]
+        seq.setdefault(r["parameterisation"], {})[r["crf"]] = (8 * (r["stream_bytes"] + sent) / r["pixels"], chosen)
+    return {s: {m: [pts[c] for c in sorted(pts)] for m, pts in methods.items()} for s, methods in out.items()}
+
+
+def slope_lambdas(rows: list[dict]) -> dict:
+    """(sequence, crf) -> -d bpp / d wMSE of the none curve through the neighbouring CRFs of the sweep."""
+    by_seq: dict = {}
+    for r in rows:
+        by_seq.setdefault(r["sequence"], {})[r["crf"]] = (8 * r["stream_bytes"] / r["pixels"], r["wmse_none"])
+    out = {}
+    for seq, points in by_seq.items():
+        crfs = sorted(points)
+        for i, crf in enumerate(crfs):
+            neighbours = [points[c] for c in crfs[max(0, i - 1): i + 2]]
+            try:
+                out[seq, crf] = lambda_from_slope(neighbours)
+            except (ValueError, TypeError):
+                out[seq, crf] = codec_lambda(crf, "x264")
+    return out
+
+
+def slope_table(rows: list[dict]) -> list[str]:
+    """QP-lambda relation vs the local slope of the none curve (bpp over wMSE, neighbouring CRFs)."""
+    lines = ["| sequence | CRF | lambda QP relation | lambda local slope | ratio |", "|---|---|---|---|---|"]
+    by_seq: dict = {}
+    for r in rows:
+        by_seq.setdefault(r["sequence"], {})[r["crf"]] = (8 * r["stream_bytes"] / r["pixels"], r["wmse_none"])
+    for seq, points in sorted(by_seq.items()):
+        crfs = sorted(points)
+        for i in range(1, len(crfs) - 1):
+            try:
+                slope = lambda_from_slope([points[c] for c in crfs[i - 1: i + 2]])
+            except ValueError:
+                continue
+            rel = codec_lambda(crfs[i], "x264")
+            lines.append(f"| {seq} | {crfs[i]:g} | {rel:.5f} | {slope:.5f} | {slope / rel:.2f} |")
+    return lines
+
+
+def summary(rows: list[dict], parameterisations, lambdas: dict | None = None) -> str:
+    table = curves(rows, lambdas)
+    lines = ["| parameterisation | sequence | BD-rate vs none | BD-rate vs postfilter | units sent | update bytes (mean when sent) "
+             "| share of stream (mean when sent) | adapt s/frame | unit above postfilter's RD cost |", "|---|---|---|---|---|---|---|---|---|"]
+    for p in parameterisations:
+        vs_none, vs_generic = [], []
+        for seq in sorted(table):
+            if len(table[seq].get(p, [])) < 4:  # a BD-rate needs 4 points: unfinished sequences are left out
+                continue
+            a = bd_rate(table[seq]["none"], table[seq][p]).percent
+            b = bd_rate(table[seq]["postfilter"], table[seq][p]).percent
+            vs_none.append(a)
+            vs_generic.append(b)
+            mine = [r for r in rows if r["sequence"] == seq and r["parameterisation"] == p]
+            if lambdas is not None:
+                mine = [r | dict(zip(("decision", "blob_bytes"), redecide(r, lambdas[seq, r["crf"]]))) for r in mine]
+            sent = [r for r in mine if r["decision"] == "adapted"]
+            size = np.mean([r["blob_bytes"] for r in sent]) if sent else 0
+            share = np.mean([r["blob_bytes"] / (r["stream_bytes"] + r["blob_bytes"]) for r in sent]) if sent else 0
+            worse = sum(_chosen_cost(r) > min(r["cost_generic"], r["cost_none"]) + 1e-12 for r in mine) if lambdas is None else "-"
+            lines.append(f"| {p} | {seq} | {a:+.2f}% | {b:+.2f}% | {len(sent)}/{len(mine)} | {size:.0f} | {100 * share:.2f}% "
+                         f"| {np.mean([r['adapt_seconds_per_frame'] for r in mine]):.2f} | {worse} |")
+        lines.append(f"| {p} | **average** | **{np.mean(vs_none):+.2f}%** | **{np.mean(vs_generic):+.2f}%** | | | | | |")
+    generic = [bd_rate(table[s]["none"], table[s]["postfilter"]).percent for s in sorted(table) if len(table[s]["none"]) >= 4]
+    lines.append(f"| postfilter (generic, reference) | average | {np.mean(generic):+.2f}% | | | | | | |")
+    return "\n".join(lines)
+
+
+def _chosen_cost(r: dict) -> float:
+    return {"none": r["cost_none"], "generic": r["cost_generic"], "adapted": r["cost_adapted"]}[r["decision"]]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--filter", type=Path, default=Path("/root/pf-run/latest.safetensors"))
+    parser.add_argument("--data", type=Path, default=EVAL_DEV)
+    parser.add_argument("--codec", default="x264")
+    parser.add_argument("--crfs", type=float, nargs="+", default=list(DEFAULT_CRFS))
+    parser.add_argument("--parameterisations", nargs="+", default=["scale-bias", "lora", "last-layer"])
+    parser.add_argument("--intra-period", type=int, default=12)
+    parser.add_argument("--frames", type=int, default=None, help="default: all frames")
+    parser.add_argument("--sequences", nargs="*", default=None, help="names under --data (default: all)")
+    parser.add_argument("--training", default="{}", help="UpdateTraining fields as JSON (default: the defaults)")
+    parser.add_argument("--units", type=Path, required=True, help="JSON lines of measured units (resumable)")
+    parser.add_argument("--out", type=Path, default=None, help="RESULTS.md to update")
+    args = parser.parse_args()
+    loaded = load_filter(args.filter)
+    rows = [json.loads(line) for line in args.units.read_text().splitlines()] if args.units.exists() else []
+    rows = [r for r in rows if r["crf"] in args.crfs and r["parameterisation"] in args.parameterisations]
+    done = {(r["sequence"], r["crf"], r["parameterisation"]) for r in rows}
+
+    def write(row: dict) -> None:
+        rows.append(row)
+        with open(args.units, "a") as handle:
+            handle.write(json.dumps(row) + "\n")
+        print(json.dumps({k: row[k] for k in ("sequence", "crf", "parameterisation", "decision", "blob_bytes",
+                                              "psnr_none", "psnr_generic", "psnr_adapted", "adapt_seconds_per_frame")}),
+              flush=True)
+
+    paths = (sorted(args.data.iterdir()) if args.sequences is None  # given names: measured in that order
+             else [args.data / name for name in args.sequences])
+    for path in paths:
+        measure_sequence(path, loaded, args.crfs, args.parameterisations, args, done, write)
+    text = ("Decisions at the QP-lambda relation (the default of adapt_filter):\n\n" + summary(rows, args.parameterisations)
+            + "\n\nThe same trained updates, decisions taken again at the local slope of each sequence's none curve "
+            "(neighbouring CRFs of this sweep):\n\n" + summary(rows, args.parameterisations, slope_lambdas(rows))
+            + "\n\n" + "\n".join(slope_table(rows)))
+    print(text)
+    if args.out is not None:
+        header = (f"## Post-filter adaptation per video (eval-dev, {args.codec}, intra period {args.intra_period})\n\n"
+                  f"Measured {datetime.date.today()} on {cpu_name()} (2 cores shared with a training run), base filter "
+                  f"{args.filter} (sha256 {loaded.metadata.weights_sha256[:12]}), training {args.training}:\n"
+                  f"`nice python benchmarks/bench_postfilter_adapt.py --filter {args.filter} --units UNITS "
+                  f"--training '{args.training}' --out benchmarks/RESULTS.md`\n\n")
+        replace_section(args.out, "postfilter-adapt", header + text)
+
+
+if __name__ == "__main__":
+    main()

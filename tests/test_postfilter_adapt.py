@@ -1,0 +1,226 @@
+"""Per-video post-filter updates: zero update == base, payload coding, decode == encoder, refusals, resume,
+the decision. Tiny seeded filters on 4 frames of carphone coded by x264 (CPU, seconds)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from schemas.adapt import WeightPrior
+from workers.adapt.payload import WeightUpdate, encode_payload, make_header
+from workers.adapt.prior import ideal_bits
+from workers.errors import BitstreamError, InputError
+from workers.postfilter.adapt import (FilterAdaptConfig, UpdateTraining, adapt_filter, codec_lambda, lambda_from_slope,
+                                      local_slope_lambda, rebuild_filter)
+from workers.postfilter.checkpoint import LoadedFilter, make_metadata
+from workers.postfilter.network import FilterArchitecture, PostFilter, filter_planes
+from workers.postfilter.update import UpdateStructure, coded_shapes, make_filter_update
+from workers.postfilter.update_payload import FIXED_BYTES, CodedUpdate, decode_update, encode_update, transmitted_prior
+from workers.standard.encoder import decode_stream, encode_planes
+
+PARAMETERISATIONS = ("scale-bias", "lora", "last-layer")
+STRUCTURES = {"scale-bias": UpdateStructure("scale-bias"), "lora": UpdateStructure("lora", 2, 5),
+              "last-layer": UpdateStructure("last-layer")}
+CRF = 37.0
+FAST = UpdateTraining(steps=6, batch=2, crop=32, eval_every=3, eval_frames=2, checkpoint_every=2)
+
+
+def tiny_filter(seed: int) -> LoadedFilter:
+    """A small random filter whose tail is not zero (an untrained filter would be the identity)."""
+    torch.manual_seed(seed)
+    model = PostFilter(FilterArchitecture(layers=3, channels=8)).eval()
+    with torch.no_grad():
+        model.tail.weight.normal_(0.0, 0.01)
+    return LoadedFilter(model, make_metadata(model, f"tiny-{seed}"))
+
+
+@pytest.fixture(scope="module")
+def base() -> LoadedFilter:
+    return tiny_filter(0)
+
+
+def coded_frames(video, codec: str):
+    originals = [video.frame_yuv420(i) for i in range(len(video))]
+    data = encode_planes(originals, video.width, video.height, video.fps, codec, CRF, 12)
+    return originals, decode_stream(data, codec)
+
+
+@pytest.fixture(scope="module")
+def frames(carphone):
+    return coded_frames(carphone, "x264")
+
+
+def _adapt(base, frames, parameterisation, tmp_path=None, **kwargs):
+    """An adaptation whose update is sent: lambda 1 (x264's own is ~0.004 at CRF 37) makes distortion
+    dominate, so a few steps on 4 frames pay for their bytes."""
+    config = FilterAdaptConfig(parameterisation=parameterisation, training=FAST, send_update="always", **kwargs)
+    return adapt_filter(base, base.metadata.weights_sha256, *frames, CRF, "x264", config, tmp_path, lmbda=1.0)
+
+
+@pytest.mark.parametrize("parameterisation", PARAMETERISATIONS)
+def test_zero_update_is_the_base_filter_exactly(base, parameterisation):
+    update = make_filter_update(base.model, STRUCTURES[parameterisation])
+    produced = update.weights({name: torch.zeros_like(p) for name, p in update.coded.items()})
+    parameters = dict(base.model.named_parameters())
+    assert produced and all(torch.equal(value, parameters[name]) for name, value in produced.items())
+
+
+@pytest.mark.parametrize("parameterisation", PARAMETERISATIONS)
+def test_payload_round_trip_and_bits_near_ideal(base, parameterisation):
+    prior = transmitted_prior(WeightPrior(grid=0.004))
+    structure = STRUCTURES[parameterisation]
+    shapes = coded_shapes(make_filter_update(base.model, structure))
+    generator = torch.Generator().manual_seed(1)
+    indices = {name: (torch.randn(shape, generator=generator) * 3).round().to(torch.int64) * (torch.rand(shape, generator=generator) < 0.2)
+               for name, shape in shapes.items()}
+    blob = encode_update(CodedUpdate(structure, prior, indices), base.metadata.weights_sha256)
+    decoded = decode_update(blob, base.metadata.weights_sha256, lambda s: coded_shapes(make_filter_update(base.model, s)))
+    assert decoded.structure == structure and decoded.prior == prior
+    assert all(torch.equal(decoded.indices[n], k) for n, k in indices.items())
+    flat = torch.cat([k.reshape(-1) for k in indices.values()])
+    ideal = ideal_bits(prior, flat, max(1, int(flat.abs().max())))
+    stream_bits = 8 * (len(blob) - FIXED_BYTES)
+    assert ideal <= stream_bits <= ideal * 1.01 + 64
+
+
+def test_payload_golden_bytes(base):
+    """Pins the frame and the coding tables: fixed indices -> fixed bytes."""
+    structure = STRUCTURES["scale-bias"]
+    shapes = coded_shapes(make_filter_update(base.model, structure))
+    indices = {name: torch.arange(int(np.prod(shape))).reshape(shape) % 5 - 2 for name, shape in shapes.items()}
+    blob = encode_update(CodedUpdate(structure, transmitted_prior(WeightPrior(grid=0.004)), indices), "ab" * 32)
+    assert (len(blob), hashlib.sha256(blob).hexdigest()[:16]) == (95, "d69a3efef5a6b3db")
+
+
+def test_compact_header_vs_json_header(base):
+    """Why update_payload.py exists: the shared payload's JSON header alone costs more than a small update."""
+    structure = STRUCTURES["scale-bias"]
+    shapes = coded_shapes(make_filter_update(base.model, structure))
+    indices = {name: torch.zeros(shape, dtype=torch.int64) for name, shape in shapes.items()}
+    indices[next(iter(indices))][0] = 1
+    prior = transmitted_prior(WeightPrior(grid=0.004))
+    compact = encode_update(CodedUpdate(structure, prior, indices), base.metadata.weights_sha256)
+    header = make_header(base.metadata.weights_sha256, "postfilter-adapt", {"parameterisation": "scale-bias"}, prior, indices)
+    shared = encode_payload(WeightUpdate(header, indices))
+    assert len(compact) + 200 < len(shared), (len(compact), len(shared))
+
+
+@pytest.mark.parametrize("parameterisation", PARAMETERISATIONS)
+def test_decoder_rebuilds_the_encoders_filtered_frames(base, frames, parameterisation):
+    result = _adapt(base, frames, parameterisation)
+    assert result.decision.decision == "adapted" and result.blob
+    assert result.decision.blob_bytes == len(result.blob) == result.stats["update_bytes"]
+    rebuilt = rebuild_filter(base, base.metadata.weights_sha256, result.blob, "unit.h264")
+    for planes, expected in zip(frames[1], result.planes):
+        assert all(np.array_equal(a, b) for a, b in zip(filter_planes(rebuilt, planes, CRF, "x264"), expected))
+    generic = [filter_planes(base.model, planes, CRF, "x264") for planes in frames[1]]
+    assert any(not np.array_equal(a[0], b[0]) for a, b in zip(result.planes, generic))
+
+
+def test_x265_unit_decodes_to_the_encoders_frames(base, carphone):
+    frames = coded_frames(carphone, "x265")
+    config = FilterAdaptConfig(parameterisation="scale-bias", training=FAST, send_update="always")
+    result = adapt_filter(base, base.metadata.weights_sha256, *frames, CRF, "x265", config, lmbda=1.0)
+    assert result.blob is not None
+    rebuilt = rebuild_filter(base, base.metadata.weights_sha256, result.blob)
+    for planes, expected in zip(frames[1], result.planes):
+        assert all(np.array_equal(a, b) for a, b in zip(filter_planes(rebuilt, planes, CRF, "x265"), expected))
+
+
+@pytest.fixture(scope="module")
+def sent_blob(base, frames) -> bytes:
+    return _adapt(base, frames, "scale-bias").blob
+
+
+def test_update_for_another_base_filter_is_refused(sent_blob):
+    other = tiny_filter(1)
+    with pytest.raises(BitstreamError, match="another base filter") as info:
+        rebuild_filter(other, other.metadata.weights_sha256, sent_blob, "x.h264")
+    assert "\n" not in str(info.value) and str(info.value).startswith("x.h264: ")
+
+
+def test_corrupted_or_truncated_update_is_refused(base, sent_blob):
+    sha = base.metadata.weights_sha256
+    damaged = [sent_blob[:n] for n in (0, 3, 10, 40, len(sent_blob) - 1)] + [sent_blob + b"\x00"]
+    for position in range(0, len(sent_blob), max(1, len(sent_blob) // 25)):
+        flipped = bytearray(sent_blob)
+        flipped[position] ^= 0x10
+        damaged.append(bytes(flipped))
+    for data in damaged:
+        with pytest.raises(BitstreamError) as info:
+            rebuild_filter(base, sha, data, "x.h264")
+        assert "\n" not in str(info.value) and str(info.value).startswith("x.h264: ")
+
+
+class _Interrupt(Exception):
+    pass
+
+
+@pytest.mark.parametrize("parameterisation", ("scale-bias", "last-layer"))
+def test_resumed_adaptation_equals_uninterrupted(base, frames, tmp_path, parameterisation):
+    reference = _adapt(base, frames, parameterisation, tmp_path / "a")
+
+    def interrupt(record):
+        if record["step"] == (4 if parameterisation != "last-layer" else 1):
+            raise _Interrupt
+    config = FilterAdaptConfig(parameterisation=parameterisation, training=FAST, send_update="always")
+    with pytest.raises(_Interrupt):
+        adapt_filter(base, base.metadata.weights_sha256, *frames, CRF, "x264", config, tmp_path / "b", log=interrupt,
+                     lmbda=1.0)
+    assert list((tmp_path / "b").glob("*.safetensors")) and not list((tmp_path / "b").glob(".*.tmp"))
+    resumed = _adapt(base, frames, parameterisation, tmp_path / "b")
+    assert resumed.stats["resumed_from"] == (4 if parameterisation != "last-layer" else 1)
+    assert resumed.blob == reference.blob and reference.blob is not None
+    assert all(np.array_equal(a, b) for fa, fb in zip(resumed.planes, reference.planes) for a, b in zip(fa, fb))
+
+
+def test_checkpoint_of_another_config_is_refused(base, frames, tmp_path):
+    _adapt(base, frames, "scale-bias", tmp_path)
+    with pytest.raises(InputError, match="another adaptation config"):
+        _adapt(base, frames, "scale-bias", tmp_path, seed=1)
+
+
+def test_an_update_that_does_not_pay_is_not_sent(base, frames):
+    config = FilterAdaptConfig(parameterisation="scale-bias", training=FAST)
+    result = adapt_filter(base, base.metadata.weights_sha256, *frames, CRF, "x264", config, lmbda=1e-9)
+    assert result.blob is None and result.decision.decision in ("none", "generic")
+    expected = frames[1] if result.decision.decision == "none" else [filter_planes(base.model, p, CRF, "x264") for p in frames[1]]
+    assert all(np.array_equal(a, b) for fa, fb in zip(result.planes, expected) for a, b in zip(fa, fb))
+
+
+@pytest.mark.parametrize("parameterisation", PARAMETERISATIONS)
+def test_decision_is_never_costlier_than_generic_or_none(base, frames, parameterisation):
+    config = FilterAdaptConfig(parameterisation=parameterisation, training=FAST)
+    result = adapt_filter(base, base.metadata.weights_sha256, *frames, CRF, "x264", config)
+    d = result.decision
+    chosen = {"none": d.cost_none, "generic": d.cost_generic, "adapted": d.cost_adapted}[d.decision]
+    assert chosen <= min(d.cost_none, d.cost_generic)
+    assert (result.blob is not None) == (d.decision == "adapted")
+    json.dumps(d.to_dict())  # the record goes into result.json
+
+
+def test_codec_lambda_and_slope():
+    assert codec_lambda(12, "x264") == pytest.approx(1 / 0.85)
+    assert codec_lambda(15, "x264") == pytest.approx(codec_lambda(12, "x264") / 2)
+    assert codec_lambda(32, "x265") > codec_lambda(32, "x264")
+    assert lambda_from_slope([(0.10, 40.0), (0.08, 50.0), (0.06, 60.0)]) == pytest.approx(0.002)
+
+
+def test_local_slope_lambda_is_positive_and_near_the_qp_relation(carphone, frames):
+    originals, decoded = frames
+    data = encode_planes(originals, carphone.width, carphone.height, carphone.fps, "x264", CRF, 12)
+    value = local_slope_lambda(originals, decoded, len(data), carphone.fps, "x264", CRF, 12)
+    assert 0.05 < value / codec_lambda(CRF, "x264") < 20
+
+
+def test_bad_frames_are_refused_with_one_line(base, frames):
+    originals, decoded = frames
+    with pytest.raises(InputError, match="as many originals"):
+        adapt_filter(base, base.metadata.weights_sha256, originals[:2], decoded, CRF, "x264")
+    with pytest.raises(InputError, match="one size"):
+        adapt_filter(base, base.metadata.weights_sha256, originals, [tuple(p[:8, :8] for p in decoded[0])] + decoded[1:],
+                     CRF, "x264")

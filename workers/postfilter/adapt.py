@@ -1,0 +1,573 @@
+"""Adapting the post-filter to one (video, codec, CRF): train or solve an update, code it, decide if it pays.
+
+    originals, decoded (uint8 4:2:0 planes per frame)
+        |  scale-bias / lora: Adam on random crops, loss = lambda * wMSE + weight bits / sequence pixels,
+        |      grid-quantized with straight-through gradients; the best state by measured RD cost is kept
+        |  last-layer: least squares for the tail conv on this video's features, ridge picked by RD cost
+        v
+    grid indices --encode_update--> blob --rebuild_filter (what the decoder runs)--> adapted filter
+        v
+    decide: none | generic | adapted by  lambda * wMSE(sequence) + 8 * blob bytes / pixels
+
+wMSE is (6 MSE_Y + MSE_U + MSE_V) / 8 in 8-bit code values squared (the weights of PSNR-YUV). lambda
+comes from the codec's own QP-lambda relation with QP ~ CRF (see :func:`codec_lambda`), or the caller
+passes one (for instance the measured slope of this video's own ``none`` curve, :func:`lambda_from_slope`).
+
+Deterministic: every random choice of step s comes from a generator seeded with (seed, s); the state
+(coded tensors, Adam moments, best state, counters) is checkpointed atomically with workers/adapt/state.py,
+so a resumed run ends with the same bytes as an uninterrupted one (same machine and thread count).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch.func import functional_call
+from torch.nn import functional as F
+
+from schemas.adapt import WeightPrior
+from workers.adapt.prior import grid_indices, ideal_bits, quantize_ste, weight_bits
+from workers.adapt.state import load_state, optimizer_tensors, restore_optimizer, save_state
+from workers.metrics import psnr_yuv
+from workers.postfilter.network import PostFilter, filter_planes
+from workers.postfilter.update import (Parameterisation, UpdateStructure, adapted_filter, coded_shapes,
+                                       make_filter_update)
+from workers.postfilter.update_payload import FIXED_BYTES, CodedUpdate, decode_update, encode_update, transmitted_prior
+
+Planes = tuple[np.ndarray, np.ndarray, np.ndarray]
+PLANE_WEIGHTS = (6.0 / 8.0, 1.0 / 8.0, 1.0 / 8.0)  # PSNR-YUV's (6Y + U + V) / 8
+QP_LAMBDA_FACTOR = {"x264": 0.85, "x265": 0.57}  # JM (H.264) and HM (HEVC) lambda = f * 2^((QP - 12) / 3)
+# Grids: first choices, lightly checked on one train/ clip (imageio_realshort_320x240, 12 frames, x264 CRF 37,
+# a barely trained base): scale-bias at 0.004 cost 0.10033 vs 0.10037 at 0.002 (lambda * wMSE + bpp). The
+# last layer picks its own grid per unit among DEFAULT grid * grid_scales.
+DEFAULT_PRIORS = {
+    "scale-bias": WeightPrior(grid=0.004, slab_std=0.05),
+    "lora": WeightPrior(grid=0.004, slab_std=0.05),
+    "last-layer": WeightPrior(grid=0.002, slab_std=0.05),
+}
+
+
+class UpdateTraining(BaseModel):
+    """Gradient training of the scale-bias and LoRA updates (CPU-sized: tens of steps on small crops)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    steps: int = Field(40, ge=0)
+    batch: int = Field(4, ge=1, description="crops per step, each from a frame drawn at random")
+    crop: int = Field(96, ge=8, description="luma crop side in px (even); whole frame if smaller")
+    learning_rate: float = Field(2e-3, gt=0)
+    adam_eps: float = Field(1e-6, gt=0, description="of the order of the weak gradients: keeps them in the zero bin")
+    eval_every: int = Field(10, ge=1, description="steps between RD measurements that pick the best state")
+    eval_frames: int = Field(4, ge=1, description="evenly spaced whole frames the RD measurement uses")
+    checkpoint_every: int = Field(10, ge=1)
+
+
+class FilterAdaptConfig(BaseModel):
+    """How ``postfilter-adapt`` updates the shipped filter for one (video, codec, CRF)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    parameterisation: Parameterisation = "scale-bias"
+    rank: int = Field(2, ge=1, lt=256, description="LoRA rank per conv (lora only)")
+    init_seed: int = Field(0, ge=0, lt=2**32, description="seed of LoRA's A initialisation (lora only)")
+    prior: WeightPrior | None = Field(None, description="default: DEFAULT_PRIORS[parameterisation]")
+    training: UpdateTraining = UpdateTraining()
+    ridge: tuple[float, ...] = Field((1e-4, 1e-3, 1e-2, 1e-1), min_length=1,
+                                     description="last-layer: ridge strengths tried (relative to the features' energy)")
+    least_squares_frames: int = Field(32, ge=1, description="last-layer: evenly spaced frames the solve uses")
+    grid_scales: tuple[float, ...] = Field((0.5, 1.0, 2.0, 4.0), min_length=1, description=(
+        "last-layer: multiples of the prior's grid (and spike) tried; the payload carries the chosen prior, so "
+        "each unit may pick its own step"))
+    send_update: Literal["if-better", "always"] = "if-better"
+    seed: int = Field(0, ge=0)
+
+    def structure(self) -> UpdateStructure:
+        lora = self.parameterisation == "lora"
+        return UpdateStructure(self.parameterisation, self.rank if lora else 0, self.init_seed if lora else 0)
+
+    def coding_prior(self) -> WeightPrior:
+        return transmitted_prior(self.prior or DEFAULT_PRIORS[self.parameterisation])
+
+
+@dataclass
+class FilterDecision:
+    """What the encoder chose and why: RD costs are lambda * wMSE + 8 * extra bytes / pixels (the stream's
+    own bytes are common to all three and left out); PSNRs are PSNR-YUV averaged over frames."""
+
+    decision: Literal["adapted", "generic", "none"]
+    blob_bytes: int
+    lmbda: float
+    lambda_source: str
+    psnr_none: float
+    psnr_generic: float
+    psnr_adapted: float | None
+    cost_none: float
+    cost_generic: float
+    cost_adapted: float | None
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+@dataclass
+class FilterAdaptation:
+    blob: bytes | None  # the coded update when the decision is "adapted"
+    planes: list[Planes]  # what the decoder shows for that decision, byte for byte
+    decision: FilterDecision
+    stats: dict = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------ lambda
+def codec_lambda(crf: float, codec: str) -> float:
+    """Weight of wMSE (code values^2) against bits per pixel, from the standard QP-lambda relation with
+    QP ~ CRF: J = SSD + lambda_mode R with lambda_mode = f 2^((QP-12)/3) (JM f = 0.85, HM f = 0.57), so
+    per pixel J / lambda_mode = MSE / lambda_mode + bpp. Why this and not the slope of the video's own
+    ``none`` curve: it needs no extra encodes and is the trade-off the encoder's own mode decisions make."""
+    return 1.0 / (QP_LAMBDA_FACTOR[codec] * 2.0 ** ((crf - 12.0) / 3.0))
+
+
+def lambda_from_slope(points: Sequence[tuple[float, float]]) -> float:
+    """-d bpp / d wMSE between neighbouring points (bpp, wMSE) of a ``none`` curve: the measured
+    alternative to :func:`codec_lambda` (two or three points around the CRF, least-squares slope)."""
+    bpp, mse = np.array(points, dtype=np.float64).T
+    slope = np.polyfit(mse, bpp, 1)[0]
+    if not slope < 0:
+        raise ValueError("the none curve's rate does not fall with distortion here")
+    return float(-slope)
+
+
+def local_slope_lambda(originals: Sequence[Planes], decoded: Sequence[Planes], stream_bytes: int, fps, codec: str,
+                       crf: float, intra_period: int, delta: float = 3.0) -> float:
+    """lambda as the local slope of this video's own ``none`` curve: the unit's point plus x264/x265 encodes
+    at CRF -/+ ``delta`` (two extra encodes with the same settings), fitted by :func:`lambda_from_slope`.
+    Falls back to :func:`codec_lambda` where the three points do not give a falling curve."""
+    from workers.standard.encoder import decode_stream, encode_planes
+
+    height, width = originals[0][0].shape
+    pixels = width * height * len(originals)
+    points = [(8.0 * stream_bytes / pixels, mean_wmse(originals, decoded))]
+    for neighbour in (crf - delta, crf + delta):
+        if 0 <= neighbour <= 51:
+            data = encode_planes(originals, width, height, fps, codec, neighbour, intra_period)
+            points.append((8.0 * len(data) / pixels, mean_wmse(originals, decode_stream(data, codec))))
+    try:
+        return lambda_from_slope(points)
+    except ValueError:
+        return codec_lambda(crf, codec)
+
+
+# ------------------------------------------------------------------ tensors and metrics
+def _tensor(plane: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(plane)).float().div(255.0)[None, None]
+
+
+def weighted_mse(output: Sequence[torch.Tensor], target: Sequence[torch.Tensor]) -> torch.Tensor:
+    """(6 MSE_Y + MSE_U + MSE_V) / 8 in code values^2 of float planes in [0, 1] (any batch shape)."""
+    return sum(w * torch.mean((o - t) ** 2) for w, o, t in zip(PLANE_WEIGHTS, output, target)) * 255.0**2
+
+
+def planes_wmse(a: Planes, b: Planes) -> float:
+    """wMSE of two uint8 frames, float64."""
+    return sum(w * float(np.mean((x.astype(np.float64) - y.astype(np.float64)) ** 2)) for w, x, y in zip(PLANE_WEIGHTS, a, b))
+
+
+def _crop(planes: Planes, top: int, left: int, height: int, width: int) -> list[torch.Tensor]:
+    y, u, v = planes
+    return [_tensor(y[top: top + height, left: left + width]),
+            *(_tensor(c[top // 2: (top + height) // 2, left // 2: (left + width) // 2]) for c in (u, v))]
+
+
+def _generator(*parts: int) -> torch.Generator:
+    seed = 0
+    for part in parts:
+        seed = (seed * 1_000_003 + part) % (2**62)
+    return torch.Generator().manual_seed(seed)
+
+
+def crop_batch(originals: Sequence[Planes], decoded: Sequence[Planes], crop: int, batch: int,
+               generator: torch.Generator) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """``batch`` random crops (even positions, so chroma aligns): (target, input) lists of Y, U, V tensors
+    (B,1,h,w), (B,1,h/2,w/2) in [0, 1]."""
+    height, width = decoded[0][0].shape
+    ch, cw = min(crop, height) // 2 * 2, min(crop, width) // 2 * 2
+    targets, inputs = [], []
+    for _ in range(batch):
+        index = int(torch.randint(0, len(decoded), (1,), generator=generator))
+        top = 2 * int(torch.randint(0, (height - ch) // 2 + 1, (1,), generator=generator))
+        left = 2 * int(torch.randint(0, (width - cw) // 2 + 1, (1,), generator=generator))
+        targets.append(_crop(originals[index], top, left, ch, cw))
+        inputs.append(_crop(decoded[index], top, left, ch, cw))
+    stack = lambda crops: [torch.cat([c[p] for c in crops]) for p in range(3)]  # noqa: E731
+    return stack(targets), stack(inputs)
+
+
+def evenly_spaced(count: int, wanted: int) -> list[int]:
+    """Up to ``wanted`` frame indices spread over 0..count-1 (all when count <= wanted)."""
+    if count <= wanted:
+        return list(range(count))
+    return sorted({round(i * (count - 1) / (wanted - 1)) for i in range(wanted)}) if wanted > 1 else [count // 2]
+
+
+def filter_all(model: PostFilter | None, decoded: Sequence[Planes], crf: float, codec: str) -> list[Planes]:
+    """Every frame through ``filter_planes`` (None: the decoded frames as they are)."""
+    if model is None:
+        return list(decoded)
+    return [filter_planes(model, planes, crf, codec) for planes in decoded]
+
+
+def mean_psnr_yuv(originals: Sequence[Planes], frames: Sequence[Planes]) -> float:
+    return sum(psnr_yuv(o, f) for o, f in zip(originals, frames)) / len(frames)
+
+
+def mean_wmse(originals: Sequence[Planes], frames: Sequence[Planes]) -> float:
+    return sum(planes_wmse(o, f) for o, f in zip(originals, frames)) / len(frames)
+
+
+# ------------------------------------------------------------------ one unit of work
+@dataclass
+class _Unit:
+    """Everything the training, the solve and the decision share for one (video, codec, CRF)."""
+
+    base: PostFilter  # a frozen copy (no gradients), eval mode
+    base_sha256: str
+    originals: Sequence[Planes]
+    decoded: Sequence[Planes]
+    crf: float
+    codec: str
+    config: FilterAdaptConfig
+    lmbda: float
+    chosen_prior: WeightPrior | None = None  # last-layer: the grid the solve picked
+
+    @property
+    def pixels(self) -> int:
+        """Luma pixels of the whole sequence: the weight bits are a per-sequence cost."""
+        return int(self.decoded[0][0].size) * len(self.decoded)
+
+    @property
+    def prior(self) -> WeightPrior:
+        return self.chosen_prior or self.config.coding_prior()
+
+
+def _base_model(base) -> PostFilter:
+    """A PostFilter, or anything holding one as ``.model`` (the checkpoint loader's LoadedFilter)."""
+    model = base if isinstance(base, PostFilter) else getattr(base, "model", None)
+    if not isinstance(model, PostFilter):
+        raise TypeError(f"expected a PostFilter or a loaded filter, got {type(base).__name__}")
+    return model
+
+
+def _frozen_copy(model: PostFilter) -> PostFilter:
+    import copy
+
+    frozen = copy.deepcopy(model).eval()
+    for p in frozen.parameters():
+        p.requires_grad_(False)
+    return frozen
+
+
+def rebuild_filter(base, base_sha256: str, blob: bytes, source: str | Path | None = None) -> PostFilter:
+    """The adapted filter a decoder runs: the base filter plus the update coded in ``blob``. Refuses an
+    update for another base filter and corrupted or truncated bytes with a one-line BitstreamError."""
+    model = _base_model(base)
+    built = {}
+
+    def shapes_for(structure: UpdateStructure) -> dict[str, tuple[int, ...]]:
+        built["update"] = make_filter_update(model, structure)
+        return coded_shapes(built["update"])
+
+    coded = decode_update(blob, base_sha256, shapes_for, source)
+    return adapted_filter(model, built["update"], coded.values())
+
+
+def update_blob(unit: _Unit, update) -> bytes | None:
+    """The payload of ``update``'s grid indices, or None when every index is zero (nothing to send)."""
+    indices = {name: grid_indices(value, unit.prior.grid) for name, value in update.coded.items()}
+    if all(int(k.abs().max()) == 0 for k in indices.values()):
+        return None
+    return encode_update(CodedUpdate(unit.config.structure(), unit.prior, indices), unit.base_sha256)
+
+
+def measured_cost(unit: _Unit, update, frames: Sequence[int]) -> tuple[float, int]:
+    """(lambda * wMSE on ``frames`` + 8 * blob bytes / sequence pixels, blob bytes) of the update as the
+    decoder would rebuild it (rounded, clamped 8-bit output, real coded bytes)."""
+    blob = update_blob(unit, update)
+    model = unit.base if blob is None else rebuild_filter(unit.base, unit.base_sha256, blob)
+    filtered = filter_all(model, [unit.decoded[i] for i in frames], unit.crf, unit.codec)
+    wmse = mean_wmse([unit.originals[i] for i in frames], filtered)
+    size = 0 if blob is None else len(blob)
+    return unit.lmbda * wmse + 8.0 * size / unit.pixels, size
+
+
+def training_loss(unit: _Unit, update, targets, inputs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(loss, wMSE, weight bits) of one batch, in wMSE units: loss = wMSE + bits / (lambda * pixels), i.e.
+    the RD cost divided by lambda (Adam's epsilon then compares with gradients of code values^2)."""
+    quantized = {name: quantize_ste(value, unit.prior.grid) for name, value in update.coded.items()}
+    out = functional_call(unit.base, update.weights(quantized), (*inputs, unit.crf, unit.codec))
+    wmse = weighted_mse(out, targets)
+    bits = sum(weight_bits(unit.prior, value) for value in update.coded.values())
+    return wmse + bits / (unit.lmbda * unit.pixels), wmse, bits
+
+
+@dataclass
+class _Progress:
+    """The resumable part of a training run besides the tensors."""
+
+    step: int = 0
+    best_cost: float | None = None
+    best_step: int = 0
+    best_bytes: int = 0
+    resumed_from: int = 0
+    prior: dict | None = None  # last-layer: the chosen prior (JSON)
+
+
+def _restore(update, optimizer, state_path: Path | None, config_json: str) -> tuple[_Progress, dict]:
+    saved = None if state_path is None else load_state(state_path, config_json)
+    if saved is None:
+        return _Progress(), {}
+    tensors, info = saved
+    with torch.no_grad():
+        for name, p in update.coded.items():
+            p.copy_(tensors[f"coded.{name}"])
+    if info.get("param_groups") is not None:
+        restore_optimizer(optimizer, "opt", tensors, info["param_groups"])
+    best = {name: tensors[f"best.{name}"] for name in update.coded}
+    progress = _Progress(info["step"], info["best_cost"], info["best_step"], info["best_bytes"], info["step"],
+                         info.get("prior"))
+    return progress, best
+
+
+def _save(update, optimizer, best: dict, progress: _Progress, state_path: Path | None, config_json: str) -> None:
+    if state_path is None:
+        return
+    opt_tensors, groups = optimizer_tensors(optimizer, "opt") if optimizer is not None else ({}, None)
+    tensors = ({f"coded.{n}": p.detach().clone() for n, p in update.coded.items()}
+               | {f"best.{n}": v for n, v in best.items()} | opt_tensors)
+    save_state(state_path, tensors, {"config": config_json, "step": progress.step, "best_cost": progress.best_cost,
+                                     "best_step": progress.best_step, "best_bytes": progress.best_bytes,
+                                     "param_groups": groups, "prior": progress.prior})
+
+
+def train_update(unit: _Unit, update, state_path: Path | None, config_json: str,
+                 log: Callable[[dict], None] | None = None) -> _Progress:
+    """Adam on ``update.coded`` (scale-bias or LoRA), then ``update.coded`` holds the best state measured
+    (step 0, the zero update = the generic filter, included). Continues from ``state_path`` if present."""
+    training = unit.config.training
+    optimizer = torch.optim.Adam(list(update.coded.values()), lr=training.learning_rate, eps=training.adam_eps)
+    progress, best = _restore(update, optimizer, state_path, config_json)
+    eval_frames = evenly_spaced(len(unit.decoded), training.eval_frames)
+    if progress.best_cost is None:
+        progress.best_cost, progress.best_bytes = measured_cost(unit, update, eval_frames)
+        best = {n: p.detach().clone() for n, p in update.coded.items()}
+    while progress.step < training.steps:
+        targets, inputs = crop_batch(unit.originals, unit.decoded, training.crop, training.batch,
+                                     _generator(unit.config.seed, progress.step))
+        loss, wmse, bits = training_loss(unit, update, targets, inputs)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        progress.step += 1
+        record = {"step": progress.step, "loss": float(loss.detach()), "wmse": float(wmse.detach()),
+                  "weight_bits": float(bits.detach())}
+        if progress.step % training.eval_every == 0 or progress.step == training.steps:
+            cost, size = measured_cost(unit, update, eval_frames)
+            record |= {"rd_cost": cost, "blob_bytes": size}
+            if cost < progress.best_cost:
+                progress.best_cost, progress.best_step, progress.best_bytes = cost, progress.step, size
+                best = {n: p.detach().clone() for n, p in update.coded.items()}
+        if progress.step % training.checkpoint_every == 0 or progress.step == training.steps:
+            _save(update, optimizer, best, progress, state_path, config_json)
+        if log is not None:
+            log(record)
+    with torch.no_grad():
+        for name, p in update.coded.items():
+            p.copy_(best[name])
+    return progress
+
+
+# ------------------------------------------------------------------ last layer by least squares
+def _unshuffled(planes: Planes) -> torch.Tensor:
+    """(1, 6, H/2, W/2): the filter's working representation (4 luma phases, U, V) in [0, 1]."""
+    y, u, v = (_tensor(p) for p in planes)
+    return torch.cat([F.pixel_unshuffle(y, 2), u, v], dim=1)
+
+
+@torch.no_grad()
+def tail_statistics(unit: _Unit, frames: Sequence[int], chunk: int = 16384) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Normal equations of the tail conv on this video: G = sum p p^T (D x D) and H = sum p r^T (D x 6),
+    float64, over every chroma position p of ``frames``, where p is the tail's 3x3 input patch with a
+    trailing 1 (D = 9 C + 1, the unfold order of the tail's weight) and r the residual the base filter
+    leaves (original - filtered, unclamped, 6 phases). Returns (G, H, positions)."""
+    captured = {}
+    hook = unit.base.tail.register_forward_hook(lambda module, args, out: captured.update(features=args[0], out=out))
+    try:
+        dim = unit.base.tail.weight[0].numel() + 1
+        gram, cross, positions = torch.zeros(dim, dim, dtype=torch.float64), torch.zeros(dim, 6, dtype=torch.float64), 0
+        for index in frames:
+            y, u, v = (_tensor(p) for p in unit.decoded[index])
+            unit.base(y, u, v, unit.crf, unit.codec)
+            x = _unshuffled(unit.decoded[index])
+            residual = (_unshuffled(unit.originals[index]) - x - captured["out"]).flatten(2)[0].t()  # (L, 6)
+            patches = F.unfold(captured["features"], 3, padding=1)[0]  # (9C, L)
+            for start in range(0, patches.shape[1], chunk):
+                p = patches[:, start: start + chunk].to(torch.float64)
+                p = torch.cat([p, torch.ones(1, p.shape[1], dtype=torch.float64)])
+                gram += p @ p.t()
+                cross += p @ residual[start: start + chunk].to(torch.float64)
+            positions += patches.shape[1]
+    finally:
+        hook.remove()
+    return gram, cross, positions
+
+
+def _channel_weights() -> torch.Tensor:
+    """wMSE weight of each of the 6 working channels: Y's 6/8 shared by its 4 phases, U and V 1/8."""
+    return torch.tensor([PLANE_WEIGHTS[0] / 4] * 4 + [PLANE_WEIGHTS[1], PLANE_WEIGHTS[2]], dtype=torch.float64)
+
+
+def solve_last_layer(unit: _Unit, gram: torch.Tensor, cross: torch.Tensor, positions: int) -> tuple[torch.Tensor, dict]:
+    """The quantized delta (6, D) of the tail's [weight | bias] minimising the predicted RD cost.
+
+    For each ridge strength rho: d_c = (A_c + mu_c I)^-1 b_c with A_c = lambda w_c G / N and b_c = lambda w_c
+    H_c / N (the RD cost's quadratic distortion term, in the same units), mu_c = rho trace(A_c) / D; the
+    ridge stands in for the prior's rate. Each candidate is rounded on each grid (the prior's grid times
+    ``grid_scales``; the payload carries the chosen one) and scored exactly on the
+    normal equations (lambda * wMSE change) plus its ideal bits and the payload's fixed bytes / pixels; the
+    zero update scores 0."""
+    weights, base_prior = _channel_weights(), unit.config.coding_prior()
+    scale = unit.lmbda * 255.0**2 / positions
+    best, best_cost, best_prior, scores = torch.zeros(6, gram.shape[0], dtype=torch.int64), 0.0, base_prior, {}
+    eye = torch.eye(gram.shape[0], dtype=torch.float64)
+    for rho in unit.config.ridge:
+        delta = torch.stack([torch.linalg.solve(scale * w * gram + rho * float(torch.trace(scale * w * gram)) / gram.shape[0] * eye,
+                                                scale * w * cross[:, c]) for c, w in enumerate(weights)])
+        for grid_scale in unit.config.grid_scales:
+            prior = transmitted_prior(WeightPrior(grid=base_prior.grid * grid_scale, slab_std=base_prior.slab_std,
+                                                  spike_std=base_prior.spike * grid_scale, alpha=base_prior.alpha))
+            k = torch.round(delta / prior.grid).clamp(-(1 << 15), 1 << 15).to(torch.int64)
+            q = k.to(torch.float64) * prior.grid
+            distortion = float(sum(w * scale * (q[c] @ gram @ q[c] - 2 * q[c] @ cross[:, c]) for c, w in enumerate(weights)))
+            bits = ideal_bits(prior, k, max(1, int(k.abs().max()))) + 8 * FIXED_BYTES
+            cost = distortion + bits / unit.pixels if bool(k.any()) else 0.0
+            scores[f"{rho:g}x{grid_scale:g}"] = cost
+            if cost < best_cost:
+                best, best_cost, best_prior = k, cost, prior
+    return best, {"predicted_cost_change": best_cost, "ridge_x_grid_scores": scores, "prior": best_prior.model_dump()}
+
+
+def fit_last_layer(unit: _Unit, update, state_path: Path | None, config_json: str,
+                   log: Callable[[dict], None] | None = None) -> _Progress:
+    """Set ``update.coded`` (LastLayerUpdate) by :func:`solve_last_layer`; the result is checkpointed, so a
+    resumed unit does not solve again."""
+    progress, best = _restore(update, None, state_path, config_json)
+    if not best:
+        frames = evenly_spaced(len(unit.decoded), unit.config.least_squares_frames)
+        k, info = solve_last_layer(unit, *tail_statistics(unit, frames))
+        progress.prior = info["prior"]
+        unit.chosen_prior = WeightPrior(**progress.prior)
+        weight, bias = update.base["tail.weight"], update.base["tail.bias"]
+        values = k.to(torch.float32) * unit.prior.grid
+        best = {"tail__weight__delta": values[:, :-1].reshape(weight.shape).contiguous(),
+                "tail__bias__delta": values[:, -1].reshape(bias.shape).contiguous()}
+        progress.step, progress.best_cost = 1, info["predicted_cost_change"]
+        with torch.no_grad():
+            for name, p in update.coded.items():
+                p.copy_(best[name])
+        _save(update, None, best, progress, state_path, config_json)
+        if log is not None:
+            log({"step": 1, **info})
+    unit.chosen_prior = WeightPrior(**progress.prior)
+    with torch.no_grad():
+        for name, p in update.coded.items():
+            p.copy_(best[name])
+    return progress
+
+
+# ------------------------------------------------------------------ decision and the public entry point
+def decide(originals: Sequence[Planes], decoded: Sequence[Planes], generic: Sequence[Planes],
+           adapted: Sequence[Planes] | None, blob_bytes: int, lmbda: float, lambda_source: str,
+           send_update: str = "if-better") -> FilterDecision:
+    """The cheapest of no filter, the generic filter and the adapted one (its blob bytes counted), by
+    lambda * wMSE + 8 * extra bytes / pixels on the whole sequence; ties go to the simpler choice."""
+    pixels = int(decoded[0][0].size) * len(decoded)
+    cost_none, cost_generic = lmbda * mean_wmse(originals, decoded), lmbda * mean_wmse(originals, generic)
+    cost_adapted = None if adapted is None else lmbda * mean_wmse(originals, adapted) + 8.0 * blob_bytes / pixels
+    label = "none" if cost_none <= cost_generic else "generic"
+    if cost_adapted is not None and (send_update == "always" or cost_adapted < min(cost_none, cost_generic)):
+        label = "adapted"
+    return FilterDecision(
+        decision=label, blob_bytes=blob_bytes if label == "adapted" else 0, lmbda=lmbda, lambda_source=lambda_source,
+        psnr_none=mean_psnr_yuv(originals, decoded), psnr_generic=mean_psnr_yuv(originals, generic),
+        psnr_adapted=None if adapted is None else mean_psnr_yuv(originals, adapted),
+        cost_none=cost_none, cost_generic=cost_generic, cost_adapted=cost_adapted)
+
+
+def _check_frames(originals: Sequence[Planes], decoded: Sequence[Planes]) -> None:
+    from workers.errors import InputError
+
+    if not decoded or len(originals) != len(decoded):
+        raise InputError(None, f"post-filter adaptation needs as many originals as decoded frames "
+                               f"({len(originals)} vs {len(decoded)}, at least one)")
+    shapes = {tuple(p.shape for p in frame) for frame in [*originals, *decoded]}
+    if len(shapes) != 1:
+        raise InputError(None, f"post-filter adaptation needs frames of one size, got {sorted(shapes)}")
+    if any(p.dtype != np.uint8 for frame in [*originals, *decoded] for p in frame):
+        raise InputError(None, "post-filter adaptation takes 8-bit planes")
+
+
+def unit_fingerprint(originals: Sequence[Planes], decoded: Sequence[Planes]) -> str:
+    """sha256 (16 hex digits) of every plane: a checkpoint is resumed only for the same frames."""
+    digest = hashlib.sha256()
+    for frame in [*originals, *decoded]:
+        for plane in frame:
+            digest.update(np.ascontiguousarray(plane).tobytes())
+    return digest.hexdigest()[:16]
+
+
+def adapt_filter(base, base_sha256: str, originals: Sequence[Planes], decoded: Sequence[Planes], crf: float,
+                 codec: str, config: FilterAdaptConfig = FilterAdaptConfig(), checkpoint_dir: str | Path | None = None,
+                 log: Callable[[dict], None] | None = None, lmbda: float | None = None,
+                 generic_planes: Sequence[Planes] | None = None) -> FilterAdaptation:
+    """Adapt the base filter (a PostFilter or a loaded filter with ``.model``, weights hashing to
+    ``base_sha256``) to this (video, codec, CRF) and decide what to send (module docstring).
+
+    ``originals``/``decoded``: per frame (Y (H,W), U, V (H/2,W/2)) uint8. ``lmbda``: weight of wMSE per bit
+    per pixel, default :func:`codec_lambda`. ``checkpoint_dir``: where the resumable state lives (None: no
+    checkpoints). The returned planes are what ``rebuild_filter`` + ``filter_planes`` give a decoder for
+    the decision (the decoded frames for 'none'), byte for byte. ``generic_planes``: the base filter's
+    output on ``decoded`` if the caller has it already (saves a pass when comparing parameterisations)."""
+    _check_frames(originals, decoded)
+    began = time.perf_counter()
+    lambda_source = "given" if lmbda is not None else f"qp-relation (QP = CRF {crf:g}, {codec})"
+    unit = _Unit(_frozen_copy(_base_model(base)), base_sha256, originals, decoded, float(crf), codec, config,
+                 codec_lambda(crf, codec) if lmbda is None else float(lmbda))
+    config_json = json.dumps({"config": config.model_dump(mode="json"), "crf": unit.crf, "codec": codec,
+                              "base": base_sha256, "lmbda": unit.lmbda, "frames": unit_fingerprint(originals, decoded)},
+                             sort_keys=True, separators=(",", ":"))
+    state_path = None if checkpoint_dir is None else Path(checkpoint_dir) / f"postfilter-{config.parameterisation}.safetensors"
+    update = make_filter_update(unit.base, config.structure())
+    fit = fit_last_layer if config.parameterisation == "last-layer" else train_update
+    progress = fit(unit, update, state_path, config_json, log)
+    fitted = time.perf_counter()
+    blob = update_blob(unit, update)
+    adapted = None if blob is None else rebuild_filter(unit.base, base_sha256, blob)  # exactly the decoder's
+    if generic_planes is None:
+        generic_planes = filter_all(unit.base, decoded, unit.crf, codec)
+    adapted_planes = None if adapted is None else filter_all(adapted, decoded, unit.crf, codec)
+    decision = decide(originals, decoded, generic_planes, adapted_planes, 0 if blob is None else len(blob),
+                      unit.lmbda, lambda_source, config.send_update)
+    planes = {"none": list(decoded), "generic": list(generic_planes), "adapted": adapted_planes}[decision.decision]
+    frames = len(decoded)
+    stats = {"parameterisation": config.parameterisation, "steps": progress.step, "resumed_from": progress.resumed_from,
+             "best_step": progress.best_step, "update_bytes": 0 if blob is None else len(blob),
+             "coded_numbers": sum(p.numel() for p in update.coded.values()),
+             "nonzero_numbers": sum(int(grid_indices(p, unit.prior.grid).count_nonzero()) for p in update.coded.values()),
+             "adapt_seconds": fitted - began, "adapt_seconds_per_frame": (fitted - began) / frames,
+             "total_seconds": time.perf_counter() - began}
+    return FilterAdaptation(blob if decision.decision == "adapted" else None, planes, decision, stats)

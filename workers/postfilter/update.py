@@ -1,0 +1,140 @@
+"""Per-video updates of a base post-filter: three parameterisations of "what changes" and how much it costs.
+
+An update is a set of *coded tensors* (what the payload carries, quantized on the prior's grid, all zero
+at the start) and a function ``weights(values)`` from those tensors to the filter's parameters. It follows
+the protocol of the neural codec's decoder updates (workers/adapt/decoder_updates.py: ``coded``,
+``weights``, ``apply_update``), so training evaluates ``functional_call(base, weights(quantize_ste(coded)))``
+and the decoder applies ``weights`` to the dequantized payload: it runs exactly the weights that were
+evaluated. With every coded tensor zero, ``weights`` returns the base filter's parameters exactly.
+
+    scale-bias  (NNPF over-fitting, Nokia's JVET proposals): per output channel of every conv a multiplier
+                and a bias, W' = (1 + s) W, b' = (1 + s) b + d.  2 x (7 x 32 + 6) = 460 numbers by default.
+    lora        per conv W' = W + reshape(B A), A (r, C_in k k) starts from a generator seeded with
+                (init_seed, layer), B (C_out, r) from zero; coded: B and A - A_init (the decoder rebuilds A_init).
+    last-layer  the tail conv's weight and bias deltas (6 x (32 x 9 + 1) = 1734 numbers), solved in closed
+                form by least squares on this video's features (workers/postfilter/adapt.py), then quantized.
+
+The payload identifies the parameterisation by a number assigned here by hand (never by dict order).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+
+from workers.adapt.decoder_updates import DecoderUpdate, apply_update
+from workers.postfilter.network import PostFilter
+
+Parameterisation = Literal["scale-bias", "lora", "last-layer"]
+PARAMETERISATION_IDS: dict[str, int] = {"scale-bias": 1, "lora": 2, "last-layer": 3}  # payload ids, by hand
+
+
+@dataclass(frozen=True)
+class UpdateStructure:
+    """What fixes the update's tensors (sent in the payload): the parameterisation, LoRA's rank and the seed
+    of its A initialisation (both 0 and unused for the other parameterisations)."""
+
+    parameterisation: Parameterisation
+    rank: int = 0
+    init_seed: int = 0
+
+    def __post_init__(self):
+        if self.parameterisation not in PARAMETERISATION_IDS:
+            raise ValueError(f"unknown post-filter update {self.parameterisation!r}")
+        if self.parameterisation == "lora" and self.rank < 1:
+            raise ValueError("a LoRA update needs rank >= 1")
+        if not (0 <= self.rank < 256 and 0 <= self.init_seed < 2**32):
+            raise ValueError("rank must fit a byte and init_seed 32 bits")
+
+
+def filter_convs(model: PostFilter) -> list[tuple[str, nn.Conv2d]]:
+    """(parameter prefix, conv) of every convolution of the filter, input side first."""
+    return [("head", model.head), *[(f"body.{i}", conv) for i, conv in enumerate(model.body)], ("tail", model.tail)]
+
+
+def _key(prefix: str, what: str) -> str:
+    """ParameterDict keys may not contain dots: body.3 + scale -> body__3__scale."""
+    return f"{prefix}.{what}".replace(".", "__")
+
+
+class ScaleBiasUpdate(DecoderUpdate):
+    """Per-output-channel multiplier (coded as s, the multiplier minus one) and bias delta on every conv."""
+
+    def __init__(self, model: PostFilter):
+        super().__init__()
+        self.base = {prefix: (conv.weight.detach().clone(), conv.bias.detach().clone()) for prefix, conv in filter_convs(model)}
+        coded = {}
+        for prefix, (weight, _) in self.base.items():
+            coded[_key(prefix, "scale")] = nn.Parameter(torch.zeros(weight.shape[0]))
+            coded[_key(prefix, "shift")] = nn.Parameter(torch.zeros(weight.shape[0]))
+        self.coded = nn.ParameterDict(coded)
+
+    def weights(self, values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        out = {}
+        for prefix, (weight, bias) in self.base.items():
+            gain = 1.0 + values[_key(prefix, "scale")]
+            out[f"{prefix}.weight"] = weight * gain[:, None, None, None]
+            out[f"{prefix}.bias"] = bias * gain + values[_key(prefix, "shift")]
+        return out
+
+
+class LoraFilterUpdate(DecoderUpdate):
+    """LoRA on every conv: dW = reshape(B A) with A (r, C_in k k), B (C_out, r); rank min(r, C_in k k, C_out)."""
+
+    def __init__(self, model: PostFilter, rank: int, init_seed: int):
+        super().__init__()
+        self.base, self.a_init = {}, {}
+        coded = {}
+        for layer, (prefix, conv) in enumerate(filter_convs(model)):
+            c_out, c_in, kh, kw = conv.weight.shape
+            r = min(rank, c_in * kh * kw, c_out)
+            generator = torch.Generator().manual_seed(init_seed * 1_000_003 + layer)
+            bound = 1.0 / (c_in * kh * kw) ** 0.5  # kaiming_uniform_(a=sqrt(5)), as nn.Linear
+            self.a_init[prefix] = (torch.rand((r, c_in * kh * kw), generator=generator) * 2 - 1) * bound
+            self.base[prefix] = conv.weight.detach().clone()
+            coded[_key(prefix, "lora_A_delta")] = nn.Parameter(torch.zeros(r, c_in * kh * kw))
+            coded[_key(prefix, "lora_B")] = nn.Parameter(torch.zeros(c_out, r))
+        self.coded = nn.ParameterDict(coded)
+
+    def weights(self, values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        out = {}
+        for prefix, weight in self.base.items():
+            a = self.a_init[prefix] + values[_key(prefix, "lora_A_delta")]
+            out[f"{prefix}.weight"] = weight + (values[_key(prefix, "lora_B")] @ a).reshape(weight.shape)
+        return out
+
+
+class LastLayerUpdate(DecoderUpdate):
+    """Deltas of the tail conv's weight (6, C, 3, 3) and bias (6,): the layer the least-squares solve sets."""
+
+    def __init__(self, model: PostFilter):
+        super().__init__()
+        self.base = {"tail.weight": model.tail.weight.detach().clone(), "tail.bias": model.tail.bias.detach().clone()}
+        self.coded = nn.ParameterDict({_key(name, "delta"): nn.Parameter(torch.zeros_like(p)) for name, p in self.base.items()})
+
+    def weights(self, values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {name: base + values[_key(name, "delta")] for name, base in self.base.items()}
+
+
+def make_filter_update(model: PostFilter, structure: UpdateStructure) -> DecoderUpdate:
+    """The zero update of ``structure`` for the base filter ``model`` (its tensors in coding order)."""
+    if structure.parameterisation == "scale-bias":
+        return ScaleBiasUpdate(model)
+    if structure.parameterisation == "lora":
+        return LoraFilterUpdate(model, structure.rank, structure.init_seed)
+    return LastLayerUpdate(model)
+
+
+def coded_shapes(update: DecoderUpdate) -> dict[str, tuple[int, ...]]:
+    """Coded tensor name -> shape, in coding order (what the decoder rebuilds instead of receiving)."""
+    return {name: tuple(value.shape) for name, value in update.coded.items()}
+
+
+def adapted_filter(base: PostFilter, update: DecoderUpdate, values: dict[str, torch.Tensor]) -> PostFilter:
+    """A copy of ``base`` with the parameters ``values`` (coded tensor values, e.g. index * grid) produce."""
+    adapted = apply_update(base, update, values)  # typed for the neural codec; works on any nn.Module
+    adapted.eval()
+    return adapted
