@@ -9,9 +9,10 @@
         v
     decide: none | generic | adapted by  lambda * wMSE(sequence) + 8 * blob bytes / pixels
 
-wMSE is (6 MSE_Y + MSE_U + MSE_V) / 8 in 8-bit code values squared (the weights of PSNR-YUV). lambda
-comes from the codec's own QP-lambda relation with QP ~ CRF (see :func:`codec_lambda`), or the caller
-passes one (for instance the measured slope of this video's own ``none`` curve, :func:`lambda_from_slope`).
+wMSE is (6 MSE_Y + MSE_U + MSE_V) / 8 in 8-bit code values squared (the weights of PSNR-YUV). lambda is
+what the caller passes, preferably :func:`local_slope_lambda` (the slope of this video's own ``none`` curve
+at CRF -/+ 3: two extra encodes; it is the trade-off BD-rate measures), else the codec's QP-lambda relation
+with QP ~ CRF (:func:`codec_lambda`), which overstated the slope 2-6x on eval-dev.
 
 Deterministic: every random choice of step s comes from a generator seeded with (seed, s); the state
 (coded tensors, Adam moments, best state, counters) is checkpointed atomically with workers/adapt/state.py,
@@ -128,8 +129,10 @@ class FilterAdaptation:
 def codec_lambda(crf: float, codec: str) -> float:
     """Weight of wMSE (code values^2) against bits per pixel, from the standard QP-lambda relation with
     QP ~ CRF: J = SSD + lambda_mode R with lambda_mode = f 2^((QP-12)/3) (JM f = 0.85, HM f = 0.57), so
-    per pixel J / lambda_mode = MSE / lambda_mode + bpp. Why this and not the slope of the video's own
-    ``none`` curve: it needs no extra encodes and is the trade-off the encoder's own mode decisions make."""
+    per pixel J / lambda_mode = MSE / lambda_mode + bpp. It needs no extra encodes, but on eval-dev (x264,
+    PSNR-tuned, CRF 32 and 42) it was 2.2-5.9x the local slope of each sequence's own ``none`` curve, and the
+    updates it let through lost BD-rate (benchmarks/RESULTS.md, section postfilter-adapt): callers that can
+    afford two extra encodes should pass ``lmbda=local_slope_lambda(...)``, the measured trade-off."""
     return 1.0 / (QP_LAMBDA_FACTOR[codec] * 2.0 ** ((crf - 12.0) / 3.0))
 
 
