@@ -47,13 +47,16 @@ def _fmt(value: float | None) -> str:
 
 
 def bd_table(summary: dict) -> list[str]:
-    rows = ["| codec | sequence | BD-rate PSNR-YUV | BD-rate PSNR-Y | BD-rate chroma |", "|---|---|---|---|---|"]
+    rows = ["| codec | sequence | BD-rate PSNR-YUV | BD-rate PSNR-Y | BD-rate chroma | PSNR-YUV without the SEI bytes |",
+            "|---|---|---|---|---|---|"]
     for codec, data in summary["codecs"].items():
         for name, s in data["sequences"].items():
             bd = s["bd_rate"]
-            rows.append(f"| {codec} | {name} | {_fmt(bd['yuv'])} | {_fmt(bd['y'])} | {_fmt(bd['chroma'])} |")
+            rows.append(f"| {codec} | {name} | {_fmt(bd['yuv'])} | {_fmt(bd['y'])} | {_fmt(bd['chroma'])} | "
+                        f"{_fmt(s['bd_rate_without_sei'])} |")
         m = data["mean_bd_rate"]
-        rows.append(f"| {codec} | **mean of sequences** | **{_fmt(m['yuv'])}** | {_fmt(m['y'])} | {_fmt(m['chroma'])} |")
+        rows.append(f"| {codec} | **mean of sequences** | **{_fmt(m['yuv'])}** | {_fmt(m['y'])} | {_fmt(m['chroma'])} | "
+                    f"{_fmt(m['yuv_without_sei'])} |")
     return rows
 
 

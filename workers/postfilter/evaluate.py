@@ -56,8 +56,8 @@ class EvalPoint:
     def filter_on(self) -> bool:
         return self.filtered["yuv"] > self.none["yuv"]
 
-    def bpp(self, method: str) -> float:
-        extra = SEI_BYTES if method == "postfilter" else 0
+    def bpp(self, method: str, sei_bytes: int = SEI_BYTES) -> float:
+        extra = sei_bytes if method == "postfilter" else 0
         return (self.stream_bytes + extra) * 8.0 / (self.width * self.height * self.frames)
 
     def quality(self, method: str, metric: str) -> float:
@@ -122,11 +122,11 @@ def evaluate(model: PostFilter, sources: list[Path], codecs: tuple[str, ...] = (
     return points
 
 
-def _bd(points: list[EvalPoint], metric: str) -> float | None:
+def _bd(points: list[EvalPoint], metric: str, sei_bytes: int = SEI_BYTES) -> float | None:
     from adaptjobs.bdrate import bd_rate
 
     anchor = [(p.bpp("none"), p.quality("none", metric)) for p in points]
-    test = [(p.bpp("postfilter"), p.quality("postfilter", metric)) for p in points]
+    test = [(p.bpp("postfilter", sei_bytes), p.quality("postfilter", metric)) for p in points]
     try:
         return bd_rate(anchor, test).percent
     except ValueError:  # a curve that is not monotone (e.g. chroma of a tiny clip): no BD-rate
@@ -135,7 +135,8 @@ def _bd(points: list[EvalPoint], metric: str) -> float | None:
 
 def summarize(points: list[EvalPoint]) -> dict:
     """BD-rates (percent, postfilter vs none) per codec and sequence, and their mean over sequences,
-    for PSNR-YUV, PSNR-Y and chroma; plus the dB gain of the filter (always on) per point."""
+    for PSNR-YUV, PSNR-Y and chroma; ``bd_rate_without_sei``: PSNR-YUV as if the SEI record were free
+    (what the filter itself gives); plus the dB gain of the filter (always on) per point."""
     summary: dict = {"sei_bytes": SEI_BYTES, "codecs": {}}
     for codec in sorted({p.codec for p in points}):
         per_sequence = {}
@@ -143,12 +144,15 @@ def summarize(points: list[EvalPoint]) -> dict:
             curve = sorted((p for p in points if p.codec == codec and p.sequence == name), key=lambda p: p.crf)
             per_sequence[name] = {
                 "bd_rate": {metric: _bd(curve, metric) for metric in ("yuv", "y", "chroma")},
+                "bd_rate_without_sei": _bd(curve, "yuv", 0),
                 "gain_db": {f"{p.crf:g}": round(p.filtered["yuv"] - p.none["yuv"], 4) for p in curve},
                 "filter_on": {f"{p.crf:g}": p.filter_on for p in curve}}
         mean = {}
         for metric in ("yuv", "y", "chroma"):
             values = [s["bd_rate"][metric] for s in per_sequence.values()]
             mean[metric] = None if any(v is None for v in values) else float(np.mean(values))
+        without = [s["bd_rate_without_sei"] for s in per_sequence.values()]
+        mean["yuv_without_sei"] = None if any(v is None for v in without) else float(np.mean(without))
         summary["codecs"][codec] = {"sequences": per_sequence, "mean_bd_rate": mean}
     return summary
 
@@ -158,13 +162,15 @@ def format_summary(summary: dict) -> str:
     lines = []
     for codec, data in summary["codecs"].items():
         crfs = next(iter(data["sequences"].values()))["gain_db"].keys()
-        lines.append(f"{codec}: BD-rate % (YUV / Y / chroma) | filter gain dB (PSNR-YUV) at CRF {' '.join(crfs)}")
+        lines.append(f"{codec}: BD-rate % (YUV / Y / chroma / YUV without SEI) | filter gain dB (PSNR-YUV) at CRF "
+                     f"{' '.join(crfs)}")
         for name, s in data["sequences"].items():
             bd = s["bd_rate"]
             gains = " ".join(f"{g:+.3f}" for g in s["gain_db"].values())
-            lines.append(f"  {name:<12} {fmt(bd['yuv'])} {fmt(bd['y'])} {fmt(bd['chroma'])} | {gains}")
+            lines.append(f"  {name:<12} {fmt(bd['yuv'])} {fmt(bd['y'])} {fmt(bd['chroma'])} "
+                         f"{fmt(s['bd_rate_without_sei'])} | {gains}")
         m = data["mean_bd_rate"]
-        lines.append(f"  {'mean':<12} {fmt(m['yuv'])} {fmt(m['y'])} {fmt(m['chroma'])}")
+        lines.append(f"  {'mean':<12} {fmt(m['yuv'])} {fmt(m['y'])} {fmt(m['chroma'])} {fmt(m['yuv_without_sei'])}")
     return "\n".join(lines)
 
 
