@@ -84,6 +84,23 @@ def rate_table(points: list[dict]) -> list[str]:
     return rows
 
 
+TARGETS = {"x264": -5.0, "x265": -3.0}  # mean BD-rate on PSNR-YUV the issue asks for (x264 also: no sequence > +0.5%)
+
+
+def target_lines(summary: dict) -> list[str]:
+    lines = []
+    for codec, target in TARGETS.items():
+        data = summary["codecs"].get(codec)
+        if data is None:
+            continue
+        mean = data["mean_bd_rate"]["yuv"]
+        worst = max((s["bd_rate"]["yuv"] for s in data["sequences"].values() if s["bd_rate"]["yuv"] is not None), default=None)
+        met = mean is not None and mean <= target and (codec != "x264" or (worst is not None and worst <= 0.5))
+        lines.append(f"- {codec}: mean BD-rate {_fmt(mean)} (target <= {target:+.0f}%), worst sequence {_fmt(worst)}: "
+                     f"**{'met' if met else 'missed'}**")
+    return lines
+
+
 def card_markdown(card: dict, evaluation: dict) -> str:
     t, arch = card["training"], card["architecture"]
     lines = [f"# Model card: post-filter `{card['name']}`", "",
@@ -103,6 +120,8 @@ def card_markdown(card: dict, evaluation: dict) -> str:
              f"Configuration: `{json.dumps(t.get('config'))}`", "",
              "Last training log windows (`gain_db`: mean PSNR-YUV-weighted dB gain on the training crops):", "",
              "```", *[json.dumps(line) for line in card["training_log_tail"]], "```", "",
+             "## Against the issue's targets", "", *target_lines(evaluation["summary"]), "",
+             *([card["notes"], ""] if card.get("notes") else []),
              "## Evaluation on eval-dev", "",
              f"`{card['eval_command']}`: every frame of each sequence, intra period 12, PSNR-tuned x264/x265 (preset "
              "medium, no B-frames, scene-cut off, psy and AQ off, one thread), CRFs "
@@ -124,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-run", type=Path, default=None, help="the training run folder (for its log)")
     parser.add_argument("--eval-command", default="python -m workers.postfilter.evaluate FILTER --json EVAL.json")
     parser.add_argument("--out-dir", type=Path, default=SHIPPED_FILTERS_DIR)
+    parser.add_argument("--notes", type=Path, default=None, help="a markdown file whose text goes into the card")
     args = parser.parse_args(argv)
     loaded = load_filter(args.filter)
     evaluation = json.loads(args.eval.read_text())
@@ -140,7 +160,8 @@ def main(argv: list[str] | None = None) -> int:
             "generated": str(datetime.date.today()), "machine": machine(),
             "command": "python scripts/postfilter_card.py " + " ".join(sys.argv[1:] if argv is None else argv),
             "eval_command": args.eval_command, "frames": evaluation.get("frames"),
-            "crfs": sorted({p["crf"] for p in evaluation["points"]}), "evaluation": evaluation["summary"]}
+            "crfs": sorted({p["crf"] for p in evaluation["points"]}), "evaluation": evaluation["summary"],
+            "notes": args.notes.read_text().strip() if args.notes else None}
     atomic_write_text(args.out_dir / "card.json", json.dumps(card, indent=1))
     atomic_write_text(args.out_dir / "MODEL_CARD.md", card_markdown(card, evaluation))
     print(f"wrote {args.out_dir}/{{{name}.safetensors, card.json, MODEL_CARD.md}}")

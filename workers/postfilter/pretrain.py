@@ -11,8 +11,9 @@ uses the plain weighted MSE. Why a ratio: the MSE at CRF 51 is ~100x the MSE at 
 trains almost only the low-rate end while BD-rate weighs every CRF's dB alike; 10 log10 of the ratio is
 the (negated) dB gain of the batch. Why one CRF per half and sums over crops: a per-crop ratio (tried
 first) is dominated by flat crops whose decoded MSE is ~0, where any change is a large loss; it kept the
-filter at the identity (0.00 dB on eval-dev after 600 steps) while a fixed batch could be fitted (a
-sum over the crops of one CRF is what a frame's PSNR sees). Adam with a short warm-up and a cosine decay.
+filter at the identity (after rounding to 8 bits: +0.000 dB on 12 frames of each eval-dev sequence at
+step 200, largest residual 0.13 code values at step 600), while a sum over the crops of one CRF is what a
+frame's PSNR sees. Adam with a short warm-up and a cosine decay.
 
 Run folder (OUT)::
 
