@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m adaptjobs.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("demo-output"))
     parser.add_argument("--frames", type=int, default=12)
-    parser.add_argument("--crfs", default="27,32,37", help="x264 CRFs")
+    parser.add_argument("--crfs", default="37,44,51", help="x264 CRFs (low rates: where the SSF curves overlap x264's)")
     parser.add_argument("--qualities", default="2,4", help="SSF quality indices")
     parser.add_argument("--methods", default="none,postfilter,postfilter-adapt,decoder-lora")
     parser.add_argument("--filter-steps", type=int, default=20, help="postfilter-adapt training steps per unit")

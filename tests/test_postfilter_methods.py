@@ -212,3 +212,14 @@ def test_pretrain_filter_is_a_cli_command(capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli(["pretrain-filter", "--help"])
     assert exit_info.value.code == 0 and "--out" in capsys.readouterr().out
+
+
+def test_report_counts_the_update_in_the_weight_overhead(units):
+    from adaptjobs.report_data import result_row
+
+    result, _ = units["x264", "postfilter-adapt"]
+    row = result_row({"unit": "u", "video": "clip", "codec": "x264", "method": "postfilter-adapt", "quality": 32},
+                     result)
+    assert row.payload_bytes == result.update_bytes_in_stream > 0
+    assert row.total_bytes == row.bits_file_bytes == result.bytes_written  # the update is in the file: not twice
+    assert row.bpp_with_payload == pytest.approx(8 * result.bytes_written / (96 * 64 * 3))
