@@ -41,18 +41,20 @@ class PostFilterAdaptMethod(Method):
         codec, video = context.codec, context.video
         loaded = codec.postfilter()
         plain = codec.plain_encode(video, context.intra_period)
-        generic = filter_frames(loaded.model, plain.reconstruction, codec.quality, codec.encoder_name, encoder_threads())
+        generic = filter_frames(loaded.model, plain.reconstruction, codec.quality, codec.encoder_name,
+                                encoder_threads())
         originals = [video.frame_yuv420(i) for i in range(len(video))]
         began = time.perf_counter()
-        adaptation = adapt_filter(loaded, loaded.metadata.weights_sha256, originals, plain.reconstruction, codec.quality,
-                                  codec.encoder_name, filter_adapt_config(config), context.checkpoint_dir,
-                                  lambda record: context.log({"phase": "postfilter-adapt", **record}),
+        adaptation = adapt_filter(loaded, loaded.metadata.weights_sha256, originals, plain.reconstruction,
+                                  codec.quality, codec.encoder_name, filter_adapt_config(config),
+                                  context.checkpoint_dir, lambda record: context.log({"phase": "postfilter-adapt", **record}),
                                   lmbda=context.lmbda, generic_planes=generic)
         seconds = time.perf_counter() - began
         stats = adaptation.stats
+        details = {"filter": loaded.metadata.name, "filter_sha256": loaded.metadata.weights_sha256,
+                   "adaptation": adaptation.decision.to_dict(), **stats}
         outcome = MethodOutcome(steps=stats["steps"], resumed=stats["resumed_from"], train_seconds=seconds,
-                                details={"filter": loaded.metadata.name, "filter_sha256": loaded.metadata.weights_sha256,
-                                         "adaptation": adaptation.decision.to_dict(), **stats})
+                                details=details)
         if adaptation.blob is not None:
             signal = FilterSignal(loaded, True, adaptation.blob, config.parameterisation, adaptation.planes)
             encoded = codec.encode(video, context.intra_period, postfilter=signal)
