@@ -47,7 +47,8 @@ class PostFilterAdaptMethod(Method):
         began = time.perf_counter()
         adaptation = adapt_filter(loaded, loaded.metadata.weights_sha256, originals, plain.reconstruction,
                                   codec.quality, codec.encoder_name, filter_adapt_config(config),
-                                  context.checkpoint_dir, lambda record: context.log({"phase": "postfilter-adapt", **record}),
+                                  context.checkpoint_dir,
+                                  lambda record: context.log({"phase": "postfilter-adapt", **record}),
                                   lmbda=context.lmbda, generic_planes=generic)
         seconds = time.perf_counter() - began
         stats = adaptation.stats
