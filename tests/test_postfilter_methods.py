@@ -223,3 +223,20 @@ def test_report_counts_the_update_in_the_weight_overhead(units):
     assert row.payload_bytes == result.update_bytes_in_stream > 0
     assert row.total_bytes == row.bits_file_bytes == result.bytes_written  # the update is in the file: not twice
     assert row.bpp_with_payload == pytest.approx(8 * result.bytes_written / (96 * 64 * 3))
+
+
+def test_shipped_filter_is_the_default_on_both_sides(units, clip, filters, tmp_path, monkeypatch):
+    import shutil
+
+    from workers.postfilter import checkpoint
+
+    shipped = tmp_path / "shipped"
+    shipped.mkdir()
+    shutil.copy(filters[0], shipped / "a.safetensors")
+    monkeypatch.setattr(checkpoint, "SHIPPED_FILTERS_DIR", shipped)
+    out = tmp_path / "u"
+    assert cli(["adapt", str(clip), "-o", str(out), "--codec", "x264", "--quality", "32", "--method", "postfilter",
+                "--recon", str(out / "recon.y4m"), "--set", 'send_update="always"']) == 0
+    assert (out / "clip.h264").read_bytes() == (units["x264", "postfilter"][1] / "clip.h264").read_bytes()
+    assert cli(["decode", str(out / "clip.h264"), "-o", str(tmp_path / "d.y4m")]) == 0  # no --model needed
+    assert (tmp_path / "d.y4m").read_bytes() == (out / "recon.y4m").read_bytes()

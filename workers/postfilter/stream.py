@@ -26,7 +26,8 @@ import torch
 
 from schemas.side_info import StandardSideInfo, UpdateMethod, UpdateRef, filter_id
 from workers.errors import BitstreamError
-from workers.postfilter.checkpoint import LoadedFilter, load_filter, shipped_filter_names, SHIPPED_FILTERS_DIR
+from workers.postfilter import checkpoint
+from workers.postfilter.checkpoint import LoadedFilter, load_filter, shipped_filter_names
 from workers.postfilter.network import PostFilter, filter_planes
 from workers.postfilter.update import PARAMETERISATION_IDS, adapted_filter, coded_shapes, make_filter_update
 from workers.postfilter.update_payload import decode_update
@@ -64,7 +65,8 @@ class FilterSignal:
 def known_filters(user: LoadedFilter | None) -> list[LoadedFilter]:
     """The user's filter first, then every shipped one (loaded, hash-checked)."""
     found = [] if user is None else [user]
-    return found + [load_filter(SHIPPED_FILTERS_DIR / f"{name}.safetensors") for name in shipped_filter_names()]
+    shipped = checkpoint.SHIPPED_FILTERS_DIR
+    return found + [load_filter(shipped / f"{name}.safetensors") for name in shipped_filter_names()]
 
 
 def resolve_filter(info: StandardSideInfo, user: LoadedFilter | None, source: str | Path | None) -> LoadedFilter:
