@@ -76,7 +76,8 @@ def _add_codec_options(command: argparse.ArgumentParser) -> None:
     command.add_argument("--quality", help="the codec's quality: SSF quality index 1..N (default 3 for a family), "
                                            "x264/x265 CRF 0..51 (default 32)")
     command.add_argument("--codec-set", action="append", default=[], metavar="KEY=VALUE",
-                         help="codec setting, e.g. preset=slow for x264/x265 (repeatable)")
+                         help="codec setting, e.g. preset=slow for x264/x265, filter=PF.safetensors for their "
+                              "post-filter (default: the shipped one) (repeatable)")
 
 
 def _add_encode_parsers(commands) -> None:
@@ -91,7 +92,9 @@ def _add_encode_parsers(commands) -> None:
     decode = commands.add_parser("decode", help="decode a stream (.bits, .h264, .hevc; codec from the suffix)")
     decode.add_argument("input", help="the stream, or a unit folder holding one (and its payload)")
     decode.add_argument("-o", "--output", required=True, help="the reconstruction to write (.y4m, or a folder of PNGs)")
-    decode.add_argument("--model", help="SSF: the base model (default: the one the bitstream names, if shipped)")
+    decode.add_argument("--model", help="SSF: the base model (default: the one the bitstream names, if shipped); "
+                                        "x264/x265: a post-filter file, used when the stream's SEI names it "
+                                        "(default: the shipped filters)")
     decode.add_argument("--payload", help="the weight payload the stream needs (default: <name>.payload beside it)")
     decode.add_argument("--json", action="store_true", help="print the stream's header as JSON")
 
@@ -121,6 +124,9 @@ def _add_model_parsers(commands) -> None:
     init.add_argument("--seed", type=int, default=0)
     init.add_argument("--model-id", help="identifier stored in bitstreams (default: from the file name)")
 
+    commands.add_parser("pretrain-filter", add_help=False,
+                        help="train the x264/x265 post-filter on cached (original, decoded) pairs (resumable); "
+                             "its options are those of workers.postfilter.pretrain: adaptjobs pretrain-filter --help")
     pretrain = commands.add_parser("pretrain", help="train the base codec on folders of videos and images (resumable)")
     pretrain.add_argument("data", nargs="+", help="folders of training videos and images (searched recursively)")
     pretrain.add_argument("-o", "--output", required=True, help="run folder: config, cache, state, log, models/")
@@ -240,7 +246,8 @@ def _cmd_decode(args) -> int:
 
 DECISIONS = {"sent": "update sent", "sent-lora-only": "LoRA update sent, encoder adapters dropped (cheaper)",
              "base-cheaper": "no update sent (the base codec was cheaper)",
-             "zero-update": "no update sent (training left it at zero)", "base-method": "base codec"}
+             "zero-update": "no update sent (training left it at zero)", "base-method": "base codec",
+             "filter-on": "the shipped post-filter on, named in the stream's SEI (no update)"}
 
 
 def _cmd_adapt(args) -> int:
@@ -346,6 +353,12 @@ def _cmd_pretrain(args) -> int:
     done = "finished" if trainer.done else f"stopped at step {trainer.steps_done} (run the same command to continue)"
     print(f"{args.output}: pretraining {done}; models in {Path(args.output) / 'models'}")
     return 0
+
+
+def _cmd_pretrain_filter(args, rest: list[str]) -> int:
+    from workers.postfilter.pretrain import main as pretrain_filter
+
+    return pretrain_filter(rest)
 
 
 def _cmd_report(args) -> int:
@@ -464,10 +477,16 @@ def _cmd_status(args) -> int:
 
 COMMANDS = {"submit": _cmd_submit, "resume": _cmd_resume, "status": _cmd_status, "report": _cmd_report, "encode": _cmd_encode, "decode": _cmd_decode, "init-model": _cmd_init_model, "pretrain": _cmd_pretrain,
             "info": _cmd_info, "adapt": _cmd_adapt, "methods": _cmd_methods}
+PASS_THROUGH = {"pretrain-filter": _cmd_pretrain_filter}  # their options belong to the module they call
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if args.command in PASS_THROUGH:
+        return PASS_THROUGH[args.command](args, rest)
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.threads is not None:
         import torch
 

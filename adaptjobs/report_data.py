@@ -173,7 +173,8 @@ def result_row(base: dict, result: AdaptResult) -> UnitRow:
     bits = result.bits
     return UnitRow(
         **base, state="done", model_id=result.model_id, frames=result.frames, width=result.width,
-        height=result.height, bits_file_bytes=result.bytes_written, payload_bytes=result.payload_bytes,
+        height=result.height, bits_file_bytes=result.bytes_written,
+        payload_bytes=result.payload_bytes + result.update_bytes_in_stream,  # an SEI update is weight overhead too
         total_bytes=result.bytes_written + result.payload_bytes, bpp_without_payload=result.bpp_without_payload,
         bpp_with_payload=result.bpp_with_payload, payload_share_fraction=result.payload_share,
         intra_bits=bits and bits.intra, motion_bits=bits and bits.motion, residual_bits=bits and bits.residual,

@@ -31,7 +31,11 @@ class AdaptResult(EncodeResult):
     payload_bytes: int = Field(0, ge=0)
     bpp_without_payload: float = Field(ge=0)
     bpp_with_payload: float = Field(ge=0, description="(bits + payload bytes) * 8 / (W * H * frames)")
-    payload_share: float = Field(ge=0, le=1, description="payload bytes / (bitstream + payload bytes)")
+    payload_share: float = Field(ge=0, le=1, description="(payload + in-stream update bytes) / (bitstream + payload "
+                                                        "bytes): the share of the rate spent on weights")
+    update_bytes_in_stream: int = Field(0, ge=0, description="bytes of a weight update carried inside the stream "
+                                                             "(x264/x265 post-filter SEI); counted in bytes_written")
+    method_details: dict | None = Field(None, description="method-specific record (postfilter-adapt: its decision)")
     update_sent: bool = Field(description="whether the adapted result (not the base model's) was sent")
     decision: str = Field(
         min_length=1, max_length=64, pattern=r"^[a-z][a-z0-9-]*$",

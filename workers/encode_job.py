@@ -102,7 +102,7 @@ def decode_file(stream_path: str | Path, output: str | Path, model: str | None =
     if payload_path is not None:
         payload = read_regular_file(payload_path, "payload", MAX_PAYLOAD_BYTES)
     frames = codec.decode(data, stream_path, payload, payload_path)
-    # SSF headers carry the frame rate; Annex B streams are written at 25 fps (their timing is not read back)
+    # SSF headers carry the frame rate; Annex B streams their VUI timing (25 fps when they have none)
     fps = Fraction(info["fps_num"], info["fps_den"]) if "fps_num" in info else Fraction(25)
     codec.write_reconstruction(output, frames, fps)
     return info

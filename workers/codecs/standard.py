@@ -27,6 +27,7 @@ from workers.errors import BitstreamError, InputError
 
 MAX_STREAM_FRAMES = 1_000_000  # decoding bound for streams that say nothing of their length
 DEFAULT_CRF = 32
+SETTINGS = {"preset", "filter"}  # --codec-set keys; "filter": a post-filter file (default: the shipped one)
 
 
 class StandardCodec(BaseCodec):
@@ -36,22 +37,27 @@ class StandardCodec(BaseCodec):
     quality_name: ClassVar[str] = "CRF"
     primary_metric: ClassVar[str] = "psnr-yuv"
 
-    def __init__(self, crf: int | float | None, preset: str | None = None):
+    def __init__(self, crf: int | float | None, preset: str | None = None, postfilter=None):
+        """``postfilter``: a LoadedFilter the user named (settings ``filter``, or `decode --model`); None: the
+        shipped one, looked up when a method or a stream needs it."""
         from workers.standard.encoder import DEFAULT_PRESET
 
         self.quality = crf
         self.preset = preset or DEFAULT_PRESET
         self.model_id = f"{self.name} {self.preset}"
         self.weights_sha256 = None
+        self.user_filter = postfilter
+        self._plain: tuple[tuple, Encoded] | None = None  # the last plain encode, shared by a unit's candidates
 
     # ---------------------------------------------------------------- opening
     @classmethod
     def _check(cls, model: str | None, qualities, settings: dict[str, str]) -> None:
         if model is not None:
             raise InputError(None, f"codec {cls.name} uses no model (--model is for ssf)")
-        unknown = sorted(set(settings) - {"preset"})
+        unknown = sorted(set(settings) - SETTINGS)
         if unknown:
-            raise InputError(None, f"codec {cls.name} takes the setting preset only (got {', '.join(unknown)})")
+            raise InputError(None, f"codec {cls.name} takes the settings {', '.join(sorted(SETTINGS))} only "
+                                   f"(got {', '.join(unknown)})")
         bad = [q for q in qualities or () if not 0 <= q <= 51]
         if bad:
             raise InputError(None, f"{cls.name} CRFs lie within 0..51, got {bad}")
@@ -62,23 +68,45 @@ class StandardCodec(BaseCodec):
 
         cls._check(model, qualities, settings)
         chosen = tuple(sorted(qualities)) if qualities else tuple(_number(q) for q in DEFAULT_CRFS)
-        return CodecRun(codec=cls.name, qualities=chosen, settings=dict(settings), methods=("none",),
+        return CodecRun(codec=cls.name, qualities=chosen, settings=_with_filter_hash(settings), methods=("none",),
                         primary_metric=cls.primary_metric)
 
     @classmethod
     def single_point(cls, model: str | None, quality: int | float | None, settings: dict[str, str]) -> CodecPoint:
         cls._check(model, None if quality is None else [quality], settings)
-        return CodecPoint(codec=cls.name, quality=DEFAULT_CRF if quality is None else quality, settings=dict(settings))
+        return CodecPoint(codec=cls.name, quality=DEFAULT_CRF if quality is None else quality,
+                          settings=_with_filter_hash(settings))
 
     @classmethod
     def load(cls, point: CodecPoint) -> "StandardCodec":
-        return cls(point.quality, point.settings.get("preset"))
+        """One CRF point; a post-filter named in the settings must still hash to what the run recorded."""
+        loaded = None
+        if "filter" in point.settings:
+            from workers.postfilter.checkpoint import load_filter
+
+            loaded = load_filter(point.settings["filter"])
+            recorded = point.settings.get("filter_sha256")
+            if recorded is not None and loaded.metadata.weights_sha256 != recorded:
+                raise InputError(point.settings["filter"], f"post-filter weights sha256 "
+                                 f"{loaded.metadata.weights_sha256[:12]} are not the {recorded[:12]} the run recorded")
+        return cls(point.quality, point.settings.get("preset"), loaded)
 
     @classmethod
     def for_stream(cls, data: bytes, source: str | Path | None, model: str | None) -> "StandardCodec":
-        if model is not None:
-            raise InputError(source, f"is a {cls.name} stream, which needs no --model")
-        return cls(None)
+        """``model``: a post-filter file to use when the stream's side info names it (else the shipped ones)."""
+        if model is None:
+            return cls(None)
+        from workers.postfilter.checkpoint import load_filter
+
+        return cls(None, postfilter=load_filter(model))
+
+    def postfilter(self):
+        """The filter methods use at the encoder: the user's, else the shipped one (ModelError if none ships)."""
+        from workers.postfilter.checkpoint import shipped_filter
+
+        if self.user_filter is None:
+            self.user_filter = shipped_filter()
+        return self.user_filter
 
     # ---------------------------------------------------------------- coding
     @property
@@ -87,34 +115,80 @@ class StandardCodec(BaseCodec):
             raise ValueError("a decoder-side codec has no CRF")
         return 1.0 / (0.85 * 2.0 ** ((self.quality - 12.0) / 3.0))
 
-    def encode(self, video, intra_period: int, **options: Any) -> Encoded:
-        """Encode every frame's planes, then decode the stream with FFmpeg: that is the reconstruction."""
-        from workers.standard.encoder import decode_stream, encode_planes
-
+    def encode(self, video, intra_period: int, postfilter=None, **options: Any) -> Encoded:
+        """Encode every frame's planes, then decode the stream with FFmpeg: that is the reconstruction.
+        ``postfilter`` (workers.postfilter.stream.FilterSignal): put its side info (and update) in the first
+        access unit's SEI; the reconstruction is then the filtered frames when the filter is enabled."""
         if options:
             raise TypeError(f"{type(self).__name__}.encode: unknown options {sorted(options)}")
+        plain = self.plain_encode(video, intra_period)
+        if postfilter is None:
+            return plain
+        from workers.postfilter.stream import encoder_threads, filter_frames
+        from workers.standard.side_info import attach_side_info
+
+        threads = encoder_threads()
+        info = postfilter.side_info(self.quality, threads)
+        data = attach_side_info(plain.data, self.encoder_name, info, postfilter.blob)
+        frames = plain.reconstruction
+        if postfilter.enabled:
+            frames = postfilter.filtered
+            if frames is None:
+                from workers.postfilter.stream import rebuild_update
+
+                model = rebuild_update(postfilter.loaded, info, postfilter.blob, None)
+                frames = filter_frames(model, plain.reconstruction, self.quality, self.encoder_name, threads)
+        return Encoded(data, list(frames), None)
+
+    def plain_encode(self, video, intra_period: int) -> Encoded:
+        """The plain stream and its decoded frames (kept for the unit's other candidates: same bytes anyway)."""
+        from workers.standard.encoder import decode_stream, encode_planes
+
+        key = (id(video), str(getattr(video, "path", "")), len(video), intra_period)
+        if self._plain is not None and self._plain[0] == key:
+            return self._plain[1]
         data = encode_planes((video.frame_yuv420(i) for i in range(len(video))), video.width, video.height,
                              video.fps, self.encoder_name, self.quality, intra_period, self.preset)
         decoded = decode_stream(data, self.encoder_name, max_frames=len(video))
         if len(decoded) != len(video):
             raise RuntimeError(f"{self.describe()}: decoded {len(decoded)} frames of {len(video)}")
-        return Encoded(data, decoded, None)
+        self._plain = (key, Encoded(data, decoded, None))
+        return self._plain[1]
 
     def decode(self, data: bytes, source: str | Path | None = None, payload: bytes | None = None,
                payload_source: str | Path | None = None) -> list:
-        from workers.standard.encoder import decode_stream
+        """FFmpeg's frames, through the post-filter the stream's side info names (none: plain frames)."""
+        from workers.postfilter.stream import decode_filtered
+        from workers.standard.side_info import read_side_info
 
         if payload is not None:
             raise BitstreamError(payload_source, f"{source} is a {self.name} stream; it takes no payload")
-        frames = decode_stream(data, self.encoder_name, source, max_frames=MAX_STREAM_FRAMES)
+        side = read_side_info(data, self.encoder_name, source)  # a damaged record is refused before decoding
+        frames = self._plain_frames(data, source)
+        return decode_filtered(frames, side, self.encoder_name, self.user_filter, source)
+
+    def _plain_frames(self, data: bytes, source) -> list:
+        return self._plain_frames_and_rate(data, source)[0]
+
+    def _plain_frames_and_rate(self, data: bytes, source) -> tuple[list, Fraction | None]:
+        from workers.standard.encoder import decode_stream_and_rate
+
+        frames, rate = decode_stream_and_rate(data, self.encoder_name, source, max_frames=MAX_STREAM_FRAMES)
         if not frames:
             raise BitstreamError(source, f"holds no decodable {self.name} frame")
-        return frames
+        return frames, rate
 
     def stream_info(self, data: bytes, source: str | Path | None = None) -> dict:
-        frames = self.decode(data, source)
+        """Frames, size, bytes and the side info (filter id, CRF, threads, update), without filtering."""
+        from workers.postfilter.stream import describe_side_info
+        from workers.standard.side_info import read_side_info
+
+        side = read_side_info(data, self.encoder_name, source)
+        frames, rate = self._plain_frames_and_rate(data, source)
         height, width = frames[0][0].shape
-        return {"codec": self.name, "frames": len(frames), "width": width, "height": height, "bytes": len(data)}
+        timing = {} if rate is None else {"fps_num": rate.numerator, "fps_den": rate.denominator}
+        return {"codec": self.name, "frames": len(frames), "width": width, "height": height, **timing,
+                "bytes": len(data), "side_info": describe_side_info(side)}
 
     # ---------------------------------------------------------------- frames and measures
     def rgb(self, frames: list) -> Sequence:
@@ -159,6 +233,16 @@ class _AsRgb(Sequence):
         from workers.colour import yuv420_to_rgb
 
         return yuv420_to_rgb(*self.frames[index])
+
+
+def _with_filter_hash(settings: dict[str, str]) -> dict[str, str]:
+    """The settings, plus ``filter_sha256`` of a named post-filter (so a unit refuses other weights)."""
+    if "filter" not in settings:
+        return dict(settings)
+    from workers.postfilter.checkpoint import load_filter
+
+    path = str(Path(settings["filter"]).resolve())
+    return {**settings, "filter": path, "filter_sha256": load_filter(path).metadata.weights_sha256}
 
 
 def _number(value: float) -> int | float:

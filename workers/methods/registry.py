@@ -31,6 +31,7 @@ class Candidate:
     payload: bytes | None
     distortion: float
     label: str = "sent"
+    update_bytes_in_stream: int = 0   # of encoded.data: a weight update carried inside the stream (post-filter SEI)
 
     @property
     def total_bytes(self) -> int:
@@ -61,8 +62,9 @@ class AdaptContext:
     def lmbda(self) -> float:
         return self.codec.lmbda
 
-    def candidate(self, encoded, payload: bytes | None, label: str = "sent") -> Candidate:
-        return Candidate(encoded, payload, self.codec.distortion(self.video, encoded.reconstruction), label)
+    def candidate(self, encoded, payload: bytes | None, label: str = "sent", update_bytes_in_stream: int = 0) -> Candidate:
+        return Candidate(encoded, payload, self.codec.distortion(self.video, encoded.reconstruction), label,
+                         update_bytes_in_stream)
 
 
 @dataclass
@@ -74,6 +76,7 @@ class MethodOutcome:
     steps: int = 0
     resumed: int = 0
     train_seconds: float = 0.0
+    details: dict | None = None       # method-specific record for result.json (JSON-ready)
 
 
 class Method:

@@ -136,6 +136,13 @@ def encode_planes(frames: Iterable[Planes], width: int, height: int, fps: Fracti
 def decode_stream(data: bytes, codec: str, source: str | None = None, max_frames: int | None = None) -> list[Planes]:
     """Decode an Annex B elementary stream with FFmpeg into 8-bit 4:2:0 planes, in display order
     (no B-frames: the same as coding order). ``max_frames`` bounds the work on untrusted input."""
+    return decode_stream_and_rate(data, codec, source, max_frames)[0]
+
+
+def decode_stream_and_rate(data: bytes, codec: str, source: str | None = None,
+                           max_frames: int | None = None) -> tuple[list[Planes], Fraction | None]:
+    """:func:`decode_stream` plus the frame rate the stream's VUI timing gives (x264 and x265 write the
+    encoder's; None when the stream has none), so a decoded .y4m carries the source's rate."""
     import av
 
     from workers.video_io import yuv420_planes
@@ -151,7 +158,8 @@ def decode_stream(data: bytes, codec: str, source: str | None = None, max_frames
                     raise InputError(source, f"the {codec} stream holds more than the {max_frames} frames it declares")
     except av.FFmpegError as exc:
         raise InputError(source, f"not a decodable {codec} stream ({exc.__class__.__name__})") from None
-    return frames
+    rate = decoder.framerate
+    return frames, (Fraction(rate.numerator, rate.denominator) if rate and rate.numerator > 0 else None)
 
 
 def x264_settings(data: bytes) -> str | None:

@@ -1,0 +1,47 @@
+"""Config of method ``postfilter-adapt``: the shipped post-filter updated per (video, codec, CRF), the coded
+update in the stream's SEI. The fields mirror workers.postfilter.adapt.FilterAdaptConfig (schemas import no
+workers; tests/test_postfilter_method.py checks that both declare the same fields and defaults)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from schemas.methods._shared import SEND_UPDATE_HELP, SendUpdate, WeightPrior
+from schemas.methods.registry import register_method_config
+
+
+class UpdateTrainingOptions(BaseModel):
+    """Gradient training of the scale-bias and LoRA updates (CPU-sized: tens of steps on small crops)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    steps: int = Field(40, ge=0)
+    batch: int = Field(4, ge=1, description="crops per step, each from a frame drawn at random")
+    crop: int = Field(96, ge=8, description="luma crop side in px (even); whole frame if smaller")
+    learning_rate: float = Field(2e-3, gt=0)
+    adam_eps: float = Field(1e-6, gt=0, description="of the order of the weak gradients: keeps them in the zero bin")
+    eval_every: int = Field(10, ge=1, description="steps between RD measurements that pick the best state")
+    eval_frames: int = Field(4, ge=1, description="evenly spaced whole frames the RD measurement uses")
+    checkpoint_every: int = Field(10, ge=1)
+
+
+@register_method_config
+class PostFilterAdaptConfig(BaseModel):
+    """x264/x265 plus the shipped post-filter with a per-video update coded into the SEI; none, the generic
+    filter and the adapted one compete at the codec's RD trade-off (update bytes counted)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    method: Literal["postfilter-adapt"] = "postfilter-adapt"
+    send_update: SendUpdate = Field("if-better", description=SEND_UPDATE_HELP)
+    parameterisation: Literal["scale-bias", "lora", "last-layer"] = "scale-bias"
+    rank: int = Field(2, ge=1, lt=256, description="LoRA rank per conv (lora only)")
+    init_seed: int = Field(0, ge=0, lt=2**32, description="seed of LoRA's A initialisation (lora only)")
+    prior: WeightPrior | None = Field(None, description="default: the parameterisation's default prior")
+    training: UpdateTrainingOptions = UpdateTrainingOptions()
+    ridge: tuple[float, ...] = Field((1e-4, 1e-3, 1e-2, 1e-1), min_length=1,
+                                     description="last-layer: ridge strengths tried (relative to the features' energy)")
+    least_squares_frames: int = Field(32, ge=1, description="last-layer: evenly spaced frames the solve uses")
+    grid_scales: tuple[float, ...] = Field((0.5, 1.0, 2.0, 4.0), min_length=1,
+                                           description="last-layer: multiples of the prior's grid tried")
+    seed: int = Field(0, ge=0)
