@@ -1,6 +1,6 @@
 """Ship a trained post-filter: copy its weights into workers/models/postfilter/ and write its model card.
 
-    python -m workers.postfilter.evaluate RUN/latest.safetensors --stream-cache S --json EVAL.json
+    python -m adaptjobs.postfilter_eval RUN/latest.safetensors --stream-cache S --json EVAL.json
     python scripts/postfilter_card.py --filter RUN/latest.safetensors --eval EVAL.json --train-run RUN
 
 Writes ``workers/models/postfilter/<name>.safetensors`` (the checkpoint's bytes, loaded and hash-checked
@@ -139,9 +139,9 @@ def card_markdown(card: dict, evaluation: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--filter", type=Path, required=True)
-    parser.add_argument("--eval", type=Path, required=True, help="JSON written by workers.postfilter.evaluate --json")
+    parser.add_argument("--eval", type=Path, required=True, help="JSON written by adaptjobs.postfilter_eval --json")
     parser.add_argument("--train-run", type=Path, default=None, help="the training run folder (for its log)")
-    parser.add_argument("--eval-command", default="python -m workers.postfilter.evaluate FILTER --json EVAL.json")
+    parser.add_argument("--eval-command", default="python -m adaptjobs.postfilter_eval FILTER --json EVAL.json")
     parser.add_argument("--out-dir", type=Path, default=SHIPPED_FILTERS_DIR)
     parser.add_argument("--notes", type=Path, default=None, help="a markdown file whose text goes into the card")
     args = parser.parse_args(argv)

@@ -24,8 +24,10 @@ from tests.conftest import crop_planes
 
 SSF_GOLDEN = {
     "encode": "65a6efd2f8492009f56338fe305fe7a6d315bad1b3e15d29da99808c79e6536a",
-    "decoder-lora.bits": "2ee8f493ad3be08ed8ec2e887d08a443d698f14141d7b4a10f7413bc4933bb92",
-    "decoder-lora.payload": "5aa4efab2fec575886454cf79c08d7d1e7888adc4cc83affd7ba877f02a141bf",
+    # payload format 3 (issue 11: the tensor fingerprint covers the method and structure, init_seed included)
+    # changed the payload bytes, and the .bits header carries the payload sha256; encode/gop-adapters unchanged
+    "decoder-lora.bits": "2e37974bddc8b3b344c7430cb4de2dace97c209d1947fb0ac1b3848adfef2205",
+    "decoder-lora.payload": "d1deacc3285e69c11cd84c092dd9ec492c448ce7cfe2ae3fd823faa46d421734",
     "gop-adapters.bits": "b6be1b3eb07e783f8b8c7d10ae437234f39b994a476b2712926a6089965f5be6",
 }
 STANDARD_GOLDEN = {"x264": "1fc47ce67a303ff5def92803337653a77f8a6f891d11a7a905c2a93a704afe85",

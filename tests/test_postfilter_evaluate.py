@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from workers.postfilter.evaluate import SEI_BYTES, evaluate, format_summary, summarize
+from adaptjobs.postfilter_eval import SEI_BYTES, evaluate, format_summary, summarize
 from workers.postfilter.network import FilterArchitecture, PostFilter, filter_planes
 
 CRFS = (32.0, 37.0, 42.0, 47.0)
@@ -72,7 +72,7 @@ def test_evaluate_cli_and_model_card(carphone_path, tmp_path):
     from pathlib import Path
 
     from workers.postfilter.checkpoint import FilterTraining, load_filter, save_filter
-    from workers.postfilter.evaluate import main
+    from adaptjobs.postfilter_eval import main
 
     save_filter(tmp_path / "f.safetensors", _trained_looking(3), "pf-tiny", FilterTraining(source="test", steps=1))
     (tmp_path / "data").mkdir()

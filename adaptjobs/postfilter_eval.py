@@ -1,4 +1,4 @@
-"""What a post-filter gains on real sequences: ``python -m workers.postfilter.evaluate FILTER``.
+"""What a post-filter gains on real sequences: ``python -m adaptjobs.postfilter_eval FILTER``.
 
 For each sequence, codec and CRF: code every frame with the PSNR-tuned settings (intra period 12), decode,
 and measure PSNR-Y/U/V/YUV (per frame, averaged; PSNR-YUV = (6 Y + U + V) / 8 as
@@ -182,7 +182,7 @@ def default_sources(folder: Path) -> list[Path]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m workers.postfilter.evaluate", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m adaptjobs.postfilter_eval", description=__doc__.split("\n")[0])
     parser.add_argument("filter", type=Path, help="a post-filter .safetensors (workers.postfilter.checkpoint)")
     parser.add_argument("--data", type=Path, default=Path("/work/shared/data/eval-dev"))
     parser.add_argument("--codecs", nargs="+", default=["x264", "x265"])
