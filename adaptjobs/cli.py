@@ -1,7 +1,8 @@
 """The `adaptjobs` command line: one entry point, one subcommand per job.
 
 `main(argv)` returns the exit code, so tests call it in process. Errors caused by the input (bad video,
-corrupted bitstream, wrong model) print one line naming the file and the cause and exit with 1.
+corrupted bitstream, wrong model) print one line naming the file and the cause and exit with 1 (usage: 2,
+argparse's own); anything else is a bug: one line naming it and a traceback file, exit 3.
 """
 
 from __future__ import annotations
