@@ -268,7 +268,7 @@ def test_a_run_directory_we_may_not_write_is_an_input_error(tmp_path, carphone_p
 
 
 # ----------------------------------------------------------------------------- 8. info on a FIFO
-@pytest.mark.parametrize("name", ["stream.bits", "stream.h264"])
+@pytest.mark.parametrize("name", ["stream.bits", "stream.h264", "model.safetensors"])
 def test_info_refuses_a_fifo_without_hanging(tmp_path, name, capsys):
     fifo = tmp_path / name
     os.mkfifo(fifo)
