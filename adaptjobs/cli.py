@@ -1,7 +1,8 @@
 """The `adaptjobs` command line: one entry point, one subcommand per job.
 
 `main(argv)` returns the exit code, so tests call it in process. Errors caused by the input (bad video,
-corrupted bitstream, wrong model) print one line naming the file and the cause and exit with 1.
+corrupted bitstream, wrong model) print one line naming the file and the cause and exit with 1 (usage: 2,
+argparse's own); anything else is a bug: one line naming it and a traceback file, exit 3.
 """
 
 from __future__ import annotations
@@ -25,6 +26,17 @@ def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _thread_count(text: str) -> int:
+    """--threads: 1 .. the cores this process may use. Checked before torch sees it (issue 11: 100000
+    threads segfaulted in OpenMP); more threads than cores only slow a CPU codec down."""
+    from workers.limits import available_cores
+
+    value = _positive_int(text)
+    if value > available_cores():
+        raise argparse.ArgumentTypeError(f"must be <= {available_cores()} (the cores available), got {value}")
     return value
 
 
@@ -199,7 +211,7 @@ def _add_run_parsers(commands) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="adaptjobs", description="Per-video adaptation jobs for video compression.")
-    parser.add_argument("--threads", type=_positive_int, default=None,
+    parser.add_argument("--threads", type=_thread_count, default=None,
                         help="torch CPU threads for this process (default: torch's choice)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_encode_parsers(commands)
@@ -216,8 +228,10 @@ def _quality(args) -> int | float | None:
 
 def _cmd_encode(args) -> int:
     from adaptjobs.options import parse_codec_settings
+    from adaptjobs.output_paths import make_output_parent
     from workers.encode_job import encode_file
 
+    make_output_parent(args.output, "stream")
     result = encode_file(args.input, args.output, model=args.model, quality=_quality(args), frames=args.frames,
                          intra_period=args.intra_period, recon=args.recon, codec=args.codec,
                          settings=parse_codec_settings(args.codec_set))
@@ -233,8 +247,10 @@ def _cmd_encode(args) -> int:
 def _cmd_decode(args) -> int:
     import json
 
+    from adaptjobs.output_paths import make_output_parent
     from workers.encode_job import decode_file
 
+    make_output_parent(args.output, "reconstruction")
     info = decode_file(args.input, args.output, model=args.model, payload_path=args.payload)
     if args.json:
         print(json.dumps(info, indent=2))
@@ -262,7 +278,9 @@ def _cmd_adapt(args) -> int:
     config = parse_method_config(args.method, parse_set_options(args.set))
     check_applies(args.method, args.codec)
     point = codec_class(args.codec).single_point(args.model, _quality(args), parse_codec_settings(args.codec_set))
-    outdir = Path(args.output).resolve()
+    from adaptjobs.output_paths import make_output_folder
+
+    outdir = make_output_folder(Path(args.output).resolve(), "output folder")
     task = VideoTask(unit_dir=str(outdir), video=describe_input(args.input), method=config, codec=point,
                      frames=args.frames, intra_period=args.intra_period,
                      recon=None if args.recon is None else str(Path(args.recon).resolve()))
@@ -380,10 +398,9 @@ def _cmd_info(args) -> int:
     if path.suffix == ".safetensors":
         print(load_checkpoint(path).metadata.model_dump_json(indent=2))
         return 0
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise InputError(path, f"cannot read ({exc.strerror})") from None
+    from workers.limits import MAX_BITSTREAM_BYTES, read_regular_file
+
+    data = read_regular_file(path, "stream", MAX_BITSTREAM_BYTES)  # a FIFO or a device must not hang us
     from workers.codecs.base import codec_for_path, stream_suffixes
 
     if path.suffix in stream_suffixes() and path.suffix != ".bits":  # a standard codec's Annex B stream
@@ -504,6 +521,31 @@ def main(argv: list[str] | None = None) -> int:
         after = f"; finished units are kept: adaptjobs resume {run}" if run and args.command in ("submit", "resume") else ""
         print(f"adaptjobs {args.command}: interrupted{after}", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except Exception as exc:  # a bug, not the input: one line and the traceback's file, never a bare traceback
+        print(f"adaptjobs {args.command}: internal error: {exception_type_and_line(exc)} (traceback in "
+              f"{write_traceback(args.command, argv)})", file=sys.stderr)
+        return EXIT_INTERNAL_ERROR
+
+
+def exception_type_and_line(exc: BaseException) -> str:
+    from workers.errors import exception_line
+
+    return f"{type(exc).__name__}: {exception_line(exc)}"
+
+
+def write_traceback(command: str, argv: list[str] | None) -> str:
+    """Write the current exception's traceback to a new file under $TMPDIR and return its path (or a note
+    that it could not be written: the one-line report must still come out)."""
+    import tempfile
+    import traceback
+
+    try:
+        fd, path = tempfile.mkstemp(prefix=f"adaptjobs-{command}-", suffix=".traceback.txt")
+        with open(fd, "w") as handle:
+            handle.write(f"adaptjobs {' '.join(sys.argv[1:] if argv is None else argv)}\n\n{traceback.format_exc()}")
+        return path
+    except OSError as error:
+        return f"nowhere: {error.strerror}"
 
 
 if __name__ == "__main__":

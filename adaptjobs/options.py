@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from workers.errors import InputError
+from workers.strict_json import StrictJsonError, loads_strict
 
 
 def parse_set_options(pairs: list[str]) -> dict:
@@ -14,10 +15,7 @@ def parse_set_options(pairs: list[str]) -> dict:
         key, sep, raw = pair.partition("=")
         if not sep or not key:
             raise InputError(None, f"--set expects KEY=VALUE, got {pair!r}")
-        try:
-            value = json.loads(raw)
-        except json.JSONDecodeError:
-            value = raw  # a bare string such as repeat
+        value = _option_value(key, raw)
         node = options
         *parents, leaf = key.split(".")
         for part in parents:
@@ -26,6 +24,19 @@ def parse_set_options(pairs: list[str]) -> dict:
                 raise InputError(None, f"--set {key}: {part} is not a group of options")
         node[leaf] = value
     return options
+
+
+def _option_value(key: str, raw: str) -> object:
+    """A --set value: strict JSON (no NaN/Infinity, no duplicate keys: issue 11, `prior.grid=Infinity` wrote
+    `"grid": null` into job.json), or the raw text when it is not JSON at all (a bare string such as repeat)."""
+    try:
+        json.loads(raw)
+    except (ValueError, RecursionError):  # JSONDecodeError, an int of over 4300 digits
+        return raw
+    try:
+        return loads_strict(raw)
+    except StrictJsonError as exc:
+        raise InputError(None, f"--set {key}: {exc}") from None
 
 
 def parse_quality(text: str, flag: str = "--quality") -> int | float:

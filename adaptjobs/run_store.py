@@ -16,10 +16,11 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from schemas.adapt import AdaptResult
 from schemas.job import JobSpec, Quality, RunStatus, UnitStatus, VideoEntry, VideoTask
 from workers.atomic import atomic_write_text
 from workers.errors import InputError
-from workers.run_layout import ADAPT_LOG, JOB_FILE, host_name, now_iso, read_done, read_failed, read_log, unit_rel
+from workers.run_layout import ADAPT_LOG, JOB_FILE, RESULT_FILE, host_name, now_iso, read_done, read_failed, read_log, unit_rel
 
 DRIVER_LOCK = "driver.lock"
 
@@ -53,9 +54,13 @@ class RunStore:
 
     def read_spec(self) -> JobSpec:
         try:
-            return JobSpec.model_validate_json(self.job_path.read_text())
-        except FileNotFoundError:
+            text = self.job_path.read_text()
+        except (FileNotFoundError, NotADirectoryError):
             raise InputError(self.root, "is not a run directory (no job.json); start one with `adaptjobs submit`") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InputError(self.job_path, f"cannot read the job spec ({getattr(exc, 'strerror', None) or exc.__class__.__name__})") from None
+        try:
+            return JobSpec.model_validate_json(text)
         except ValidationError as exc:
             raise InputError(self.job_path, f"is not a valid job spec ({str(exc).splitlines()[0]})") from None
 
@@ -67,16 +72,32 @@ class RunStore:
                 raise InputError(self.root, "holds a run with another spec (" + spec_difference(existing, spec) +
                                  "); resume it with `adaptjobs resume`, or submit to a new --run folder")
             return False
-        self.root.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.job_path, spec.model_dump_json(indent=2))
+        text = spec.model_dump_json(indent=2)
+        if JobSpec.model_validate_json(text) != spec:  # e.g. a non-finite float the schema let through: never
+            raise InputError(None, "the job spec does not survive a JSON round trip; refusing to write it")
+        self.make_root()
+        try:
+            atomic_write_text(self.job_path, text)
+        except OSError as exc:
+            raise InputError(self.job_path, f"cannot write the job spec ({exc.strerror or type(exc).__name__})") from None
         return True
+
+    def make_root(self) -> None:
+        """Create RUN (and its parents); InputError when that is impossible: --run names a file, a folder
+        under a file, or a place we may not write (issue 11: FileExistsError/PermissionError tracebacks)."""
+        from adaptjobs.output_paths import make_output_folder
+
+        make_output_folder(self.root, "run directory")
 
     # ------------------------------------------------------------------ one driver at a time
     @contextlib.contextmanager
     def driver_lock(self) -> Iterator[None]:
         """Hold RUN/driver.lock for the life of a submit/resume; a second driver is refused."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        handle = open(self.root / DRIVER_LOCK, "a+")
+        self.make_root()
+        try:
+            handle = open(self.root / DRIVER_LOCK, "a+")
+        except OSError as exc:
+            raise InputError(self.root / DRIVER_LOCK, f"cannot open the driver lock ({exc.strerror})") from None
         try:
             try:
                 fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -130,7 +151,10 @@ class RunStore:
         failed_events = [r for r in log if r.get("event") == "failed"]
         done_events = [r for r in log if r.get("event") == "done"]
         done, failure = read_done(folder), read_failed(folder)
-        if done is not None:
+        broken = None if done is None else result_problem(folder)
+        if broken is not None:  # DONE without a valid result.json: what `report` calls failed
+            done, state = None, "failed"
+        elif done is not None:
             state = "done"
         elif failure is not None:
             state = "failed"
@@ -138,7 +162,8 @@ class RunStore:
             state = "running" if driver_active else "interrupted"
         else:
             state = "pending"
-        last_error = failure.error if failure is not None else (failed_events[-1].get("error") if failed_events else None)
+        last_error = broken or (failure.error if failure is not None else
+                                (failed_events[-1].get("error") if failed_events else None))
         ended = [r.get("seconds") for r in done_events + failed_events if isinstance(r.get("seconds"), (int, float))]
         return UnitStatus(unit=unit.rel, video=unit.video.name, codec=unit.codec, method=unit.method,
                           quality=unit.quality, state=state, attempts=len(tried), last_error=last_error,
@@ -153,6 +178,19 @@ class RunStore:
         counts = {state: sum(1 for r in rows if r.state == state)
                   for state in ("done", "failed", "running", "interrupted", "pending")}
         return RunStatus(run=str(self.root), driver_active=active, counts={"total": len(rows), **counts}, units=rows)
+
+
+def result_problem(folder: Path) -> str | None:
+    """None when ``folder``/result.json is a valid result, else why not (one line). A unit counts as done only
+    with a DONE marker AND this (issue 11: `status` said done where `report` said failed)."""
+    path = folder / RESULT_FILE
+    try:
+        AdaptResult.model_validate_json(path.read_bytes())
+    except OSError as exc:
+        return f"{path}: DONE but result.json cannot be read ({exc.strerror or exc.__class__.__name__})"
+    except ValidationError as exc:
+        return f"{path}: DONE but result.json is not a valid result ({str(exc).splitlines()[0]})"
+    return None
 
 
 def spec_difference(old: JobSpec, new: JobSpec) -> str:

@@ -15,6 +15,7 @@ Ray is imported here only, when a run is actually scheduled.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -72,14 +73,33 @@ def connect(execution: Execution) -> bool:
     if ray.is_initialized():
         return False
     quiet = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.WARNING}
-    if execution.address:
-        ray.init(address=execution.address, log_to_driver=False, logging_level=logging.WARNING)
-    elif os.environ.get("RAY_ADDRESS"):  # inside `ray job submit`, or pointed at a cluster by the environment
-        ray.init(log_to_driver=False, logging_level=logging.WARNING)
-    else:
-        # address="local": always a new embedded instance, never a cluster that happens to run on this machine
-        ray.init(address="local", num_cpus=execution.local_cpus or os.cpu_count(), **quiet)
+    with _quiet_auth_notice():
+        if execution.address:
+            ray.init(address=execution.address, log_to_driver=False, logging_level=logging.WARNING)
+        elif os.environ.get("RAY_ADDRESS"):  # inside `ray job submit`, or pointed at a cluster by the environment
+            ray.init(log_to_driver=False, logging_level=logging.WARNING)
+        else:
+            # address="local": always a new embedded instance, never a cluster that happens to run on this machine
+            ray.init(address="local", num_cpus=execution.local_cpus or os.cpu_count(), **quiet)
     return True
+
+
+RAY_AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
+
+
+@contextlib.contextmanager
+def _quiet_auth_notice():
+    """Silence Ray's token-auth notice during ray.init (issue 11: "Token authentication is enabled for this
+    Ray cluster..." on every submit's stderr). Nothing else changes: Ray 2.60 enables token auth for a new
+    local instance when RAY_AUTH_MODE is unset and exports RAY_AUTH_MODE=token to its workers itself, and a
+    cluster's own mode is respected; the user chooses with RAY_AUTH_MODE as before."""
+    logger = logging.getLogger(RAY_AUTH_LOGGER)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def interrupt_on_sigterm() -> None:
@@ -115,18 +135,19 @@ def select_units(store: RunStore, spec: JobSpec, retry_failed: bool, summary: Ru
 
 def fail_unprobed(store: RunStore, units: list[Unit], summary: RunSummary) -> list[Unit]:
     """Open every input once; units of an input that does not open become FAILED with the reason."""
-    reasons = {}
+    problems = {}
     for video in {u.video.name: u.video for u in units}.values():
-        reasons[video.name] = probe(video)
+        problems[video.name] = probe(video)
     runnable = []
     for unit in units:
-        reason = reasons[unit.video.name]
-        if reason is None:
+        problem = problems[unit.video.name]
+        if problem is None:
             runnable.append(unit)
             continue
+        reason, kind = problem
         folder = store.unit_dir(unit)
-        append_log(folder / unit.log_name, {"event": "failed", "kind": "input", "error": reason, "stage": "probe"})
-        write_failed(folder, reason, "input", 0)
+        append_log(folder / unit.log_name, {"event": "failed", "kind": kind, "error": reason, "stage": "probe"})
+        write_failed(folder, reason, kind, 0)
         summary.failed += 1
         summary.failures[unit.rel] = reason
     return runnable

@@ -13,7 +13,7 @@ from pathlib import Path
 from adaptjobs.options import parse_set_options
 from schemas.job import CodecRun, JobSpec, VideoEntry
 from workers.run_layout import safe_name
-from workers.errors import InputError
+from workers.errors import InputError, escape_controls, exception_line
 from workers.methods import parse_method_config
 from workers.task import input_bytes
 from workers.video_io import VIDEO_SUFFIXES, read_video
@@ -151,10 +151,16 @@ def build_spec(videos_dir: str | Path, methods: list[str], options: list[str], c
                    intra_period=intra_period)
 
 
-def probe(video: VideoEntry) -> str | None:
-    """None if the input opens and has a usable first frame, else the one-line reason."""
+def probe(video: VideoEntry) -> tuple[str, str] | None:
+    """None if the input opens and has a usable first frame, else (one-line reason, failure kind).
+
+    kind "input": the video is bad (InputError). Any other exception is kind "error" (a bug in our reading
+    code, or a library's surprise on a hostile file): recorded the same way, so that one video never kills
+    a run whose job.json is already written, and `resume` does not repeat the crash (issue 11)."""
     try:
         read_video(video.path, max_frames=1)
     except InputError as exc:
-        return str(exc)
+        return str(exc), "input"
+    except Exception as exc:  # noqa: BLE001 - recorded in the unit, not swallowed
+        return f"{escape_controls(video.path)}: cannot be read ({type(exc).__name__}: {exception_line(exc)})", "error"
     return None

@@ -40,7 +40,7 @@ class VideoEntry(BaseModel):
     unique within the run); ``bytes`` is the file size (a folder of PNGs: the sum) when the run was
     submitted, so a changed input is noticed."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     name: str = Field(pattern=r"^[A-Za-z0-9_-][A-Za-z0-9._-]*$", max_length=200)
     path: str
@@ -50,7 +50,7 @@ class VideoEntry(BaseModel):
 class ModelRef(BaseModel):
     """The model a codec needs (SSF weights): what the user named and the exact weights of every quality."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     spec: str = Field(description="shipped family name, family folder or checkpoint path, as resolved at submit")
     model_id: str
@@ -60,7 +60,7 @@ class ModelRef(BaseModel):
 class CodecPoint(BaseModel):
     """One quality point of one base codec: what a worker needs to open it (workers.codecs.load_codec)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     codec: str = Field(pattern=CODEC_NAME, max_length=64)
     quality: Quality
@@ -72,7 +72,7 @@ class CodecPoint(BaseModel):
 class CodecRun(BaseModel):
     """One base codec of a run: its quality points, the model they need, its settings, the methods run on it."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     codec: str = Field(pattern=CODEC_NAME, max_length=64)
     qualities: tuple[Quality, ...] = Field(min_length=1)
@@ -102,7 +102,7 @@ class CodecRun(BaseModel):
 class JobSpec(BaseModel):
     """Everything that determines a run's results. Submitting to an existing RUN with another spec is refused."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     format: Literal["adaptjobs-job-2"] = JOB_FORMAT
     videos_dir: str
@@ -138,7 +138,7 @@ class JobSpec(BaseModel):
 class VideoTask(BaseModel):
     """One unit as a worker receives it: everything run_task needs, nothing of the scheduler."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     unit_dir: str = Field(description="absolute path of the unit folder (RUN/units/<video>/<codec>/<method>/q<q>, "
                                       "or the -o folder of `adaptjobs adapt`)")

@@ -11,7 +11,7 @@ class WeightPrior(BaseModel):
     """Spike-and-slab prior p(d) = [N(d|0, sigma^2) + alpha N(d|0, spike_std^2)] / (1 + alpha) on every
     coded weight update d, quantized on a grid of width ``grid`` (van Rozendaal et al.; PEVC)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     grid: float = Field(0.005, gt=0, description="quantization step t of the weight updates")
     slab_std: float = Field(0.05, gt=0, description="sigma: std of the wide (slab) component")
@@ -30,7 +30,7 @@ class DecoderTraining(BaseModel):
     ``train_gop``) once in a seeded order, ``batch`` clips per step, each a random ``crop`` x ``crop`` window.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     epochs: int = Field(8, ge=0, description="0 = no training: the update stays zero (PEVC: 15 on GPU)")
     train_gop: int = Field(4, ge=1, le=32, description="frames per training clip: I + P-frames (PEVC: 4)")

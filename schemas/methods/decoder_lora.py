@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from schemas.methods._shared import SEND_UPDATE_HELP, DecoderTraining, SendUpdate, WeightPrior
 from schemas.methods.registry import register_method_config
+
+# Bounds a --set or a payload structure may ask for (the same numbers as workers.limits MAX_LORA_RANK and
+# MAX_STRUCTURE_ITEMS): a rank above the widest layer (192 channels x 5x5 kernel) adds nothing, and a
+# negative or zero rank is a tensor that cannot exist (issue 11: ranks=[-3] failed in every unit at run time).
+MAX_RANK = 1024
+MAX_RANKS = 64
 
 
 @register_method_config
@@ -20,12 +26,13 @@ class DecoderLoraConfig(BaseModel):
     zeros; the payload codes B and A - A_init.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
     method: Literal["decoder-lora"] = "decoder-lora"
     STRUCTURE_FIELDS: ClassVar[tuple[str, ...]] = ("variant", "ranks", "init_seed")  # what the payload carries
     send_update: SendUpdate = Field("if-better", description=SEND_UPDATE_HELP)
     variant: Literal["extended", "repeat"] = "extended"
-    ranks: tuple[int, ...] = Field((16, 8, 8, 2), min_length=1, description="rank per deconv, first layer first")
+    ranks: tuple[Annotated[int, Field(ge=1, le=MAX_RANK)], ...] = Field(
+        (16, 8, 8, 2), min_length=1, max_length=MAX_RANKS, description="rank per deconv, first layer first")
     init_seed: int = Field(0, ge=0, lt=2**31)
     prior: WeightPrior = WeightPrior(grid=0.002)
     training: DecoderTraining = DecoderTraining()

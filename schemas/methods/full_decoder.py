@@ -15,7 +15,7 @@ class FullDecoderConfig(BaseModel):
     """Every weight and bias of the three decoders fine-tuned; W - W_base coded (van Rozendaal et al.).
     The entropy models are not adapted (their tables would have to travel too)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
     method: Literal["full-decoder"] = "full-decoder"
     STRUCTURE_FIELDS: ClassVar[tuple[str, ...]] = ()  # every decoder weight: nothing to choose
     send_update: SendUpdate = Field("if-better", description=SEND_UPDATE_HELP)

@@ -19,7 +19,7 @@ class GopAdaptersConfig(BaseModel):
     decodes the stream.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
     method: Literal["gop-adapters"] = "gop-adapters"
     send_update: SendUpdate = Field("if-better", description=SEND_UPDATE_HELP)
     hidden_channels: int = Field(8, ge=1, description="C_dw, the adapter's squeezed width")

@@ -16,7 +16,7 @@ from schemas.methods.registry import register_method_config
 class GopAdaptersDecoderLoraConfig(BaseModel):
     """Both: decoder LoRA trained on the sequence first, then per-GoP encoder adapters on top of it."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
     method: Literal["gop-adapters+decoder-lora"] = "gop-adapters+decoder-lora"
     send_update: SendUpdate = Field("if-better", description=SEND_UPDATE_HELP)
     lora: DecoderLoraConfig = DecoderLoraConfig()

@@ -13,5 +13,5 @@ from schemas.methods.registry import register_method_config
 class NoneConfig(BaseModel):
     """The base model, unchanged: the reference every method is compared with."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
     method: Literal["none"] = "none"
