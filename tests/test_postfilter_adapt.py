@@ -15,7 +15,7 @@ from workers.adapt.payload import WeightUpdate, encode_payload, make_header
 from workers.adapt.prior import ideal_bits
 from workers.errors import BitstreamError, InputError
 from workers.postfilter.adapt import (FilterAdaptConfig, UpdateTraining, adapt_filter, codec_lambda, lambda_from_slope,
-                                      local_slope_lambda, mean_wmse, rebuild_filter)
+                                      local_slope_lambda, mean_wmse, rebuild_filter, ridge_solution, tap_masks)
 from workers.postfilter.checkpoint import LoadedFilter, make_metadata
 from workers.postfilter.network import FilterArchitecture, PostFilter, filter_planes, planes_to_tensors
 from workers.postfilter.update import UpdateStructure, adapted_filter, coded_shapes, make_filter_update
@@ -242,3 +242,18 @@ def test_bad_frames_are_refused_with_one_line(base, frames):
     with pytest.raises(InputError, match="one size"):
         adapt_filter(base, base.metadata.weights_sha256, originals, [tuple(p[:8, :8] for p in decoded[0])] + decoded[1:],
                      CRF, "x264")
+
+
+def test_cross_linear_tap_masks_are_honoured_by_the_solve():
+    """Sparser patterns are exact zeros where the mask forbids a tap, and the full mask is the plain solve."""
+    generator = torch.Generator().manual_seed(3)
+    samples = torch.randn(2000, 55, generator=generator, dtype=torch.float64)
+    gram, cross = samples.t() @ samples, samples.t() @ torch.randn(2000, 6, generator=generator, dtype=torch.float64)
+    masks = tap_masks("cross-linear", 55)
+    scales = torch.ones(6, dtype=torch.float64)
+    for mask in masks.values():
+        assert not bool(ridge_solution(gram, cross, scales, 1e-4, mask)[~mask].any())
+    assert masks["luma-from-luma"][:4, 36:54].sum() == 0 and masks["luma-from-luma"][:, 54].all()
+    full = ridge_solution(gram, cross, scales, 0.0, masks["all"])
+    assert torch.allclose(full.t(), torch.linalg.solve(gram, cross))
+    assert list(tap_masks("last-layer", 289)) == ["all"]

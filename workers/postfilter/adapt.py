@@ -88,6 +88,9 @@ class FilterAdaptConfig(BaseModel):
     grid_scales: tuple[float, ...] = Field((0.5, 1.0, 2.0, 4.0), min_length=1, description=(
         "last-layer: multiples of the prior's grid (and spike) tried; the payload carries the chosen prior, so "
         "each unit may pick its own step"))
+    slab_scales: tuple[float, ...] = Field((0.5, 1.0, 2.0), min_length=1, description=(
+        "last-layer, cross-linear: multiples of the prior's slab std tried (the payload carries the chosen one); "
+        "foreman x264 CRF 42 cross-linear: 211 bytes with (0.25 .. 4) instead of 225 with (1,)"))
     send_update: Literal["if-better", "always"] = "if-better"
     seed: int = Field(0, ge=0)
 
@@ -470,35 +473,66 @@ def _rows_that_pay(unit: _Unit, prior: WeightPrior, k: torch.Tensor, gram: torch
     return k * keep[:, None]
 
 
-def solve_last_layer(unit: _Unit, gram: torch.Tensor, cross: torch.Tensor, positions: int) -> tuple[torch.Tensor, dict]:
-    """The quantized delta (6, D) of the tail's [weight | bias] minimising the predicted RD cost.
+def tap_masks(parameterisation: str, dim: int) -> dict[str, torch.Tensor]:
+    """Which taps (columns of the (6, D) solution) each output channel may use, by name. The cross-linear
+    filter also tries sparser patterns, coded as exact zeros (a zero costs a fraction of a bit under the
+    spike), so fewer coefficients need no other payload: luma phases from luma taps only (36 + bias), and
+    in addition each chroma plane from luma and its own taps (45 + bias)."""
+    every = torch.ones(6, dim, dtype=torch.bool)
+    if parameterisation != "cross-linear":
+        return {"all": every}
+    luma_only = every.clone()
+    luma_only[:4, 36:54] = False
+    own_chroma = luma_only.clone()
+    own_chroma[4, 45:54] = False
+    own_chroma[5, 36:45] = False
+    return {"all": every, "luma-from-luma": luma_only, "luma-from-luma,chroma-from-own": own_chroma}
 
-    For each ridge strength rho: d_c = (A_c + mu_c I)^-1 b_c with A_c = lambda w_c G / N and b_c = lambda w_c
-    H_c / N (the RD cost's quadratic distortion term, in the same units), mu_c = rho trace(A_c) / D; the
-    ridge stands in for the prior's rate. Each candidate is rounded on each grid (the prior's grid times
-    ``grid_scales``; the payload carries the chosen one) and scored exactly on the
-    normal equations (lambda * wMSE change) plus its ideal bits and the payload's fixed bytes / pixels; the
-    zero update scores 0."""
-    weights, base_prior = _channel_weights(), unit.config.coding_prior()
-    scale = unit.lmbda * 255.0**2 / positions
+
+def ridge_solution(gram: torch.Tensor, cross: torch.Tensor, scales: torch.Tensor, rho: float,
+                    mask: torch.Tensor) -> torch.Tensor:
+    """(6, D) float64: per channel c, (s_c G_m + mu_c I)^-1 s_c H_m,c on the taps m = mask[c] (zero elsewhere),
+    mu_c = rho trace(s_c G_m) / |m|."""
+    delta = torch.zeros(mask.shape, dtype=torch.float64)
+    for c, s in enumerate(scales):
+        taps = mask[c].nonzero().flatten()
+        a = s * gram[taps][:, taps]
+        a = a + rho * float(torch.trace(a)) / len(taps) * torch.eye(len(taps), dtype=torch.float64)
+        delta[c, taps] = torch.linalg.solve(a, s * cross[taps, c])
+    return delta
+
+
+def solve_last_layer(unit: _Unit, gram: torch.Tensor, cross: torch.Tensor, positions: int) -> tuple[torch.Tensor, dict]:
+    """The quantized (6, D) [weight | bias] delta (last-layer) or filter (cross-linear) minimising the predicted
+    RD cost.
+
+    For each tap mask (:func:`tap_masks`) and ridge strength rho: d_c = (A_c + mu_c I)^-1 b_c with A_c =
+    lambda w_c G / N and b_c = lambda w_c H_c / N (the RD cost's quadratic distortion term, in the same
+    units) on the allowed taps; the ridge stands in for the prior's rate. Each candidate is rounded on each
+    grid (the prior's grid times ``grid_scales``, slab times ``slab_scales``; the payload carries the chosen
+    prior), channels that do not pay alone are zeroed, and it is scored exactly on the normal equations
+    (lambda * wMSE change) plus its ideal bits and the payload's fixed bytes / pixels; the zero update scores 0."""
+    base_prior = unit.config.coding_prior()
+    scales = _channel_weights() * unit.lmbda * 255.0**2 / positions
     best, best_cost, best_prior, scores = torch.zeros(6, gram.shape[0], dtype=torch.int64), 0.0, base_prior, {}
-    eye = torch.eye(gram.shape[0], dtype=torch.float64)
-    for rho in unit.config.ridge:
-        delta = torch.stack([torch.linalg.solve(scale * w * gram + rho * float(torch.trace(scale * w * gram)) / gram.shape[0] * eye,
-                                                scale * w * cross[:, c]) for c, w in enumerate(weights)])
-        for grid_scale in unit.config.grid_scales:
-            prior = transmitted_prior(WeightPrior(grid=base_prior.grid * grid_scale, slab_std=base_prior.slab_std,
-                                                  spike_std=base_prior.spike * grid_scale, alpha=base_prior.alpha))
-            k = _rows_that_pay(unit, prior, torch.round(delta / prior.grid).clamp(-(1 << 15), 1 << 15).to(torch.int64),
-                               gram, cross, scale * weights)
-            q = k.to(torch.float64) * prior.grid
-            distortion = float(sum(w * scale * (q[c] @ gram @ q[c] - 2 * q[c] @ cross[:, c]) for c, w in enumerate(weights)))
-            bits = ideal_bits(prior, k, max(1, int(k.abs().max()))) + 8 * FIXED_BYTES
-            cost = distortion + bits / unit.pixels if bool(k.any()) else 0.0
-            scores[f"{rho:g}x{grid_scale:g}"] = cost
-            if cost < best_cost:
-                best, best_cost, best_prior = k, cost, prior
-    return best, {"predicted_cost_change": best_cost, "ridge_x_grid_scores": scores, "prior": best_prior.model_dump()}
+    for mask_name, mask in tap_masks(unit.config.parameterisation, gram.shape[0]).items():
+        for rho in unit.config.ridge:
+            delta = ridge_solution(gram, cross, scales, rho, mask)
+            for grid_scale in unit.config.grid_scales:
+                for slab_scale in unit.config.slab_scales:
+                    prior = transmitted_prior(WeightPrior(
+                        grid=base_prior.grid * grid_scale, slab_std=base_prior.slab_std * slab_scale,
+                        spike_std=base_prior.spike * grid_scale, alpha=base_prior.alpha))
+                    k = torch.round(delta / prior.grid).clamp(-(1 << 15), 1 << 15).to(torch.int64)
+                    k = _rows_that_pay(unit, prior, k, gram, cross, scales)
+                    q = k.to(torch.float64) * prior.grid
+                    distortion = float(sum(s * (q[c] @ gram @ q[c] - 2 * q[c] @ cross[:, c]) for c, s in enumerate(scales)))
+                    bits = ideal_bits(prior, k, max(1, int(k.abs().max()))) + 8 * FIXED_BYTES
+                    cost = distortion + bits / unit.pixels if bool(k.any()) else 0.0
+                    scores[f"{mask_name}:{rho:g}x{grid_scale:g}x{slab_scale:g}"] = cost
+                    if cost < best_cost:
+                        best, best_cost, best_prior = k, cost, prior
+    return best, {"predicted_cost_change": best_cost, "scores": scores, "prior": best_prior.model_dump()}
 
 
 def fit_last_layer(unit: _Unit, update, state_path: Path | None, config_json: str,
