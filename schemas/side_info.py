@@ -35,6 +35,7 @@ class UpdateMethod(IntEnum):
     SCALE_BIAS = 1  # per-channel multipliers and biases of the shipped filter
     LORA = 2  # low-rank updates of the conv weights
     LAST_LAYER = 3  # the tail conv's weights and biases replaced
+    CROSS_LINEAR = 4  # a 3x3 linear filter 6 -> 6 (luma phases, U, V) added to the filter's output
 
 
 def filter_id(weights_sha256: str) -> bytes:

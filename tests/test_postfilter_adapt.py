@@ -15,16 +15,16 @@ from workers.adapt.payload import WeightUpdate, encode_payload, make_header
 from workers.adapt.prior import ideal_bits
 from workers.errors import BitstreamError, InputError
 from workers.postfilter.adapt import (FilterAdaptConfig, UpdateTraining, adapt_filter, codec_lambda, lambda_from_slope,
-                                      local_slope_lambda, rebuild_filter)
+                                      local_slope_lambda, mean_wmse, rebuild_filter, ridge_solution, tap_masks)
 from workers.postfilter.checkpoint import LoadedFilter, make_metadata
-from workers.postfilter.network import FilterArchitecture, PostFilter, filter_planes
-from workers.postfilter.update import UpdateStructure, coded_shapes, make_filter_update
+from workers.postfilter.network import FilterArchitecture, PostFilter, filter_planes, planes_to_tensors
+from workers.postfilter.update import UpdateStructure, adapted_filter, coded_shapes, make_filter_update
 from workers.postfilter.update_payload import FIXED_BYTES, CodedUpdate, decode_update, encode_update, transmitted_prior
 from workers.standard.encoder import decode_stream, encode_planes
 
-PARAMETERISATIONS = ("scale-bias", "lora", "last-layer")
+PARAMETERISATIONS = ("scale-bias", "lora", "last-layer", "cross-linear")
 STRUCTURES = {"scale-bias": UpdateStructure("scale-bias"), "lora": UpdateStructure("lora", 2, 5),
-              "last-layer": UpdateStructure("last-layer")}
+              "last-layer": UpdateStructure("last-layer"), "cross-linear": UpdateStructure("cross-linear")}
 CRF = 37.0
 FAST = UpdateTraining(steps=6, batch=2, crop=32, eval_every=3, eval_frames=2, checkpoint_every=2)
 
@@ -61,12 +61,30 @@ def _adapt(base, frames, parameterisation, tmp_path=None, **kwargs):
     return adapt_filter(base, base.metadata.weights_sha256, *frames, CRF, "x264", config, tmp_path, lmbda=1.0)
 
 
-@pytest.mark.parametrize("parameterisation", PARAMETERISATIONS)
+@pytest.mark.parametrize("parameterisation", PARAMETERISATIONS[:3])
 def test_zero_update_is_the_base_filter_exactly(base, parameterisation):
     update = make_filter_update(base.model, STRUCTURES[parameterisation])
     produced = update.weights({name: torch.zeros_like(p) for name, p in update.coded.items()})
     parameters = dict(base.model.named_parameters())
     assert produced and all(torch.equal(value, parameters[name]) for name, value in produced.items())
+
+
+def test_zero_cross_linear_update_filters_exactly_like_the_base(base, frames):
+    update = make_filter_update(base.model, STRUCTURES["cross-linear"])
+    zero = adapted_filter(base.model, update, {name: torch.zeros_like(p) for name, p in update.coded.items()})
+    y, u, v = planes_to_tensors(frames[1][0])
+    with torch.no_grad():
+        assert all(torch.equal(a, b) for a, b in zip(zero(y, u, v, CRF, "x264"), base.model(y, u, v, CRF, "x264")))
+
+
+def test_solved_cross_linear_update_lowers_the_weighted_mse(base, frames):
+    """On real x264 frames the least-squares filter, quantized and rebuilt from its bytes, beats the base:
+    x264's CRF 37 output leaves a residual that a 3x3 cross-component filter partly predicts."""
+    result = _adapt(base, frames, "cross-linear")
+    originals, decoded = frames
+    generic = [filter_planes(base.model, planes, CRF, "x264") for planes in decoded]
+    assert mean_wmse(originals, result.planes) < 0.97 * mean_wmse(originals, generic)
+    assert 0 < result.stats["update_bytes"] < 1000 and result.stats["coded_numbers"] == 330
 
 
 @pytest.mark.parametrize("parameterisation", PARAMETERISATIONS)
@@ -131,9 +149,9 @@ def test_x265_unit_decodes_to_the_encoders_frames(base, carphone):
         assert all(np.array_equal(a, b) for a, b in zip(filter_planes(rebuilt, planes, CRF, "x265"), expected))
 
 
-@pytest.fixture(scope="module")
-def sent_blob(base, frames) -> bytes:
-    return _adapt(base, frames, "scale-bias").blob
+@pytest.fixture(scope="module", params=("scale-bias", "cross-linear"))
+def sent_blob(base, frames, request) -> bytes:
+    return _adapt(base, frames, request.param).blob
 
 
 def test_update_for_another_base_filter_is_refused(sent_blob):
@@ -160,12 +178,12 @@ class _Interrupt(Exception):
     pass
 
 
-@pytest.mark.parametrize("parameterisation", ("scale-bias", "last-layer"))
+@pytest.mark.parametrize("parameterisation", ("scale-bias", "last-layer", "cross-linear"))
 def test_resumed_adaptation_equals_uninterrupted(base, frames, tmp_path, parameterisation):
     reference = _adapt(base, frames, parameterisation, tmp_path / "a")
 
     def interrupt(record):
-        if record["step"] == (4 if parameterisation != "last-layer" else 1):
+        if record["step"] == (4 if parameterisation == "scale-bias" else 1):
             raise _Interrupt
     config = FilterAdaptConfig(parameterisation=parameterisation, training=FAST, send_update="always")
     with pytest.raises(_Interrupt):
@@ -173,7 +191,7 @@ def test_resumed_adaptation_equals_uninterrupted(base, frames, tmp_path, paramet
                      lmbda=1.0)
     assert list((tmp_path / "b").glob("*.safetensors")) and not list((tmp_path / "b").glob(".*.tmp"))
     resumed = _adapt(base, frames, parameterisation, tmp_path / "b")
-    assert resumed.stats["resumed_from"] == (4 if parameterisation != "last-layer" else 1)
+    assert resumed.stats["resumed_from"] == (4 if parameterisation == "scale-bias" else 1)
     assert resumed.blob == reference.blob and reference.blob is not None
     assert all(np.array_equal(a, b) for fa, fb in zip(resumed.planes, reference.planes) for a, b in zip(fa, fb))
 
@@ -224,3 +242,18 @@ def test_bad_frames_are_refused_with_one_line(base, frames):
     with pytest.raises(InputError, match="one size"):
         adapt_filter(base, base.metadata.weights_sha256, originals, [tuple(p[:8, :8] for p in decoded[0])] + decoded[1:],
                      CRF, "x264")
+
+
+def test_cross_linear_tap_masks_are_honoured_by_the_solve():
+    """Sparser patterns are exact zeros where the mask forbids a tap, and the full mask is the plain solve."""
+    generator = torch.Generator().manual_seed(3)
+    samples = torch.randn(2000, 55, generator=generator, dtype=torch.float64)
+    gram, cross = samples.t() @ samples, samples.t() @ torch.randn(2000, 6, generator=generator, dtype=torch.float64)
+    masks = tap_masks("cross-linear", 55)
+    scales = torch.ones(6, dtype=torch.float64)
+    for mask in masks.values():
+        assert not bool(ridge_solution(gram, cross, scales, 1e-4, mask)[~mask].any())
+    assert masks["luma-from-luma"][:4, 36:54].sum() == 0 and masks["luma-from-luma"][:, 54].all()
+    full = ridge_solution(gram, cross, scales, 0.0, masks["all"])
+    assert torch.allclose(full.t(), torch.linalg.solve(gram, cross))
+    assert list(tap_masks("last-layer", 289)) == ["all"]

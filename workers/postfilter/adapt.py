@@ -4,6 +4,7 @@
         |  scale-bias / lora: Adam on random crops, loss = lambda * wMSE + weight bits / sequence pixels,
         |      grid-quantized with straight-through gradients; the best state by measured RD cost is kept
         |  last-layer: least squares for the tail conv on this video's features, ridge picked by RD cost
+        |  cross-linear: least squares for L in base(x) + L(x - 0.5) on every frame, ridge x grid by RD cost
         v
     grid indices --encode_update--> blob --rebuild_filter (what the decoder runs)--> adapted filter
         v
@@ -39,9 +40,9 @@ from schemas.adapt import WeightPrior
 from workers.adapt.prior import grid_indices, ideal_bits, quantize_ste, weight_bits
 from workers.adapt.state import load_state, optimizer_tensors, restore_optimizer, save_state
 from workers.metrics import psnr_yuv
-from workers.postfilter.network import PostFilter, filter_planes
-from workers.postfilter.update import (Parameterisation, UpdateStructure, adapted_filter, coded_shapes,
-                                       make_filter_update)
+from workers.postfilter.network import INPUT_PLANES, PostFilter, filter_planes
+from workers.postfilter.update import (CrossLinearUpdate, Parameterisation, UpdateStructure, adapted_filter,
+                                       coded_shapes, make_filter_update)
 from workers.postfilter.update_payload import FIXED_BYTES, CodedUpdate, decode_update, encode_update, transmitted_prior
 
 Planes = tuple[np.ndarray, np.ndarray, np.ndarray]
@@ -54,6 +55,7 @@ DEFAULT_PRIORS = {
     "scale-bias": WeightPrior(grid=0.004, slab_std=0.05),
     "lora": WeightPrior(grid=0.004, slab_std=0.05),
     "last-layer": WeightPrior(grid=0.002, slab_std=0.05),
+    "cross-linear": WeightPrior(grid=0.004, slab_std=0.05),  # grids 0.002..0.016: foreman CRF 37 picked <= 0.008 of 0.001..0.008
 }
 
 
@@ -75,7 +77,9 @@ class FilterAdaptConfig(BaseModel):
     """How ``postfilter-adapt`` updates the shipped filter for one (video, codec, CRF)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-    parameterisation: Parameterisation = "scale-bias"
+    # the default: the only parameterisation that paid on eval-dev (x264 -4.27% BD-rate vs none on average, the
+    # others ~0; benchmarks/RESULTS.md, section postfilter-adapt-cross-linear)
+    parameterisation: Parameterisation = "cross-linear"
     rank: int = Field(2, ge=1, lt=256, description="LoRA rank per conv (lora only)")
     init_seed: int = Field(0, ge=0, lt=2**32, description="seed of LoRA's A initialisation (lora only)")
     prior: WeightPrior | None = Field(None, description="default: DEFAULT_PRIORS[parameterisation]")
@@ -86,6 +90,9 @@ class FilterAdaptConfig(BaseModel):
     grid_scales: tuple[float, ...] = Field((0.5, 1.0, 2.0, 4.0), min_length=1, description=(
         "last-layer: multiples of the prior's grid (and spike) tried; the payload carries the chosen prior, so "
         "each unit may pick its own step"))
+    slab_scales: tuple[float, ...] = Field((0.5, 1.0, 2.0), min_length=1, description=(
+        "last-layer, cross-linear: multiples of the prior's slab std tried (the payload carries the chosen one); "
+        "foreman x264 CRF 42 cross-linear: 211 bytes with (0.25 .. 4) instead of 225 with (1,)"))
     send_update: Literal["if-better", "always"] = "if-better"
     seed: int = Field(0, ge=0)
 
@@ -246,7 +253,8 @@ class _Unit:
     codec: str
     config: FilterAdaptConfig
     lmbda: float
-    chosen_prior: WeightPrior | None = None  # last-layer: the grid the solve picked
+    chosen_prior: WeightPrior | None = None  # last-layer, cross-linear: the grid the solve picked
+    generic: Sequence[Planes] | None = None  # the base filter's output on ``decoded`` (cross-linear's target)
 
     @property
     def pixels(self) -> int:
@@ -429,55 +437,127 @@ def tail_statistics(unit: _Unit, frames: Sequence[int], chunk: int = 16384) -> t
     return gram, cross, positions
 
 
+@torch.no_grad()
+def linear_statistics(unit: _Unit, frames: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Normal equations of the cross-linear filter L: G = sum p p^T (55 x 55), H = sum p r^T (55 x 6), float64,
+    over every chroma position of ``frames``; p is the 3x3 patch of the 6 decoded planes minus 0.5 (unfold
+    order of a (6, 6, 3, 3) weight) with a trailing 1, r = original - base output (6 planes in [0, 1]).
+    The base output is ``unit.generic`` (rounded to 8 bits: the rounding noise is uncorrelated with p and
+    saves a second CNN pass). One matmul per frame: calendar 720x576x41 accumulates in about a second."""
+    dim = INPUT_PLANES * 9 + 1
+    gram, cross, positions = torch.zeros(dim, dim, dtype=torch.float64), torch.zeros(dim, 6, dtype=torch.float64), 0
+    for index in frames:
+        x = _unshuffled(unit.decoded[index]).to(torch.float64) - 0.5
+        patches = F.unfold(x, 3, padding=1)[0]  # (54, L)
+        patches = torch.cat([patches, torch.ones(1, patches.shape[1], dtype=torch.float64)])
+        residual = (_unshuffled(unit.originals[index]) - _unshuffled(unit.generic[index])).flatten(2)[0]
+        gram += patches @ patches.t()
+        cross += patches @ residual.t().to(torch.float64)
+        positions += patches.shape[1]
+    return gram, cross, positions
+
+
 def _channel_weights() -> torch.Tensor:
     """wMSE weight of each of the 6 working channels: Y's 6/8 shared by its 4 phases, U and V 1/8."""
     return torch.tensor([PLANE_WEIGHTS[0] / 4] * 4 + [PLANE_WEIGHTS[1], PLANE_WEIGHTS[2]], dtype=torch.float64)
 
 
-def solve_last_layer(unit: _Unit, gram: torch.Tensor, cross: torch.Tensor, positions: int) -> tuple[torch.Tensor, dict]:
-    """The quantized delta (6, D) of the tail's [weight | bias] minimising the predicted RD cost.
+def _rows_that_pay(unit: _Unit, prior: WeightPrior, k: torch.Tensor, gram: torch.Tensor, cross: torch.Tensor,
+                   channel_scales: torch.Tensor) -> torch.Tensor:
+    """``k`` (6, D) with the rows (output channels) zeroed whose own predicted distortion change plus ideal bits
+    is not negative. Why per channel: PSNR-YUV averages the planes in dB while the RD cost weighs MSE, so a
+    joint solution may trade a worse plane for a better one and lower wMSE yet lower PSNR-YUV (foreman x264
+    CRF 22 did, -0.015 dB at 611 bytes); with every kept channel paying alone no plane gets worse."""
+    q = k.to(torch.float64) * prior.grid
+    bound = max(1, int(k.abs().max()))
+    keep = torch.tensor([bool(k[c].any()) and float(channel_scales[c] * (q[c] @ gram @ q[c] - 2 * q[c] @ cross[:, c]))
+                         + ideal_bits(prior, k[c], bound) / unit.pixels < 0 for c in range(k.shape[0])])
+    return k * keep[:, None]
 
-    For each ridge strength rho: d_c = (A_c + mu_c I)^-1 b_c with A_c = lambda w_c G / N and b_c = lambda w_c
-    H_c / N (the RD cost's quadratic distortion term, in the same units), mu_c = rho trace(A_c) / D; the
-    ridge stands in for the prior's rate. Each candidate is rounded on each grid (the prior's grid times
-    ``grid_scales``; the payload carries the chosen one) and scored exactly on the
-    normal equations (lambda * wMSE change) plus its ideal bits and the payload's fixed bytes / pixels; the
-    zero update scores 0."""
-    weights, base_prior = _channel_weights(), unit.config.coding_prior()
-    scale = unit.lmbda * 255.0**2 / positions
+
+def tap_masks(parameterisation: str, dim: int) -> dict[str, torch.Tensor]:
+    """Which taps (columns of the (6, D) solution) each output channel may use, by name. The cross-linear
+    filter also tries sparser patterns, coded as exact zeros (a zero costs a fraction of a bit under the
+    spike), so fewer coefficients need no other payload: luma phases from luma taps only (36 + bias), and
+    in addition each chroma plane from luma and its own taps (45 + bias)."""
+    every = torch.ones(6, dim, dtype=torch.bool)
+    if parameterisation != "cross-linear":
+        return {"all": every}
+    luma_only = every.clone()
+    luma_only[:4, 36:54] = False
+    own_chroma = luma_only.clone()
+    own_chroma[4, 45:54] = False
+    own_chroma[5, 36:45] = False
+    return {"all": every, "luma-from-luma": luma_only, "luma-from-luma,chroma-from-own": own_chroma}
+
+
+def ridge_solution(gram: torch.Tensor, cross: torch.Tensor, scales: torch.Tensor, rho: float,
+                    mask: torch.Tensor) -> torch.Tensor:
+    """(6, D) float64: per channel c, (s_c G_m + mu_c I)^-1 s_c H_m,c on the taps m = mask[c] (zero elsewhere),
+    mu_c = rho trace(s_c G_m) / |m|."""
+    delta = torch.zeros(mask.shape, dtype=torch.float64)
+    for c, s in enumerate(scales):
+        taps = mask[c].nonzero().flatten()
+        a = s * gram[taps][:, taps]
+        a = a + rho * float(torch.trace(a)) / len(taps) * torch.eye(len(taps), dtype=torch.float64)
+        delta[c, taps] = torch.linalg.solve(a, s * cross[taps, c])
+    return delta
+
+
+def solve_last_layer(unit: _Unit, gram: torch.Tensor, cross: torch.Tensor, positions: int) -> tuple[torch.Tensor, dict]:
+    """The quantized (6, D) [weight | bias] delta (last-layer) or filter (cross-linear) minimising the predicted
+    RD cost.
+
+    For each tap mask (:func:`tap_masks`) and ridge strength rho: d_c = (A_c + mu_c I)^-1 b_c with A_c =
+    lambda w_c G / N and b_c = lambda w_c H_c / N (the RD cost's quadratic distortion term, in the same
+    units) on the allowed taps; the ridge stands in for the prior's rate. Each candidate is rounded on each
+    grid (the prior's grid times ``grid_scales``, slab times ``slab_scales``; the payload carries the chosen
+    prior), channels that do not pay alone are zeroed, and it is scored exactly on the normal equations
+    (lambda * wMSE change) plus its ideal bits and the payload's fixed bytes / pixels; the zero update scores 0."""
+    base_prior = unit.config.coding_prior()
+    scales = _channel_weights() * unit.lmbda * 255.0**2 / positions
     best, best_cost, best_prior, scores = torch.zeros(6, gram.shape[0], dtype=torch.int64), 0.0, base_prior, {}
-    eye = torch.eye(gram.shape[0], dtype=torch.float64)
-    for rho in unit.config.ridge:
-        delta = torch.stack([torch.linalg.solve(scale * w * gram + rho * float(torch.trace(scale * w * gram)) / gram.shape[0] * eye,
-                                                scale * w * cross[:, c]) for c, w in enumerate(weights)])
-        for grid_scale in unit.config.grid_scales:
-            prior = transmitted_prior(WeightPrior(grid=base_prior.grid * grid_scale, slab_std=base_prior.slab_std,
-                                                  spike_std=base_prior.spike * grid_scale, alpha=base_prior.alpha))
-            k = torch.round(delta / prior.grid).clamp(-(1 << 15), 1 << 15).to(torch.int64)
-            q = k.to(torch.float64) * prior.grid
-            distortion = float(sum(w * scale * (q[c] @ gram @ q[c] - 2 * q[c] @ cross[:, c]) for c, w in enumerate(weights)))
-            bits = ideal_bits(prior, k, max(1, int(k.abs().max()))) + 8 * FIXED_BYTES
-            cost = distortion + bits / unit.pixels if bool(k.any()) else 0.0
-            scores[f"{rho:g}x{grid_scale:g}"] = cost
-            if cost < best_cost:
-                best, best_cost, best_prior = k, cost, prior
-    return best, {"predicted_cost_change": best_cost, "ridge_x_grid_scores": scores, "prior": best_prior.model_dump()}
+    for mask_name, mask in tap_masks(unit.config.parameterisation, gram.shape[0]).items():
+        for rho in unit.config.ridge:
+            delta = ridge_solution(gram, cross, scales, rho, mask)
+            for grid_scale in unit.config.grid_scales:
+                for slab_scale in unit.config.slab_scales:
+                    prior = transmitted_prior(WeightPrior(
+                        grid=base_prior.grid * grid_scale, slab_std=base_prior.slab_std * slab_scale,
+                        spike_std=base_prior.spike * grid_scale, alpha=base_prior.alpha))
+                    k = torch.round(delta / prior.grid).clamp(-(1 << 15), 1 << 15).to(torch.int64)
+                    k = _rows_that_pay(unit, prior, k, gram, cross, scales)
+                    q = k.to(torch.float64) * prior.grid
+                    distortion = float(sum(s * (q[c] @ gram @ q[c] - 2 * q[c] @ cross[:, c]) for c, s in enumerate(scales)))
+                    bits = ideal_bits(prior, k, max(1, int(k.abs().max()))) + 8 * FIXED_BYTES
+                    cost = distortion + bits / unit.pixels if bool(k.any()) else 0.0
+                    scores[f"{mask_name}:{rho:g}x{grid_scale:g}x{slab_scale:g}"] = cost
+                    if cost < best_cost:
+                        best, best_cost, best_prior = k, cost, prior
+    return best, {"predicted_cost_change": best_cost, "scores": scores, "prior": best_prior.model_dump()}
 
 
 def fit_last_layer(unit: _Unit, update, state_path: Path | None, config_json: str,
                    log: Callable[[dict], None] | None = None) -> _Progress:
-    """Set ``update.coded`` (LastLayerUpdate) by :func:`solve_last_layer`; the result is checkpointed, so a
+    """Set ``update.coded`` (LastLayerUpdate or CrossLinearUpdate) by :func:`solve_last_layer` on the normal
+    equations of :func:`tail_statistics` or :func:`linear_statistics`; the result is checkpointed, so a
     resumed unit does not solve again."""
     progress, best = _restore(update, None, state_path, config_json)
     if not best:
-        frames = evenly_spaced(len(unit.decoded), unit.config.least_squares_frames)
-        k, info = solve_last_layer(unit, *tail_statistics(unit, frames))
+        if isinstance(update, CrossLinearUpdate):
+            statistics = linear_statistics(unit, range(len(unit.decoded)))
+        else:
+            statistics = tail_statistics(unit, evenly_spaced(len(unit.decoded), unit.config.least_squares_frames))
+        k, info = solve_last_layer(unit, *statistics)
         progress.prior = info["prior"]
         unit.chosen_prior = WeightPrior(**progress.prior)
-        weight, bias = update.base["tail.weight"], update.base["tail.bias"]
         values = k.to(torch.float32) * unit.prior.grid
-        best = {"tail__weight__delta": values[:, :-1].reshape(weight.shape).contiguous(),
-                "tail__bias__delta": values[:, -1].reshape(bias.shape).contiguous()}
+        if isinstance(update, CrossLinearUpdate):
+            best = update.from_solution(values)
+        else:
+            weight, bias = update.base["tail.weight"], update.base["tail.bias"]
+            best = {"tail__weight__delta": values[:, :-1].reshape(weight.shape).contiguous(),
+                    "tail__bias__delta": values[:, -1].reshape(bias.shape).contiguous()}
         progress.step, progress.best_cost = 1, info["predicted_cost_change"]
         with torch.no_grad():
             for name, p in update.coded.items():
@@ -555,13 +635,15 @@ def adapt_filter(base, base_sha256: str, originals: Sequence[Planes], decoded: S
                              sort_keys=True, separators=(",", ":"))
     state_path = None if checkpoint_dir is None else Path(checkpoint_dir) / f"postfilter-{config.parameterisation}.safetensors"
     update = make_filter_update(unit.base, config.structure())
-    fit = fit_last_layer if config.parameterisation == "last-layer" else train_update
+    if generic_planes is None:
+        generic_planes = filter_all(unit.base, decoded, unit.crf, codec)
+    unit.generic = generic_planes
+    fit = fit_last_layer if config.parameterisation in ("last-layer", "cross-linear") else train_update
+    fit_began = time.perf_counter()  # adaptation time excludes the generic pass every choice needs
     progress = fit(unit, update, state_path, config_json, log)
     fitted = time.perf_counter()
     blob = update_blob(unit, update)
     adapted = None if blob is None else rebuild_filter(unit.base, base_sha256, blob)  # exactly the decoder's
-    if generic_planes is None:
-        generic_planes = filter_all(unit.base, decoded, unit.crf, codec)
     adapted_planes = None if adapted is None else filter_all(adapted, decoded, unit.crf, codec)
     decision = decide(originals, decoded, generic_planes, adapted_planes, 0 if blob is None else len(blob),
                       unit.lmbda, lambda_source, config.send_update)
@@ -571,6 +653,6 @@ def adapt_filter(base, base_sha256: str, originals: Sequence[Planes], decoded: S
              "best_step": progress.best_step, "update_bytes": 0 if blob is None else len(blob),
              "coded_numbers": sum(p.numel() for p in update.coded.values()),
              "nonzero_numbers": sum(int(grid_indices(p, unit.prior.grid).count_nonzero()) for p in update.coded.values()),
-             "adapt_seconds": fitted - began, "adapt_seconds_per_frame": (fitted - began) / frames,
+             "adapt_seconds": fitted - fit_began, "adapt_seconds_per_frame": (fitted - fit_began) / frames,
              "total_seconds": time.perf_counter() - began}
     return FilterAdaptation(blob if decision.decision == "adapted" else None, planes, decision, stats)

@@ -13,6 +13,10 @@ evaluated. With every coded tensor zero, ``weights`` returns the base filter's p
                 (init_seed, layer), B (C_out, r) from zero; coded: B and A - A_init (the decoder rebuilds A_init).
     last-layer  the tail conv's weight and bias deltas (6 x (32 x 9 + 1) = 1734 numbers), solved in closed
                 form by least squares on this video's features (workers/postfilter/adapt.py), then quantized.
+    cross-linear a linear filter added to the base filter's output: out = base(x) + L(x - 0.5), L a 3x3 conv
+                6 -> 6 with bias on the decoded planes at chroma resolution (4 luma phases, U, V), so luma
+                guides chroma and vice versa; 6 x (54 + 1) = 330 numbers solved in closed form by least
+                squares against original - base output (it composes with any base; zero L = the base).
 
 The payload identifies the parameterisation by a number assigned here by hand (never by dict order).
 """
@@ -24,12 +28,14 @@ from typing import Literal
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from workers.adapt.decoder_updates import DecoderUpdate, apply_update
-from workers.postfilter.network import PostFilter
+from workers.postfilter.network import INPUT_PLANES, PostFilter
 
-Parameterisation = Literal["scale-bias", "lora", "last-layer"]
-PARAMETERISATION_IDS: dict[str, int] = {"scale-bias": 1, "lora": 2, "last-layer": 3}  # payload ids, by hand
+Parameterisation = Literal["scale-bias", "lora", "last-layer", "cross-linear"]
+# payload ids, by hand: the next free number for a new one, never reused (schemas.side_info.UpdateMethod agrees)
+PARAMETERISATION_IDS: dict[str, int] = {"scale-bias": 1, "lora": 2, "last-layer": 3, "cross-linear": 4}
 
 
 @dataclass(frozen=True)
@@ -119,8 +125,48 @@ class LastLayerUpdate(DecoderUpdate):
         return {name: base + values[_key(name, "delta")] for name, base in self.base.items()}
 
 
+class CrossLinearUpdate(DecoderUpdate):
+    """The cross-component linear filter L added to the base output: weight (6, 6, 3, 3) and bias (6,), both
+    coded directly (they start at zero; there are no base parameters to change)."""
+
+    def __init__(self, model: PostFilter):
+        super().__init__()
+        self.coded = nn.ParameterDict({"linear__weight": nn.Parameter(torch.zeros(INPUT_PLANES, INPUT_PLANES, 3, 3)),
+                                       "linear__bias": nn.Parameter(torch.zeros(INPUT_PLANES))})
+
+    def weights(self, values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {"weight": values["linear__weight"], "bias": values["linear__bias"]}
+
+    @staticmethod
+    def from_solution(solution: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Coded values from a solved (6, 55) [weight taps in unfold order | bias] matrix (float32)."""
+        return {"linear__weight": solution[:, :-1].reshape(INPUT_PLANES, INPUT_PLANES, 3, 3).contiguous(),
+                "linear__bias": solution[:, -1].contiguous()}
+
+
+class CrossLinearFilter(nn.Module):
+    """base(y, u, v) + L(x - 0.5) with x = cat(pixel_unshuffle(y, 2), u, v): the same forward signature as
+    PostFilter, so ``filter_planes`` runs it unchanged. The centring makes the bias small (cheap to code)."""
+
+    def __init__(self, base: nn.Module, weight: torch.Tensor, bias: torch.Tensor):
+        super().__init__()
+        self.base = base
+        self.linear = nn.Conv2d(INPUT_PLANES, INPUT_PLANES, 3, padding=1)
+        with torch.no_grad():
+            self.linear.weight.copy_(weight)
+            self.linear.bias.copy_(bias)
+        self.requires_grad_(False)
+
+    def forward(self, y: torch.Tensor, u: torch.Tensor, v: torch.Tensor, crf, codec: str):
+        yb, ub, vb = self.base(y, u, v, crf, codec)
+        correction = self.linear(torch.cat([F.pixel_unshuffle(y, 2), u, v], dim=1) - 0.5)
+        return yb + F.pixel_shuffle(correction[:, :4], 2), ub + correction[:, 4:5], vb + correction[:, 5:6]
+
+
 def make_filter_update(model: PostFilter, structure: UpdateStructure) -> DecoderUpdate:
     """The zero update of ``structure`` for the base filter ``model`` (its tensors in coding order)."""
+    if structure.parameterisation == "cross-linear":
+        return CrossLinearUpdate(model)
     if structure.parameterisation == "scale-bias":
         return ScaleBiasUpdate(model)
     if structure.parameterisation == "lora":
@@ -134,7 +180,11 @@ def coded_shapes(update: DecoderUpdate) -> dict[str, tuple[int, ...]]:
 
 
 def adapted_filter(base: PostFilter, update: DecoderUpdate, values: dict[str, torch.Tensor]) -> PostFilter:
-    """A copy of ``base`` with the parameters ``values`` (coded tensor values, e.g. index * grid) produce."""
+    """A copy of ``base`` with the parameters ``values`` (coded tensor values, e.g. index * grid) produce;
+    for cross-linear, ``base`` followed by the linear filter (same forward signature)."""
+    if isinstance(update, CrossLinearUpdate):
+        weights = update.weights(values)
+        return CrossLinearFilter(base, weights["weight"], weights["bias"]).eval()
     adapted = apply_update(base, update, values)  # typed for the neural codec; works on any nn.Module
     adapted.eval()
     return adapted
