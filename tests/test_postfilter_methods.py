@@ -105,7 +105,7 @@ def test_info_shows_the_side_info(units, clip, tmp_path, capsys):
     shown = json.loads(capsys.readouterr().out)["side_info"]
     info, _ = read_side_info(stream.read_bytes(), "x264")
     assert shown["filter_id"] == info.filter_id.hex() and shown["crf"] == 32.0 and shown["threads"] == info.threads
-    assert shown["update"] == {"method": "scale-bias", "bytes": info.update.bytes}
+    assert shown["update"] == {"method": "cross-linear", "bytes": info.update.bytes}
     plain = tmp_path / "plain.h264"
     assert cli(["encode", str(clip), "-o", str(plain), "--codec", "x264"]) == 0
     assert cli(["info", str(plain)]) == 0
@@ -174,7 +174,6 @@ class _Interrupt(Exception):
 def test_resumed_adaptation_equals_uninterrupted(units, clip, filters, tmp_path, monkeypatch):
     import workers.encoder
 
-    reference = units["x264", "postfilter-adapt"][1] / "clip.h264"
     logged = workers.encoder.append_log
 
     def interrupt(path, record):
@@ -182,22 +181,24 @@ def test_resumed_adaptation_equals_uninterrupted(units, clip, filters, tmp_path,
             raise _Interrupt
         logged(path, record)
 
-    monkeypatch.setattr(workers.encoder, "append_log", interrupt)
     from workers.codecs.base import load_codec
     from workers.encoder import adapt_video
     from workers.methods import parse_method_config
     from workers.video_io import read_video
     from schemas.job import CodecPoint
 
-    config = parse_method_config("postfilter-adapt", {"send_update": "always", "training": {
+    config = parse_method_config("postfilter-adapt", {"send_update": "always", "parameterisation": "scale-bias", "training": {
         "steps": 4, "eval_every": 2, "checkpoint_every": 2, "learning_rate": 0.01, "crop": 32}})
     point = CodecPoint(codec="x264", quality=32, settings={"filter": str(filters[0])})
+    uninterrupted = adapt_video(read_video(clip), load_codec(point), tmp_path / "reference", config)
+    assert uninterrupted.resumed_from_step == 0
+    monkeypatch.setattr(workers.encoder, "append_log", interrupt)
     with pytest.raises(_Interrupt):
-        adapt_video(read_video(clip), load_codec(point), tmp_path, config)
+        adapt_video(read_video(clip), load_codec(point), tmp_path / "resumed", config)
     monkeypatch.setattr(workers.encoder, "append_log", logged)
-    result = adapt_video(read_video(clip), load_codec(point), tmp_path, config)
+    result = adapt_video(read_video(clip), load_codec(point), tmp_path / "resumed", config)
     assert result.resumed_from_step == 2
-    assert (tmp_path / "clip.h264").read_bytes() == reference.read_bytes()
+    assert (tmp_path / "resumed" / "clip.h264").read_bytes() == (tmp_path / "reference" / "clip.h264").read_bytes()
 
 
 def test_method_config_mirrors_the_workers_config():

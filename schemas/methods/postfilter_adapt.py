@@ -34,7 +34,10 @@ class PostFilterAdaptConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     method: Literal["postfilter-adapt"] = "postfilter-adapt"
     send_update: SendUpdate = Field("if-better", description=SEND_UPDATE_HELP)
-    parameterisation: Literal["scale-bias", "lora", "last-layer"] = "scale-bias"
+    parameterisation: Literal["scale-bias", "lora", "last-layer", "cross-linear"] = Field(
+        "cross-linear", description="cross-linear (default, the one that paid on eval-dev): a 3x3 cross-component "
+                                    "linear filter on the decoded planes solved by least squares; last-layer: the "
+                                    "filter's last conv solved the same way; scale-bias, lora: trained by Adam")
     rank: int = Field(2, ge=1, lt=256, description="LoRA rank per conv (lora only)")
     init_seed: int = Field(0, ge=0, lt=2**32, description="seed of LoRA's A initialisation (lora only)")
     prior: WeightPrior | None = Field(None, description="default: the parameterisation's default prior")
@@ -44,4 +47,6 @@ class PostFilterAdaptConfig(BaseModel):
     least_squares_frames: int = Field(32, ge=1, description="last-layer: evenly spaced frames the solve uses")
     grid_scales: tuple[float, ...] = Field((0.5, 1.0, 2.0, 4.0), min_length=1,
                                            description="last-layer: multiples of the prior's grid tried")
+    slab_scales: tuple[float, ...] = Field((0.5, 1.0, 2.0), min_length=1, description=(
+        "last-layer, cross-linear: multiples of the prior's slab std tried (the payload carries the chosen one)"))
     seed: int = Field(0, ge=0)
