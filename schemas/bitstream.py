@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from fractions import Fraction
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -48,6 +49,16 @@ class BitstreamHeader(BaseModel):
                                             "depends on the split (so a decoder with fewer cores than this may differ "
                                             "in the last bit; workers/limits.capped_threads); absent in format 2: "
                                             "the decoder's own setting")
+
+    device: Literal["cuda"] | None = Field(None, description="the device kind whose arithmetic made the "
+                                           "reconstruction (workers/device.py); absent: cpu. Parsing is "
+                                           "device-independent; a decoder on the same kind reproduces the "
+                                           "frames bit for bit, another kind only parses exactly")
+
+    @property
+    def device_kind(self) -> str:
+        """The device kind that coded the stream: "cpu" when the optional field is absent."""
+        return self.device or "cpu"
 
     @field_validator("model_id")
     @classmethod

@@ -7,6 +7,11 @@ encoder's torch thread count and the decoder runs with it: CPU convolutions spli
 so a decoder with another count differs in the last bit of some pixels (and P-frames carry it on). The
 count is capped to the decoder's cores (workers/limits.capped_threads): a decoder with fewer cores than
 the encoder had may then differ in the last bit.
+
+Device (workers/device.py): the transforms run on the model's device, the parse path on the CPU. A
+stream coded with its transforms on an accelerator records the device kind in its header and a CPU
+thread count of PARSE_THREADS_ON_ACCELERATOR (1: the CPU only parses there, and every decoder can match 1
+thread exactly); frames and reconstructions are handed out on the CPU.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from schemas.results import FrameTypeBits
 from workers.bitstream import FRAME_INTER, FRAME_INTRA, FrameChunk, pack, unpack
 from workers.codec.hyperprior import CodedLatent
 from workers.codec.ssf import EntropyTables, ScaleSpaceFlow, pad_frame, padded_size
+from workers.device import PARSE_THREADS_ON_ACCELERATOR, device_kind, module_device
 from workers.errors import BitstreamError
 from workers.limits import capped_threads
 
@@ -48,7 +54,18 @@ def encode_sequence(model: ScaleSpaceFlow, tables: EntropyTables, frames: Iterab
     reconstruction (1, 3, H, W), returns the model whose encoder codes the GoP's P-frames (encoder-side
     adaptation); its decoder parts must be ``model``'s, so a stock decoder decodes the stream.
     """
-    header = header.model_copy(update={"threads": torch.get_num_threads()})
+    device = module_device(model)
+    threads = torch.get_num_threads() if device.type == "cpu" else PARSE_THREADS_ON_ACCELERATOR
+    recorded = {"threads": threads} | ({} if device.type == "cpu" else {"device": device_kind(device)})
+    with torch_threads(threads):  # the parse path's CPU thread count, recorded for the decoder
+        return _encode_frames(model, tables, frames, header.model_copy(update=recorded), keep_latents,
+                              inter_encoder, device)
+
+
+def _encode_frames(model: ScaleSpaceFlow, tables: EntropyTables, frames: Iterable[torch.Tensor],
+                   header: BitstreamHeader, keep_latents: bool,
+                   inter_encoder: Callable[[int, torch.Tensor], ScaleSpaceFlow] | None,
+                   device: torch.device) -> EncodedSequence:
     padded = padded_size(header.height, header.width)
     chunks, reconstruction, latents = [], [], []
     bits = FrameTypeBits()
@@ -56,7 +73,7 @@ def encode_sequence(model: ScaleSpaceFlow, tables: EntropyTables, frames: Iterab
     for index, frame in enumerate(frames):
         if tuple(frame.shape) != (3, header.height, header.width):
             raise ValueError(f"frame {index} has shape {tuple(frame.shape)}, header says 3x{header.height}x{header.width}")
-        x = pad_frame(frame.unsqueeze(0))
+        x = pad_frame(frame.unsqueeze(0).to(device))
         if header.is_intra(index):
             x_ref, intra = model.encode_intra(x, tables)
             inter_model = model if inter_encoder is None else inter_encoder(index, x_ref)
@@ -70,7 +87,7 @@ def encode_sequence(model: ScaleSpaceFlow, tables: EntropyTables, frames: Iterab
             chunks.append(FrameChunk(FRAME_INTER, streams))
             bits.motion += 8 * (len(streams[0]) + len(streams[1]))
             bits.residual += 8 * (len(streams[2]) + len(streams[3]))
-        reconstruction.append(x_ref[0, :, : header.height, : header.width].clone())
+        reconstruction.append(x_ref[0, :, : header.height, : header.width].clone().cpu())
         if keep_latents:
             latents.append(coded)
     if len(chunks) != header.frame_count:
@@ -98,7 +115,7 @@ def decode_sequence(data: bytes, model_for: Callable[[BitstreamHeader], tuple[Sc
                     x_ref = model.decode_inter(x_ref, chunk.streams, padded, tables)
             except BitstreamError as exc:
                 raise BitstreamError(source, f"frame {index}: {exc.cause}") from None
-            frames.append(x_ref[0, :, : header.height, : header.width].clone())
+            frames.append(x_ref[0, :, : header.height, : header.width].clone().cpu())
     return header, frames
 
 

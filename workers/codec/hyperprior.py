@@ -22,6 +22,7 @@ import torch.nn as nn
 from workers.codec.entropy_coding import FactorizedTable, gaussian_table
 from workers.codec.entropy_models import EntropyBottleneck, GaussianConditional, round_ste
 from workers.codec.layers import conv, deconv, pad_to_multiple, qrelu
+from workers.device import module_device, on_cpu
 
 HYPER_FACTOR = 8  # the hyper-encoder's downsampling (3 stride-2 convs)
 
@@ -109,20 +110,26 @@ class Hyperprior(nn.Module):
         """Means (float) and scale-table indexes (int64) of y (cropped to ``y_size`` = (h, w)), from the
         decoded hyper-latents.
 
-        Encoder and decoder both call exactly this, on identical z_hat, so they agree bit for bit.
+        Encoder and decoder both call exactly this, on identical z_hat, so they agree bit for bit. It is the
+        parse path (workers/device.py): it always runs on the CPU in float32, on CPU copies of the modules
+        when the model sits on another device, so a stream parses the same whatever device coded it.
+        Both outputs are on the CPU.
         """
         height, width = y_size
-        means = self.hyper_decoder_mean(z_hat)[..., :height, :width]
-        indexes = self.gaussian_conditional.indexes(self.hyper_decoder_scale(z_hat)[..., :height, :width])
-        return means, indexes
+        z_hat = z_hat.to("cpu", torch.float32)
+        means = on_cpu(self.hyper_decoder_mean)(z_hat)[..., :height, :width]
+        scales = on_cpu(self.hyper_decoder_scale)(z_hat)[..., :height, :width]
+        return means, on_cpu(self.gaussian_conditional).indexes(scales)
 
     @torch.no_grad()
     def compress(self, y: torch.Tensor, table: FactorizedTable) -> CodedLatent:
-        z_symbols = table.quantize(self.hyper_encoder(pad_to_multiple(y, HYPER_FACTOR)))
+        """Code y (on the transforms' device); the symbols and their probabilities are decided on the CPU
+        (:meth:`latent_parameters`), and y_hat comes back on y's device."""
+        z_symbols = table.quantize(self.hyper_encoder(pad_to_multiple(y, HYPER_FACTOR)).cpu())
         means, indexes = self.latent_parameters(table.dequantize(z_symbols), tuple(y.shape[-2:]))
         gaussian = gaussian_table()
-        y_symbols = gaussian.quantize(y - means, indexes)
-        y_hat = y_symbols.to(torch.float32) + means
+        y_symbols = gaussian.quantize(y.cpu() - means, indexes)
+        y_hat = (y_symbols.to(torch.float32) + means).to(y.device)
         return CodedLatent(y_hat=y_hat, y_stream=gaussian.encode(y_symbols, indexes),
                            z_stream=table.encode(z_symbols), y_symbols=y_symbols, y_indexes=indexes,
                            z_symbols=z_symbols)
@@ -130,8 +137,16 @@ class Hyperprior(nn.Module):
     @torch.no_grad()
     def decompress(self, y_stream: bytes, z_stream: bytes, z_shape: tuple[int, int, int, int],
                    y_size: tuple[int, int], table: FactorizedTable, what: str) -> torch.Tensor:
-        """y_hat of size ``y_size`` (h, w) from its two streams; ``z_shape`` is derived from the frame size."""
+        """y_hat of size ``y_size`` (h, w) from its two streams; ``z_shape`` is derived from the frame size.
+        Parsing runs on the CPU (:meth:`parse`); y_hat goes to the device of the transforms."""
+        y_symbols, means = self.parse(y_stream, z_stream, z_shape, y_size, table, what)[:2]
+        return (y_symbols.to(torch.float32) + means).to(module_device(self.hyper_encoder))
+
+    def parse(self, y_stream: bytes, z_stream: bytes, z_shape: tuple[int, int, int, int], y_size: tuple[int, int],
+              table: FactorizedTable, what: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(y symbols int64, means float32, scale-table indexes int64) of one latent, all on the CPU: what a
+        decoder derives from the streams alone, whatever device the transforms sit on."""
         z_symbols = table.decode(z_stream, z_shape, what=f"{what} hyper-latents")
         means, indexes = self.latent_parameters(table.dequantize(z_symbols), y_size)
         y_symbols = gaussian_table().decode(y_stream, indexes, what=f"{what} latents")
-        return y_symbols.to(torch.float32) + means
+        return y_symbols, means, indexes

@@ -23,6 +23,7 @@ from schemas.codec import SSFArchitecture
 from workers.codec.entropy_coding import FactorizedTable
 from workers.codec.hyperprior import HYPER_FACTOR, CodedLatent, Hyperprior
 from workers.codec.layers import conv, deconv, gaussian_volume, pad_to_multiple, scale_space_warp
+from workers.device import on_cpu
 
 LATENT_FACTOR = 16  # 4 stride-2 layers in each autoencoder
 PAD_MULTIPLE = LATENT_FACTOR  # frames are padded to this; the hyperpriors pad their latents to x8 themselves
@@ -126,9 +127,10 @@ class ScaleSpaceFlow(nn.Module):
     # ------------------------------------------------------------------ real bits
     @torch.no_grad()
     def entropy_tables(self) -> EntropyTables:
-        return EntropyTables(intra=FactorizedTable.build(self.img_hyperprior.entropy_bottleneck),
-                             motion=FactorizedTable.build(self.motion_hyperprior.entropy_bottleneck),
-                             residual=FactorizedTable.build(self.res_hyperprior.entropy_bottleneck))
+        """Built from CPU copies of the bottlenecks (the parse path, workers/device.py), whatever the device."""
+        return EntropyTables(intra=FactorizedTable.build(on_cpu(self.img_hyperprior.entropy_bottleneck)),
+                             motion=FactorizedTable.build(on_cpu(self.motion_hyperprior.entropy_bottleneck)),
+                             residual=FactorizedTable.build(on_cpu(self.res_hyperprior.entropy_bottleneck)))
 
     @staticmethod
     def latent_size(padded_height: int, padded_width: int) -> tuple[int, int]:
