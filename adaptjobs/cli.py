@@ -54,7 +54,27 @@ def _non_negative_float(text: str) -> float:
     return value
 
 
+def _device_spec(text: str) -> str:
+    """--device: auto, cpu, cuda or cuda:N (checked here: usage error, exit 2); whether that device exists
+    is checked when the command runs (workers/device.resolve_device: one line, exit 1)."""
+    from workers.device import check_device_spec
+
+    try:
+        return check_device_spec(text)
+    except InputError:
+        raise argparse.ArgumentTypeError(f"must be auto, cpu, cuda or cuda:N, got {text!r}") from None
+
+
+def _add_device_option(command: argparse.ArgumentParser, per_task: bool = False) -> None:
+    where = ("each unit's device: auto = the GPU Ray assigned to the unit (--gpus-per-task), else the CPU"
+             if per_task else "where the codec's transforms and training run: auto (the CPU outside Ray), cpu, "
+                              "cuda or cuda:N")
+    command.add_argument("--device", type=_device_spec, default="auto",
+                         help=f"{where}; streams parse on any device (default auto)")
+
+
 def _add_execution_options(command: argparse.ArgumentParser) -> None:
+    _add_device_option(command, per_task=True)
     command.add_argument("--address", help="Ray cluster: auto, ray://HOST:PORT or HOST:PORT (default: RAY_ADDRESS if "
                                            "set, else an embedded local Ray)")
     command.add_argument("--cpus-per-task", type=_non_negative_float, default=1.0,
@@ -99,6 +119,7 @@ def _add_encode_parsers(commands) -> None:
     _add_codec_options(encode)
     _add_frame_options(encode, "encode at most this many frames")
     encode.add_argument("--recon", help="also write the reconstruction (.y4m, or a folder of PNGs)")
+    _add_device_option(encode)
     encode.add_argument("--json", action="store_true", help="print the result as JSON")
 
     decode = commands.add_parser("decode", help="decode a stream (.bits, .h264, .hevc; codec from the suffix)")
@@ -109,6 +130,7 @@ def _add_encode_parsers(commands) -> None:
                                         "(default: the shipped filters)")
     decode.add_argument("--payload", help="the weight payload the stream needs (default: <name>.payload beside it)")
     decode.add_argument("--json", action="store_true", help="print the stream's header as JSON")
+    _add_device_option(decode)
 
     adapt = commands.add_parser("adapt", help="adapt the codec to one video and code it (stream + weight payload)")
     adapt.add_argument("input", help="video file, raw WxH .yuv, or folder of PNG frames")
@@ -122,6 +144,7 @@ def _add_encode_parsers(commands) -> None:
                             "lora.ranks=[8,4,4,2] (JSON values; repeatable; see `adaptjobs methods`)")
     adapt.add_argument("--recon", help="also write the reconstruction (.y4m, or a folder of PNGs)")
     adapt.add_argument("--json", action="store_true", help="print result.json")
+    _add_device_option(adapt)
 
     methods = commands.add_parser("methods", help="list the adaptation methods, the codecs they apply to and their "
                                                   "options with defaults")
@@ -162,6 +185,7 @@ def _add_model_parsers(commands) -> None:
     pretrain.add_argument("--lambdas", help="comma-separated MSE lambdas, one per quality in increasing order "
                                             "(default: CompressAI's lambdas of those quality indices)")
     pretrain.add_argument("--init-from", help="start from this checkpoint's weights instead of random ones")
+    _add_device_option(pretrain)
 
 
 def _add_run_parsers(commands) -> None:
@@ -232,9 +256,10 @@ def _cmd_encode(args) -> int:
     from workers.encode_job import encode_file
 
     make_output_parent(args.output, "stream")
+    device = _device(args)
     result = encode_file(args.input, args.output, model=args.model, quality=_quality(args), frames=args.frames,
                          intra_period=args.intra_period, recon=args.recon, codec=args.codec,
-                         settings=parse_codec_settings(args.codec_set))
+                         settings=parse_codec_settings(args.codec_set), device=device)
     if args.json:
         print(result.model_dump_json(indent=2))
     else:
@@ -250,13 +275,15 @@ def _cmd_decode(args) -> int:
     from adaptjobs.output_paths import make_output_parent
     from workers.encode_job import decode_file
 
+    device = _device(args)
     make_output_parent(args.output, "reconstruction")
-    info = decode_file(args.input, args.output, model=args.model, payload_path=args.payload)
+    info = decode_file(args.input, args.output, model=args.model, payload_path=args.payload, device=device)
     if args.json:
         print(json.dumps(info, indent=2))
     else:
         model = f"model {info['model_id']} q{info['quality']}" if "model_id" in info else info["codec"]
-        print(f"{args.output}: {info['frames']} frames {info['width']}x{info['height']} ({model})")
+        print(f"{args.output}: {info['frames']} frames {info['width']}x{info['height']} ({model}; "
+              f"{_match_note(info, device)})")
     return 0
 
 
@@ -264,6 +291,22 @@ DECISIONS = {"sent": "update sent", "sent-lora-only": "LoRA update sent, encoder
              "base-cheaper": "no update sent (the base codec was cheaper)",
              "zero-update": "no update sent (training left it at zero)", "base-method": "base codec",
              "filter-on": "the shipped post-filter on, named in the stream's SEI (no update)"}
+
+
+def _device(args):
+    """The resolved --device of a command run in this process (auto = the CPU: no Ray task here); a CUDA
+    device that is not there is an InputError (one line, exit 1). Sets the CUDA determinism flags."""
+    from workers.device import use_device
+
+    return use_device(args.device)
+
+
+def _match_note(info: dict, device) -> str:
+    coded = info.get("device") or "cpu"
+    if info.get("expected_match") == "bit-exact":
+        return f"coded and decoded on {coded}: bit-exact"
+    return (f"coded on {coded}, decoded on {device.type}: parse-exact, the frames may drift in the last bits "
+            "(same device kind gives bit-exact frames)")
 
 
 def _cmd_adapt(args) -> int:
@@ -277,13 +320,14 @@ def _cmd_adapt(args) -> int:
 
     config = parse_method_config(args.method, parse_set_options(args.set))
     check_applies(args.method, args.codec)
+    device = _device(args)  # before any work: cuda asked for and absent is a one-line error
     point = codec_class(args.codec).single_point(args.model, _quality(args), parse_codec_settings(args.codec_set))
     from adaptjobs.output_paths import make_output_folder
 
     outdir = make_output_folder(Path(args.output).resolve(), "output folder")
     task = VideoTask(unit_dir=str(outdir), video=describe_input(args.input), method=config, codec=point,
                      frames=args.frames, intra_period=args.intra_period,
-                     recon=None if args.recon is None else str(Path(args.recon).resolve()))
+                     recon=None if args.recon is None else str(Path(args.recon).resolve()), device=str(device))
     outcome = run_task(task, redo=True)
     if outcome.state == "failed":
         failure = outcome.failure
@@ -367,7 +411,7 @@ def _cmd_pretrain(args) -> int:
         raise InputError(None, f"invalid pretraining options: {str(exc).splitlines()[-1].strip()}") from None
     trainer = run_pretrain(config, Path(args.output), stop_after_steps=args.stop_after_steps,
                            time_limit_s=None if args.time_limit is None else 60 * args.time_limit,
-                           progress=not args.no_progress)
+                           progress=not args.no_progress, device=_device(args))
     done = "finished" if trainer.done else f"stopped at step {trainer.steps_done} (run the same command to continue)"
     print(f"{args.output}: pretraining {done}; models in {Path(args.output) / 'models'}")
     return 0
@@ -423,8 +467,12 @@ def _execution(args):
 
     if args.cpus_per_task <= 0:
         raise InputError(None, f"--cpus-per-task must be > 0, got {args.cpus_per_task}")
+    if args.device != "auto" and args.device != "cpu" and not args.gpus_per_task:
+        raise InputError(None, f"--device {args.device} needs --gpus-per-task > 0 (Ray gives a unit a GPU only "
+                               "when it reserves one)")
     return Execution(address=args.address, cpus_per_task=args.cpus_per_task, gpus_per_task=args.gpus_per_task,
-                     max_retries=args.max_retries, progress=not args.no_progress, sigterm_interrupts=True)
+                     max_retries=args.max_retries, progress=not args.no_progress, sigterm_interrupts=True,
+                     device=args.device)
 
 
 def _drive(store, spec, execution, retry_failed: bool) -> int:

@@ -40,6 +40,7 @@ class Execution:
     progress: bool = True
     local_cpus: int | None = None   # CPUs of the embedded instance (default: all of this machine's)
     sigterm_interrupts: bool = False  # SIGTERM raises KeyboardInterrupt in the driver (the CLI sets it)
+    device: str = "auto"            # per unit: auto = the GPU Ray assigned to the task, else cpu (workers/device.py)
 
 
 @dataclass
@@ -54,14 +55,26 @@ class RunSummary:
 
 
 def _ray_adapt(task_json: str) -> dict:
-    """The Ray task of one unit (runs in a worker): workers.task.run_task, told which Ray node runs it."""
+    """The Ray task of one unit (runs in a worker): workers.task.run_task, told which Ray node runs it and
+    which device: ``auto`` becomes the GPU Ray assigned to this task, else the CPU (task_device)."""
     import ray
 
     from schemas.job import VideoTask
     from workers.task import run_task
 
     node_id = ray.get_runtime_context().get_node_id()
-    return run_task(VideoTask.model_validate_json(task_json), node_id=node_id).model_dump()
+    task = VideoTask.model_validate_json(task_json)
+    task = task.model_copy(update={"device": task_device(task.device, ray.get_gpu_ids())})
+    return run_task(task, node_id=node_id).model_dump()
+
+
+def task_device(spec: str, gpu_ids: list) -> str:
+    """A unit's --device inside its Ray task: ``auto`` -> "cuda" when Ray assigned GPUs to the task (Ray sets
+    CUDA_VISIBLE_DEVICES to them, so the first is cuda:0 in the worker), else "cpu"; others unchanged.
+    The Ray side of workers/device.resolve_device, which never imports Ray."""
+    if spec != "auto":
+        return spec
+    return "cuda" if gpu_ids else "cpu"
 
 
 def connect(execution: Execution) -> bool:
@@ -187,7 +200,8 @@ def _schedule_and_wait(ray, store: RunStore, spec: JobSpec, units: list[Unit], e
     options = {"num_cpus": execution.cpus_per_task, "num_gpus": execution.gpus_per_task,
                "max_retries": execution.max_retries, "retry_exceptions": False}
     adapt = ray.remote(_ray_adapt).options(**options)
-    pending = {adapt.remote(store.video_task(spec, unit, threads).model_dump_json()): unit for unit in units}
+    pending = {adapt.remote(store.video_task(spec, unit, threads).model_copy(update={"device": execution.device})
+                            .model_dump_json()): unit for unit in units}
     slots = _slots(ray, execution)
     if execution.gpus_per_task and not ray.cluster_resources().get("GPU"):
         print(f"adaptjobs: warning: units ask for {execution.gpus_per_task:g} GPU(s) each but the cluster has none "

@@ -151,6 +151,9 @@ class VideoTask(BaseModel):
     threads: int | None = Field(None, ge=1, description="torch CPU threads for this task (the CPUs reserved "
                                                         "for it); None leaves torch's setting alone")
     recon: str | None = Field(None, description="also write the verified reconstruction here (`adapt --recon`)")
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d{1,4})?)$",
+                        description="where the unit's transforms and training run (workers/device.py); the "
+                                    "runner turns auto into the GPU Ray assigned to the task, else cpu")
 
 
 class TaskOutcome(BaseModel):

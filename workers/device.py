@@ -103,6 +103,13 @@ def device_kind(device: torch.device | str) -> str:
     return torch.device(device).type
 
 
+def expected_match(encoder_kind: str, decoder_kind: str) -> str:
+    """What a decoder can promise: "bit-exact" frames on the device kind that encoded (same arithmetic;
+    same thread count on the CPU), else "parse-exact": every symbol is recovered, the frames drift by
+    floating-point differences of the transforms (benchmarks/bench_device.py measures the drift)."""
+    return "bit-exact" if encoder_kind == decoder_kind else "parse-exact"
+
+
 def module_device(module: nn.Module) -> torch.device:
     """The device of a module's first parameter (or buffer); CPU for a module without tensors."""
     for tensor in module.parameters():

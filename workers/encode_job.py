@@ -49,13 +49,15 @@ def encode_video(video: Video, codec, output: str | Path, intra_period: int = DE
 
 def encode_file(input_path: str | Path, output: str | Path, model: str | None = None, quality: int | float | None = None,
                 frames: int | None = None, intra_period: int = DEFAULT_INTRA_PERIOD,
-                recon: str | Path | None = None, codec: str = "ssf", settings: dict[str, str] | None = None) -> EncodeResult:
+                recon: str | Path | None = None, codec: str = "ssf", settings: dict[str, str] | None = None,
+                device="cpu") -> EncodeResult:
+    """``device``: where the codec's transforms run (a torch.device or name; workers/device.py)."""
     from workers.codecs.base import codec_class
 
     codec_cls = codec_class(codec)
     point = codec_cls.single_point(model, quality, settings or {})
     video = read_video(input_path, frames)
-    return encode_video(video, codec_cls.load(point), output, intra_period, recon)
+    return encode_video(video, codec_cls.load(point).place(device), output, intra_period, recon)
 
 
 def decode_files(bits_path: Path, payload_path: Path | None, base) -> list:
@@ -82,10 +84,13 @@ def unit_stream(path: Path) -> Path:
 
 
 def decode_file(stream_path: str | Path, output: str | Path, model: str | None = None,
-                payload_path: str | Path | None = None) -> dict:
+                payload_path: str | Path | None = None, device="cpu") -> dict:
     """Decode ``stream_path`` (codec from its suffix) to ``output`` (.y4m, or a PNG folder). SSF: the model
     defaults to the one the header names when it ships with the package, and a stream made with a decoder
-    update needs its payload (default: <stem>.payload beside it). Returns the stream's info."""
+    update needs its payload (default: <stem>.payload beside it); its transforms run on ``device``.
+    Returns the stream's info, with ``expected_match`` (workers/device.expected_match): "bit-exact" when
+    the decoder runs on the device kind that encoded, else "parse-exact"."""
+    from workers.device import device_kind, expected_match
     from fractions import Fraction
 
     from workers.codecs.base import codec_for_path
@@ -93,8 +98,10 @@ def decode_file(stream_path: str | Path, output: str | Path, model: str | None =
     stream_path = unit_stream(Path(stream_path))
     codec_cls = codec_for_path(stream_path)
     data = read_regular_file(stream_path, "bitstream", MAX_BITSTREAM_BYTES)  # no FIFO/device, bounded size
-    codec = codec_cls.for_stream(data, stream_path, model)
+    codec = codec_cls.for_stream(data, stream_path, model).place(device)
     info = codec.stream_info(data, stream_path)
+    decoder_kind = device_kind(device) if codec_cls.takes_model else "cpu"  # standard codecs decode on the CPU
+    info["expected_match"] = expected_match(info.get("device") or "cpu", decoder_kind)
     beside = stream_path.with_suffix(PAYLOAD_SUFFIX)
     if payload_path is None and info.get("payload_sha256") is not None and beside.exists():
         payload_path = beside

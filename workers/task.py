@@ -116,18 +116,20 @@ def _adapt(task: VideoTask, unit_dir: Path, timings: dict[str, float]):
     seconds of the first two."""
     import torch
 
+    from workers.device import use_device
     from workers.encoder import adapt_video
     from workers.codecs import load_codec
     from workers.video_io import read_video
 
     if task.threads is not None:
         torch.set_num_threads(task.threads)  # per task, so a long-lived worker never keeps another task's setting
+    device = use_device(task.device)  # the runner resolved auto against Ray's GPUs; here auto = cpu
     check_unchanged(task.video)
     began = time.perf_counter()
     video = read_video(task.video.path, task.frames)
     timings["read_seconds"] = round(time.perf_counter() - began, 4)
     began = time.perf_counter()
-    codec = load_codec(task.codec)
+    codec = load_codec(task.codec).place(device)
     timings["model_seconds"] = round(time.perf_counter() - began, 4)
     return adapt_video(video, codec, unit_dir, task.method, intra_period=task.intra_period, recon=task.recon)
 

@@ -78,6 +78,7 @@ def with_adapters(model: ScaleSpaceFlow, config: GopAdaptersConfig) -> tuple[Sca
             channels = model.architecture.hyper_channels
             hyperprior.hyper_encoder = SerialAdapted(hyperprior.hyper_encoder,
                                                      Adapter(channels, channels, config.hidden_channels, config.kernel_size, 1))
+    adapted.to(next(model.parameters()).device)  # adapters are drawn on the CPU (seeded), trained on the model's device
     # adapters change what reaches the entropy models: train on exactly the symbols the coder will code
     tables = model.entropy_tables()
     adapted.motion_hyperprior.match_coder(tables.motion, rate_noise=config.rate_proxy == "noise")

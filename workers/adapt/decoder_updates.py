@@ -63,10 +63,11 @@ class LoraUpdate(DecoderUpdate):
                 a_shape, b_shape = (rank, c_in), (c_out, rank)
             generator = torch.Generator().manual_seed(config.init_seed * 1_000_003 + layer_index)
             bound = 1.0 / a_shape[1] ** 0.5  # kaiming_uniform_(a=sqrt(5)), as nn.Linear and PEVC
-            self.a_init[name] = (torch.rand(a_shape, generator=generator, dtype=torch.float32) * 2 - 1) * bound
+            a_init = (torch.rand(a_shape, generator=generator, dtype=torch.float32) * 2 - 1) * bound  # CPU draw
+            self.a_init[name] = a_init.to(deconv.weight.device)  # then the model's device (issue 15)
             self.base[name] = deconv.weight.detach().clone()
-            coded[_key(name, "lora_A_delta")] = nn.Parameter(torch.zeros(a_shape))
-            coded[_key(name, "lora_B")] = nn.Parameter(torch.zeros(b_shape))
+            coded[_key(name, "lora_A_delta")] = nn.Parameter(torch.zeros(a_shape, device=deconv.weight.device))
+            coded[_key(name, "lora_B")] = nn.Parameter(torch.zeros(b_shape, device=deconv.weight.device))
         self.coded = nn.ParameterDict(coded)
 
     def delta_weight(self, name: str, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -41,7 +41,10 @@ def save_state(path: Path, tensors: dict[str, torch.Tensor], info: dict) -> None
     from safetensors.torch import save
 
     metadata = {"format": STATE_FORMAT, "info": json.dumps(info, sort_keys=True)}
-    atomic_write_bytes(path, save({k: v.contiguous() for k, v in tensors.items()}, metadata=metadata))
+    from workers.device import to_cpu_state_dict
+
+    # CPU tensors whatever device trained: a unit interrupted on a GPU node resumes on a CPU node (issue 15)
+    atomic_write_bytes(path, save(to_cpu_state_dict(tensors), metadata=metadata))
 
 
 def load_state(path: Path, config_json: str) -> tuple[dict[str, torch.Tensor], dict] | None:

@@ -128,6 +128,11 @@ class BaseCodec(ABC):
     def write_reconstruction(self, path: str | Path, frames: list, fps: Fraction) -> None:
         """Write frames as .y4m (or a folder of PNGs), atomically."""
 
+    def place(self, device) -> "BaseCodec":
+        """Run the codec's tensors on ``device`` (a torch.device, workers/device.py); returns self. Default:
+        nothing moves (x264/x265 and their post-filter code on the CPU); SSF moves its model."""
+        return self
+
     def describe(self) -> str:
         """'ssf-compact q3', 'x264 medium crf32': for messages."""
         return f"{self.model_id} {'q' if self.quality_name == 'quality index' else 'crf'}{self.quality:g}"

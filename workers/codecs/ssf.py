@@ -35,6 +35,14 @@ class SSFCodec(BaseCodec):
         self.model_id = loaded.metadata.model_id
         self.weights_sha256 = loaded.metadata.weights_sha256
 
+    def place(self, device) -> "SSFCodec":
+        """Move the model's transforms (and training) to ``device``; parsing stays on the CPU whatever the
+        device (workers/device.py), so streams coded here parse anywhere."""
+        from workers.device import place_model
+
+        place_model(self.loaded.model, device)
+        return self
+
     # ---------------------------------------------------------------- opening
     @classmethod
     def resolve(cls, model: str | None, qualities: Sequence[int | float] | None, settings: dict[str, str]) -> CodecRun:

@@ -19,8 +19,11 @@ def train_update(context: AdaptContext, config) -> tuple[DecoderUpdate, int, int
     from workers.codec.ssf import pad_frame
     from workers.video_io import SourceFrames
 
+    from workers.device import module_device
+
     base = context.codec.loaded
-    frames = SourceFrames(context.video, lambda frame: pad_frame(frame.unsqueeze(0))[0])  # (3, H16, W16) on access
+    device = module_device(base.model)  # training runs where the model was placed (workers/device.py)
+    frames = SourceFrames(context.video, lambda frame: pad_frame(frame.unsqueeze(0).to(device))[0])  # (3, H16, W16)
     update = make_update(base.model, config)
     began = time.perf_counter()
     steps, resumed = train_decoder_update(base.model, update, config.prior, config.training, frames, context.pixels,
@@ -34,7 +37,7 @@ def payload_for(base, config, update: DecoderUpdate) -> bytes | None:
     from workers.adapt.payload import WeightUpdate, encode_payload, make_header
     from workers.adapt.prior import grid_indices
 
-    indices = {payload_name(k): grid_indices(v, config.prior.grid) for k, v in update.coded.items()}
+    indices = {payload_name(k): grid_indices(v, config.prior.grid).cpu() for k, v in update.coded.items()}
     if all(int(k.abs().max()) == 0 for k in indices.values() if k.numel()):
         return None
     structure = config.model_dump(mode="json", include=set(config.STRUCTURE_FIELDS))
@@ -60,7 +63,10 @@ def rebuild_decoder(base, payload: bytes, source: str | Path | None):
         return {payload_name(k): tuple(v.shape) for k, v in built["template"].coded.items()}
 
     update = decode_payload(payload, base.metadata.weights_sha256, shapes_for, source)
-    values = {coded_key(name): value for name, value in update.dequantized().items()}
+    from workers.device import module_device
+
+    device = module_device(base.model)  # the payload is parsed on the CPU; the weights are built where the model is
+    values = {coded_key(name): value.to(device) for name, value in update.dequantized().items()}
     return apply_update(base.model, built["template"], values)
 
 

@@ -22,8 +22,11 @@ def gop_adapter_encoder(model, config, context: AdaptContext, counters: dict):
     from workers.codec.ssf import pad_frame
     from workers.video_io import SourceFrames
 
+    from workers.device import module_device
+
     header = context.codec.header(context.video, context.intra_period)
-    padded = SourceFrames(context.video, lambda frame: pad_frame(frame.unsqueeze(0)))  # (1, 3, H16, W16) on access
+    device = module_device(model)  # the adapters train where the model was placed (workers/device.py)
+    padded = SourceFrames(context.video, lambda frame: pad_frame(frame.unsqueeze(0).to(device)))  # (1, 3, H16, W16)
     adapted, parameters = with_adapters(model, config)
     optimizer = torch.optim.Adam(parameters, lr=config.learning_rate)
     names = [n for n, p in adapted.named_parameters() if p.requires_grad]

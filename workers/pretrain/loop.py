@@ -27,6 +27,7 @@ from schemas.pretrain import PretrainConfig
 from workers.atomic import atomic_write_bytes, atomic_write_text
 from workers.checkpoints import make_metadata, round_weights, save_checkpoint
 from workers.codec.ssf import ScaleSpaceFlow
+from workers.device import on_cpu, to_cpu_state_dict
 from workers.errors import InputError
 from workers.pretrain.dataset import TrainingData, build_cache, load_cache
 from workers.rd_loss import rate_distortion
@@ -63,14 +64,19 @@ def _step_seed(config: PretrainConfig, phase_index: int, step: int) -> int:
 
 
 class Trainer:
-    def __init__(self, config: PretrainConfig, out: Path):
-        self.config, self.out = config, out
+    """Pretraining on ``device`` (workers/device.py): the weights are initialised on the CPU from the seed
+    (the same initial weights on every device), then moved; batches are drawn on the CPU from seeded
+    generators and moved; the state file holds CPU tensors, so a run continues on another device."""
+
+    def __init__(self, config: PretrainConfig, out: Path, device: torch.device | str = "cpu"):
+        self.config, self.out, self.device = config, out, torch.device(device)
         self.plan = phases(config)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)  # the initial weights
             self.model = ScaleSpaceFlow(config.architecture)
         if config.init_from is not None:
             self._load_initial_weights(Path(config.init_from))
+        self.model.to(self.device)
         self.phase_index, self.step = 0, 0
         self._new_optimizers()
 
@@ -93,12 +99,12 @@ class Trainer:
         self.aux_optimizer = torch.optim.Adam(aux, lr=self.config.aux_learning_rate)
 
     def _state_tensors(self) -> dict[str, torch.Tensor]:
-        tensors = {f"model.{k}": v.detach().contiguous() for k, v in self.model.state_dict().items()}
+        tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
         for label, optimizer in (("opt", self.optimizer), ("aux", self.aux_optimizer)):
             for index, state in optimizer.state_dict()["state"].items():
                 for key, value in state.items():
-                    tensors[f"{label}.{index}.{key}"] = torch.as_tensor(value).detach().clone().contiguous()
-        return tensors
+                    tensors[f"{label}.{index}.{key}"] = torch.as_tensor(value).detach().clone()
+        return to_cpu_state_dict(tensors)  # device-independent: a run continues on another device
 
     def save_state(self) -> None:
         from safetensors.torch import save
@@ -134,7 +140,8 @@ class Trainer:
         frames_per_sample = 1 if phase.kind == "intra" else self.config.clip_frames
         seed = _step_seed(self.config, self.phase_index, self.step)
         batch_generator = torch.Generator().manual_seed(seed)
-        frames = data.sample_batch(batch_generator, self.config.batch, frames_per_sample, self.config.crop)
+        frames = [f.to(self.device) for f in data.sample_batch(batch_generator, self.config.batch, frames_per_sample,
+                                                               self.config.crop)]
         lmbda = self.config.lambda_for(phase.quality)
         learning_rate = phase_learning_rate(self.config, phase, self.step)
         for group in self.optimizer.param_groups:
@@ -170,13 +177,14 @@ class Trainer:
 
     def save_quality(self, quality: int) -> Path:
         """Write models/q{quality}.safetensors from the current weights (rounded to the storage dtype)."""
-        round_weights(self.model, self.config.storage_dtype)
-        metadata = make_metadata(self.model.eval(), self.config.model_id, quality, self.config.lambda_for(quality),
+        round_weights(self.model, self.config.storage_dtype)  # a float16 round trip: exact on every device
+        model = on_cpu(self.model.eval())
+        metadata = make_metadata(model, self.config.model_id, quality, self.config.lambda_for(quality),
                                  Provenance(source="adaptjobs-pretrain", seed=self.config.seed,
                                             training_data=", ".join(self.config.data),
                                             notes=f"phases: {[p.kind + ':' + str(p.steps) for p in self.plan if p.quality >= quality]}"))
         path = self.out / "models" / f"q{quality}.safetensors"
-        save_checkpoint(path, self.model, metadata, storage_dtype=self.config.storage_dtype)
+        save_checkpoint(path, model, metadata, storage_dtype=self.config.storage_dtype)
         return path
 
     @property
@@ -206,7 +214,7 @@ def prepare_run(config: PretrainConfig, out: Path) -> None:
 
 
 def run_pretrain(config: PretrainConfig, out: Path, stop_after_steps: int | None = None,
-                 time_limit_s: float | None = None, progress: bool = True) -> Trainer:
+                 time_limit_s: float | None = None, progress: bool = True, device: torch.device | str = "cpu") -> Trainer:
     """Train (or continue training) into ``out``. Stops early after ``stop_after_steps`` steps or
     ``time_limit_s`` seconds in this invocation, with the state saved; run again to continue."""
     from tqdm import tqdm
@@ -218,7 +226,7 @@ def run_pretrain(config: PretrainConfig, out: Path, stop_after_steps: int | None
         build_cache([Path(d) for d in config.data], cache, config.clip_frames, config.clips_per_video,
                     config.max_frames_per_video, config.crop)
     data = load_cache(cache)
-    trainer = Trainer(config, out)
+    trainer = Trainer(config, out, device)
     if (out / "state.safetensors").exists():
         trainer.load_state(out / "state.safetensors")
     total = sum(p.steps for p in trainer.plan)
