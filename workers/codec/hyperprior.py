@@ -101,8 +101,9 @@ class Hyperprior(nn.Module):
         y clamped to its scale-table entry's range; with ``rate_noise`` the rates are estimated at the
         noisy proxies (see EntropyBottleneck.match_coder)."""
         low = table.min_offset.to(torch.float32)
-        self.entropy_bottleneck.match_coder(low, low + torch.from_numpy(table.lengths - 1).to(torch.float32),
-                                            rate_noise)
+        high = low + torch.from_numpy(table.lengths - 1).to(torch.float32)
+        device = module_device(self.entropy_bottleneck)  # the tables live on the CPU, training on the device
+        self.entropy_bottleneck.match_coder(low.to(device), high.to(device), rate_noise)
         self.gaussian_conditional.clamp_like_coder = True
         self.gaussian_conditional.rate_noise = rate_noise
 
