@@ -40,9 +40,9 @@ def restore_optimizer(optimizer: torch.optim.Optimizer, label: str, tensors: dic
 def save_state(path: Path, tensors: dict[str, torch.Tensor], info: dict) -> None:
     from safetensors.torch import save
 
-    metadata = {"format": STATE_FORMAT, "info": json.dumps(info, sort_keys=True)}
     from workers.device import to_cpu_state_dict
 
+    metadata = {"format": STATE_FORMAT, "info": json.dumps(info, sort_keys=True)}
     # CPU tensors whatever device trained: a unit interrupted on a GPU node resumes on a CPU node (issue 15)
     atomic_write_bytes(path, save(to_cpu_state_dict(tensors), metadata=metadata))
 

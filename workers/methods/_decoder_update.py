@@ -17,9 +17,8 @@ def train_update(context: AdaptContext, config) -> tuple[DecoderUpdate, int, int
     Returns (update, steps, steps found in the checkpoint, seconds)."""
     from workers.adapt.training import train_decoder_update
     from workers.codec.ssf import pad_frame
-    from workers.video_io import SourceFrames
-
     from workers.device import module_device
+    from workers.video_io import SourceFrames
 
     base = context.codec.loaded
     device = module_device(base.model)  # training runs where the model was placed (workers/device.py)

@@ -20,9 +20,8 @@ def gop_adapter_encoder(model, config, context: AdaptContext, counters: dict):
     from workers.adapt.adapters import with_adapters
     from workers.adapt.state import load_state
     from workers.codec.ssf import pad_frame
-    from workers.video_io import SourceFrames
-
     from workers.device import module_device
+    from workers.video_io import SourceFrames
 
     header = context.codec.header(context.video, context.intra_period)
     device = module_device(model)  # the adapters train where the model was placed (workers/device.py)
