@@ -7,6 +7,8 @@ from fractions import Fraction
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from schemas.codec import PaddingMode
+
 # Hard limits on what a header may ask a decoder to spend (workers/limits.py says why these values; the
 # bytes-present checks live in workers/bitstream.py). They are part of the format: a stream beyond them
 # is refused, not decoded.
@@ -48,6 +50,10 @@ class BitstreamHeader(BaseModel):
                                             "depends on the split (so a decoder with fewer cores than this may differ "
                                             "in the last bit; workers/limits.capped_threads); absent in format 2: "
                                             "the decoder's own setting")
+
+    padding: PaddingMode | None = Field(None, description="how frames were padded for the network (workers/codec/ssf.py, "
+                                                          "FramePadding); absent: 'adaptjobs' (written only when "
+                                                          "'compressai', so default streams keep their bytes)")
 
     @field_validator("model_id")
     @classmethod
