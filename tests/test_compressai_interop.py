@@ -161,3 +161,13 @@ def test_name_without_quality_needs_quality():
     with pytest.raises(ModelError, match="pass --quality"):
         _quality_and_metric(Path("my-ssf.pth.tar"), None)
     assert _quality_and_metric(Path("my-ssf.pth.tar"), 4) == (4, None)
+
+
+def test_cli_info_prints_what_it_would_import(saved, capsys):
+    from adaptjobs.cli import main
+
+    assert main(["info", str(saved("mse", "current"))]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["quality"] == 3 and shown["metric"] == "mse" and shown["key_generation"] == "current"
+    assert shown["bottleneck_filters"] == [3, 3, 3, 3] and shown["parameters"] == fixture("mse")["parameters"]
+    assert shown["architecture"]["mid_channels"] == 128 and shown["derived_buffers_ignored"] > 0

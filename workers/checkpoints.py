@@ -222,7 +222,7 @@ class CompressAIStateDict:
 
     weights: dict[str, torch.Tensor]
     architecture: SSFArchitecture
-    quality: int
+    quality: int | None
     metric: str | None
     key_generation: str
     ignored: list[str]
@@ -271,18 +271,21 @@ def _bottleneck_filters(weights: dict[str, torch.Tensor], path: Path) -> tuple[i
     return tuple(shape[1] for shape in shapes[:-1])
 
 
-def _quality_and_metric(path: Path, quality: int | None) -> tuple[int, str | None]:
+def _quality_and_metric(path: Path, quality: int | None, required: bool = True) -> tuple[int | None, str | None]:
     match = _COMPRESSAI_NAME.search(path.name)
-    if quality is None and not match:
+    if quality is None and not match and required:
         raise ModelError(path, "cannot tell the quality from the file name (ssf2020-mse-Q-*.pth.tar or "
                                "ssf2020-ms-ssim-Q-*.pth.tar); pass --quality")
-    return (int(match.group(2)) if quality is None else quality), (match.group(1) if match else None)
+    if quality is None:
+        quality = int(match.group(2)) if match else None
+    return quality, (match.group(1) if match else None)
 
 
-def read_compressai(path: str | Path, quality: int | None = None) -> CompressAIStateDict:
+def read_compressai(path: str | Path, quality: int | None = None, quality_required: bool = True) -> CompressAIStateDict:
     """Read and check a CompressAI ``ssf2020`` checkpoint (``torch.load(weights_only=True)``: no pickle
     code runs). Widths and bottleneck filters are read off the tensor shapes, so compact re-trainings in
-    CompressAI's layout load too; the quality comes from ``quality`` or the file name."""
+    CompressAI's layout load too; the quality comes from ``quality`` or the file name (None when neither
+    says and not ``quality_required``: `adaptjobs info`)."""
     path = Path(path)
     raw = _raw_state_dict(path)
     generation = _key_generation(list(raw), path)
@@ -298,7 +301,7 @@ def read_compressai(path: str | Path, quality: int | None = None) -> CompressAIS
         raise ModelError(path, f"not an ssf2020 state dict (no {exc.args[0]})") from None
     except ValidationError as exc:
         raise ModelError(path, f"not an ssf2020 state dict ({validation_line(exc)})") from None
-    quality, metric = _quality_and_metric(path, quality)
+    quality, metric = _quality_and_metric(path, quality, quality_required)
     return CompressAIStateDict(weights, architecture, quality, metric, generation, ignored)
 
 
