@@ -47,9 +47,6 @@ ARCHITECTURE_PRESETS: dict[str, SSFArchitecture] = {
 }
 
 
-# CompressAI's EntropyBottleneck default (compressai/entropy_models/entropy_models.py, filters=(3, 3, 3, 3))
-COMPRESSAI_BOTTLENECK_FILTERS = (3, 3, 3, 3)
-
 # How frames are padded to what the network divides evenly (workers/codec/ssf.py, FramePadding):
 # "adaptjobs": replicate-padded on the right and bottom to multiples of 16, each latent padded to x8 for
 # its hyperprior; "compressai": zero-padded, centred, to multiples of 128, as CompressAI's video eval does.
