@@ -119,6 +119,11 @@ def _add_encode_parsers(commands) -> None:
     _add_codec_options(encode)
     _add_frame_options(encode, "encode at most this many frames")
     encode.add_argument("--recon", help="also write the reconstruction (.y4m, or a folder of PNGs)")
+    encode.add_argument("--padding", choices=["adaptjobs", "compressai"], default=None,
+                        help="SSF: how frames are padded: adaptjobs (default: replicate to x16, latents to x8) or "
+                             "compressai (zeros, centred, to x128: what CompressAI's video eval runs, to reproduce "
+                             "published ssf2020 numbers; use with --intra-period 0 as its eval does); the same as "
+                             "--codec-set padding=... (submit: --codec-set ssf:padding=...)")
     _add_device_option(encode)
     encode.add_argument("--json", action="store_true", help="print the result as JSON")
 
@@ -229,7 +234,8 @@ def _add_run_parsers(commands) -> None:
                              "codec of the run is a standard one; ms-ssim is compared in dB, -10 log10(1 - MS-SSIM))")
     report.add_argument("--out", help="folder to write (default RUN/report)")
 
-    info = commands.add_parser("info", help="describe a stream (.bits, .h264, .hevc) or a checkpoint")
+    info = commands.add_parser("info", help="describe a stream (.bits, .h264, .hevc) or a checkpoint (.safetensors; "
+                                            "a CompressAI .pth.tar: what it would import)")
     info.add_argument("input")
 
 
@@ -257,9 +263,12 @@ def _cmd_encode(args) -> int:
 
     make_output_parent(args.output, "stream")
     device = _device(args)
+    settings = parse_codec_settings(args.codec_set)
+    if args.padding is not None:
+        settings["padding"] = args.padding
     result = encode_file(args.input, args.output, model=args.model, quality=_quality(args), frames=args.frames,
-                         intra_period=args.intra_period, recon=args.recon, codec=args.codec,
-                         settings=parse_codec_settings(args.codec_set), device=device)
+                         intra_period=args.intra_period, recon=args.recon, codec=args.codec, settings=settings,
+                         device=device)
     if args.json:
         print(result.model_dump_json(indent=2))
     else:
@@ -441,6 +450,13 @@ def _cmd_info(args) -> int:
     path = Path(args.input)
     if path.suffix == ".safetensors":
         print(load_checkpoint(path).metadata.model_dump_json(indent=2))
+        return 0
+    if path.name.endswith((".pth.tar", ".pth", ".pt")):
+        import json
+
+        from workers.checkpoints import read_compressai
+
+        print(json.dumps(read_compressai(path, quality_required=False).summary(), indent=2))
         return 0
     from workers.limits import MAX_BITSTREAM_BYTES, read_regular_file
 

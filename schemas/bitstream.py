@@ -8,6 +8,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from schemas.codec import PaddingMode
+
 # Hard limits on what a header may ask a decoder to spend (workers/limits.py says why these values; the
 # bytes-present checks live in workers/bitstream.py). They are part of the format: a stream beyond them
 # is refused, not decoded.
@@ -50,6 +52,9 @@ class BitstreamHeader(BaseModel):
                                             "in the last bit; workers/limits.capped_threads); absent in format 2: "
                                             "the decoder's own setting")
 
+    padding: PaddingMode | None = Field(None, description="how frames were padded for the network (workers/codec/ssf.py, "
+                                                          "FramePadding); absent: 'adaptjobs' (written only when "
+                                                          "'compressai', so default streams keep their bytes)")
     device: Literal["cuda"] | None = Field(None, description="the device kind whose arithmetic made the "
                                            "reconstruction (workers/device.py); absent: cpu. Parsing is "
                                            "device-independent; a decoder on the same kind reproduces the "

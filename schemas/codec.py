@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class SSFArchitecture(BaseModel):
@@ -22,6 +24,18 @@ class SSFArchitecture(BaseModel):
     num_levels: int = Field(5, ge=1, le=8, description="levels of the scale-space Gaussian volume")
     sigma0: float = Field(1.5, gt=0, description="std of the first blur level, in pixels")
     scale_field_shift: float = Field(1.0, description="stored for CompressAI compatibility; unused")
+    bottleneck_filters: tuple[int, ...] = Field(
+        (3, 3, 3), min_length=1, max_length=8,
+        description="hidden widths of each EntropyBottleneck's density network: part of the architecture, "
+                    "since they decide its parameters; adaptjobs models keep (3, 3, 3), CompressAI's "
+                    "EntropyBottleneck defaults to (3, 3, 3, 3) (5 matrices, 4 factors)")
+
+    @field_validator("bottleneck_filters")
+    @classmethod
+    def _positive_filters(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if any(not 1 <= width <= 64 for width in value):
+            raise ValueError("every filter width must be in 1..64")
+        return value
 
 
 ARCHITECTURE_PRESETS: dict[str, SSFArchitecture] = {
@@ -31,6 +45,13 @@ ARCHITECTURE_PRESETS: dict[str, SSFArchitecture] = {
     # For unit tests and smoke runs only: fast, and useless for compression.
     "tiny": SSFArchitecture(mid_channels=16, latent_channels=16, hyper_channels=16),
 }
+
+
+# How frames are padded to what the network divides evenly (workers/codec/ssf.py, FramePadding):
+# "adaptjobs": replicate-padded on the right and bottom to multiples of 16, each latent padded to x8 for
+# its hyperprior; "compressai": zero-padded, centred, to multiples of 128, as CompressAI's video eval does.
+PaddingMode = Literal["adaptjobs", "compressai"]
+PADDING_MODES: tuple[str, ...] = ("adaptjobs", "compressai")
 
 
 # CompressAI's MSE lambdas for qualities 1, 2, 3, ... (training loss = lambda * 255^2 * MSE + bpp)

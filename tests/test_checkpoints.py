@@ -1,4 +1,4 @@
-"""Our safetensors checkpoints and CompressAI ssf2020 imports."""
+"""Our safetensors checkpoints (CompressAI ssf2020 imports from the real library's layout: test_compressai_interop.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from schemas.codec import ARCHITECTURE_PRESETS
-from workers.checkpoints import load_checkpoint, random_model, weights_sha256
+from workers.checkpoints import load_checkpoint, random_model
 from workers.errors import ModelError
 from workers.model_store import resolve_model
 
@@ -56,42 +56,6 @@ def test_quality_mismatch_and_family_folder(tmp_path, tiny_checkpoint, tiny_mode
         resolve_model(str(family), 5)
     with pytest.raises(ModelError, match="no such checkpoint file, folder or shipped model"):
         resolve_model("no-such-model", 1)
-
-
-def _compressai_layout(model, old_names: bool) -> dict[str, torch.Tensor]:
-    """A state dict laid out as CompressAI's ScaleSpaceFlow saves it, derived buffers included."""
-    state = {}
-    for name, tensor in model.state_dict().items():
-        if old_names and ".entropy_bottleneck." in name and name.split(".")[-2] in ("matrices", "biases", "factors"):
-            kind, index = name.split(".")[-2:]
-            single = {"matrices": "_matrix", "biases": "_bias", "factors": "_factor"}[kind]
-            name = name.rsplit(".", 2)[0] + f".{single}{index}"
-        state[name] = tensor.clone()
-    for prefix in ("img_hyperprior", "res_hyperprior", "motion_hyperprior"):
-        for module in ("entropy_bottleneck", "gaussian_conditional"):
-            state[f"{prefix}.{module}._offset"] = torch.zeros(16, dtype=torch.int32)
-            state[f"{prefix}.{module}._quantized_cdf"] = torch.zeros(16, 30, dtype=torch.int32)
-            state[f"{prefix}.{module}._cdf_length"] = torch.zeros(16, dtype=torch.int32)
-            state[f"{prefix}.{module}.likelihood_lower_bound.bound"] = torch.tensor([1e-9])
-        state[f"{prefix}.gaussian_conditional.scale_table"] = torch.zeros(64)
-        state[f"{prefix}.gaussian_conditional.scale_bound"] = torch.tensor([0.11])
-        state[f"{prefix}.gaussian_conditional.lower_bound_scale.bound"] = torch.tensor([0.11])
-        state[f"{prefix}.entropy_bottleneck.target"] = torch.zeros(3)
-    return state
-
-
-@pytest.mark.parametrize("old_names", [False, True])
-def test_compressai_ssf2020_checkpoint_loads(tmp_path, tiny_model, old_names):
-    path = tmp_path / "ssf2020-mse-3-deadbeef.pth.tar"
-    torch.save(_compressai_layout(tiny_model.model, old_names), path)
-    loaded = resolve_model(str(path))
-    assert loaded.metadata.quality == 3
-    assert loaded.metadata.architecture == ARCHITECTURE_PRESETS["tiny"]
-    assert loaded.metadata.provenance.source == "compressai-import"
-    assert loaded.metadata.weights_sha256 == weights_sha256(tiny_model.model.state_dict())
-    x = torch.rand(1, 3, 128, 128, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        assert torch.equal(loaded.model.forward_intra(x)[0], tiny_model.model.eval().forward_intra(x)[0])
 
 
 def test_compressai_checkpoint_with_pickled_code_is_refused(tmp_path):

@@ -7,7 +7,9 @@ file whose weights do not hash to it is refused.
 
 CompressAI ``ssf2020`` ``.pth.tar`` files are imported with ``torch.load(weights_only=True)`` (no pickle
 code runs); both EntropyBottleneck key generations (``matrices.0`` and ``_matrix0``) are accepted and
-the derived CDF buffers are ignored (we rebuild coding tables from the weights).
+the derived CDF buffers are ignored (we rebuild coding tables from the weights). The bottleneck's filters
+are part of the architecture, read off the matrices: CompressAI's are (3, 3, 3, 3), ours (3, 3, 3).
+tests/fixtures/compressai/ holds the real library's layouts (scripts/make_compressai_fixture.py).
 """
 
 from __future__ import annotations
@@ -205,13 +207,36 @@ def _torch_load_reason(exc: Exception) -> str:
     return f"refused: it needs more than tensors to load ({one_line(finding, 160)}); nothing in it was run"
 
 
-def import_compressai(path: str | Path, quality: int | None = None) -> LoadedModel:
-    """Load a CompressAI ``ssf2020`` checkpoint (``.pth.tar``) into our model.
+_COMPRESSAI_NAME = re.compile(r"ssf2020-(mse|ms-ssim)-(\d+)(?=[-.])")
+_FIRST_BOTTLENECK = "img_hyperprior.entropy_bottleneck"
 
-    The quality comes from ``quality`` or the file name (``ssf2020-mse-3-...``). Widths are read off
-    the tensor shapes, so compact re-trainings in CompressAI's layout load too.
+
+@dataclass
+class CompressAIStateDict:
+    """What a CompressAI ``ssf2020`` checkpoint holds, read without building a model (`adaptjobs info`).
+
+    ``weights``: tensors under our (current CompressAI) names, float32, derived buffers dropped;
+    ``key_generation``: "current" (``entropy_bottleneck.matrices.0``) or "old" (``_matrix0``, renamed by
+    CompressAI's own ``remap_old_keys`` on load); ``metric``: "mse" / "ms-ssim" from the file name, or None.
     """
-    path = Path(path)
+
+    weights: dict[str, torch.Tensor]
+    architecture: SSFArchitecture
+    quality: int | None
+    metric: str | None
+    key_generation: str
+    ignored: list[str]
+
+    def summary(self) -> dict:
+        return {"format": "compressai ssf2020 state dict (imported in memory, not an adaptjobs checkpoint)",
+                "architecture": self.architecture.model_dump(mode="json"), "quality": self.quality,
+                "metric": self.metric, "key_generation": self.key_generation,
+                "parameters": sum(t.numel() for t in self.weights.values()),
+                "tensors": len(self.weights), "derived_buffers_ignored": len(self.ignored),
+                "bottleneck_filters": list(self.architecture.bottleneck_filters)}
+
+
+def _raw_state_dict(path: Path) -> dict[str, torch.Tensor]:
     data = _read_bytes(path, "checkpoint")
     if not data:
         raise ModelError(path, "the checkpoint is empty (0 bytes)")
@@ -221,27 +246,74 @@ def import_compressai(path: str | Path, quality: int | None = None) -> LoadedMod
         raise ModelError(path, f"not a loadable CompressAI checkpoint ({_torch_load_reason(exc)})") from None
     if isinstance(raw, dict) and "state_dict" in raw and isinstance(raw["state_dict"], dict):
         raw = raw["state_dict"]
-    if not isinstance(raw, dict) or not all(isinstance(v, torch.Tensor) for v in raw.values()):
+    if not isinstance(raw, dict) or not raw or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                                       for k, v in raw.items()):
         raise ModelError(path, "the checkpoint does not hold a state dict of tensors")
-    weights = {_canonical_compressai_name(k): v.float() for k, v in raw.items()
-               if not any(k.endswith(suffix) for suffix in _DERIVED_SUFFIXES)}
+    return raw
+
+
+def _key_generation(names: list[str], path: Path) -> str:
+    old = any(_OLD_EB_NAME.search(name) for name in names)
+    current = any(re.search(r"entropy_bottleneck\.(matrices|biases|factors)\.\d+$", name) for name in names)
+    if old and current:
+        raise ModelError(path, "mixes old (_matrix0) and current (matrices.0) entropy-bottleneck key names")
+    return "old" if old else "current"
+
+
+def _bottleneck_filters(weights: dict[str, torch.Tensor], path: Path) -> tuple[int, ...]:
+    """Hidden widths of the entropy bottleneck's density network, read off its matrices (C, out, in): a
+    CompressAI default bottleneck has 5 matrices, (3, 3, 3, 3); ours 4, (3, 3, 3)."""
+    shapes = []
+    while f"{_FIRST_BOTTLENECK}.matrices.{len(shapes)}" in weights:
+        shapes.append(tuple(weights[f"{_FIRST_BOTTLENECK}.matrices.{len(shapes)}"].shape))
+    if len(shapes) < 2 or any(len(shape) != 3 for shape in shapes):
+        raise ModelError(path, f"not an ssf2020 state dict (entropy-bottleneck matrices {shapes})")
+    return tuple(shape[1] for shape in shapes[:-1])
+
+
+def _quality_and_metric(path: Path, quality: int | None, required: bool = True) -> tuple[int | None, str | None]:
+    match = _COMPRESSAI_NAME.search(path.name)
+    if quality is None and not match and required:
+        raise ModelError(path, "cannot tell the quality from the file name (ssf2020-mse-Q-*.pth.tar or "
+                               "ssf2020-ms-ssim-Q-*.pth.tar); pass --quality")
+    if quality is None:
+        quality = int(match.group(2)) if match else None
+    return quality, (match.group(1) if match else None)
+
+
+def read_compressai(path: str | Path, quality: int | None = None, quality_required: bool = True) -> CompressAIStateDict:
+    """Read and check a CompressAI ``ssf2020`` checkpoint (``torch.load(weights_only=True)``: no pickle
+    code runs). Widths and bottleneck filters are read off the tensor shapes, so compact re-trainings in
+    CompressAI's layout load too; the quality comes from ``quality`` or the file name (None when neither
+    says and not ``quality_required``: `adaptjobs info`)."""
+    path = Path(path)
+    raw = _raw_state_dict(path)
+    generation = _key_generation(list(raw), path)
+    ignored = sorted(k for k in raw if k.endswith(_DERIVED_SUFFIXES))
+    weights = {_canonical_compressai_name(k): v.float() for k, v in raw.items() if not k.endswith(_DERIVED_SUFFIXES)}
     try:
         architecture = SSFArchitecture(
             mid_channels=weights["img_encoder.0.weight"].shape[0],
             latent_channels=weights["img_encoder.6.weight"].shape[0],
-            hyper_channels=weights["img_hyperprior.hyper_encoder.0.weight"].shape[0])
+            hyper_channels=weights["img_hyperprior.hyper_encoder.0.weight"].shape[0],
+            bottleneck_filters=_bottleneck_filters(weights, path))
     except KeyError as exc:
         raise ModelError(path, f"not an ssf2020 state dict (no {exc.args[0]})") from None
-    if quality is None:
-        match = re.search(r"ssf2020-\w+-(\d+)", path.name)
-        if not match:
-            raise ModelError(path, "cannot tell the quality from the file name; pass --quality")
-        quality = int(match.group(1))
-    model = ScaleSpaceFlow(architecture)
-    _load_state(model, weights, path)
+    except ValidationError as exc:
+        raise ModelError(path, f"not an ssf2020 state dict ({validation_line(exc)})") from None
+    quality, metric = _quality_and_metric(path, quality, quality_required)
+    return CompressAIStateDict(weights, architecture, quality, metric, generation, ignored)
+
+
+def import_compressai(path: str | Path, quality: int | None = None) -> LoadedModel:
+    """Load a CompressAI ``ssf2020`` checkpoint (``.pth.tar``) into our model (see :func:`read_compressai`)."""
+    path = Path(path)
+    state = read_compressai(path, quality)
+    model = ScaleSpaceFlow(state.architecture)
+    _load_state(model, state.weights, path)
     model_id = re.sub(r"[^A-Za-z0-9_.+-]", "_", path.name.removesuffix(".tar").removesuffix(".pth"))[:128]
-    metadata = make_metadata(model, model_id, quality, None,
-                             Provenance(source="compressai-import", notes=f"imported from {path.name}"))
+    notes = f"imported from {path.name} ({state.key_generation} key names, metric {state.metric or 'unknown'})"
+    metadata = make_metadata(model, model_id, state.quality, None, Provenance(source="compressai-import", notes=notes))
     return LoadedModel(model.eval(), metadata, str(path))
 
 

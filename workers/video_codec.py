@@ -27,7 +27,7 @@ from schemas.bitstream import BitstreamHeader
 from schemas.results import FrameTypeBits
 from workers.bitstream import FRAME_INTER, FRAME_INTRA, FrameChunk, pack, unpack
 from workers.codec.hyperprior import CodedLatent
-from workers.codec.ssf import EntropyTables, ScaleSpaceFlow, pad_frame, padded_size
+from workers.codec.ssf import EntropyTables, FramePadding, ScaleSpaceFlow
 from workers.device import PARSE_THREADS_ON_ACCELERATOR, device_kind, module_device
 from workers.errors import BitstreamError
 from workers.limits import capped_threads
@@ -66,14 +66,14 @@ def _encode_frames(model: ScaleSpaceFlow, tables: EntropyTables, frames: Iterabl
                    header: BitstreamHeader, keep_latents: bool,
                    inter_encoder: Callable[[int, torch.Tensor], ScaleSpaceFlow] | None,
                    device: torch.device) -> EncodedSequence:
-    padded = padded_size(header.height, header.width)
+    padding = FramePadding.of(header.padding, header.height, header.width)
     chunks, reconstruction, latents = [], [], []
     bits = FrameTypeBits()
     x_ref = None
     for index, frame in enumerate(frames):
         if tuple(frame.shape) != (3, header.height, header.width):
             raise ValueError(f"frame {index} has shape {tuple(frame.shape)}, header says 3x{header.height}x{header.width}")
-        x = pad_frame(frame.unsqueeze(0).to(device))
+        x = padding.pad(frame.unsqueeze(0).to(device))
         if header.is_intra(index):
             x_ref, intra = model.encode_intra(x, tables)
             inter_model = model if inter_encoder is None else inter_encoder(index, x_ref)
@@ -87,12 +87,12 @@ def _encode_frames(model: ScaleSpaceFlow, tables: EntropyTables, frames: Iterabl
             chunks.append(FrameChunk(FRAME_INTER, streams))
             bits.motion += 8 * (len(streams[0]) + len(streams[1]))
             bits.residual += 8 * (len(streams[2]) + len(streams[3]))
-        reconstruction.append(x_ref[0, :, : header.height, : header.width].clone().cpu())
+        reconstruction.append(padding.crop(x_ref)[0].clone().cpu())
         if keep_latents:
             latents.append(coded)
     if len(chunks) != header.frame_count:
         raise ValueError(f"header says {header.frame_count} frames, got {len(chunks)}")
-    assert x_ref is None or x_ref.shape[-2:] == padded
+    assert x_ref is None or x_ref.shape[-2:] == padding.padded
     data = pack(header, chunks)
     bits.container = 8 * len(data) - (bits.intra + bits.motion + bits.residual)
     return EncodedSequence(data, header, reconstruction, bits, latents)
@@ -104,7 +104,8 @@ def decode_sequence(data: bytes, model_for: Callable[[BitstreamHeader], tuple[Sc
     ``header.weights_sha256``) and its tables. Returns the header and the frames (3, H, W)."""
     header, chunks = unpack(data, source)
     model, tables = model_for(header)
-    padded = padded_size(header.height, header.width)
+    padding = FramePadding.of(header.padding, header.height, header.width)
+    padded = padding.padded
     frames, x_ref = [], None
     with torch_threads(capped_threads(header.threads, torch.get_num_threads())):  # issue 11: never > cores
         for index, chunk in enumerate(chunks):
@@ -115,7 +116,7 @@ def decode_sequence(data: bytes, model_for: Callable[[BitstreamHeader], tuple[Sc
                     x_ref = model.decode_inter(x_ref, chunk.streams, padded, tables)
             except BitstreamError as exc:
                 raise BitstreamError(source, f"frame {index}: {exc.cause}") from None
-            frames.append(x_ref[0, :, : header.height, : header.width].clone().cpu())
+            frames.append(padding.crop(x_ref)[0].clone().cpu())
     return header, frames
 
 

@@ -77,12 +77,12 @@ class CodedLatent:
 
 
 class Hyperprior(nn.Module):
-    def __init__(self, latent_channels: int, hyper_channels: int):
+    def __init__(self, latent_channels: int, hyper_channels: int, bottleneck_filters: tuple[int, ...] = (3, 3, 3)):
         super().__init__()
         self.hyper_encoder = HyperEncoder(latent_channels, hyper_channels)
         self.hyper_decoder_mean = HyperDecoder(latent_channels, hyper_channels)
         self.hyper_decoder_scale = HyperDecoderWithQReLU(latent_channels, hyper_channels)
-        self.entropy_bottleneck = EntropyBottleneck(hyper_channels)
+        self.entropy_bottleneck = EntropyBottleneck(hyper_channels, bottleneck_filters)
         self.gaussian_conditional = GaussianConditional()
 
     def forward(self, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

@@ -8,7 +8,8 @@ P-frame:   cat(x, x_ref) --motion_encoder--> y_m --motion_hyperprior--> y_m_hat 
 
 Frames are RGB (N, 3, H, W) in [0, 1] with H and W multiples of 16 (see :func:`pad_frame`): the
 autoencoders downsample by 16 and the scale-space volume halves the frame 4 times; each hyperprior pads its
-latent to a multiple of 8 itself (workers/codec/hyperprior.py).
+latent to a multiple of 8 itself (workers/codec/hyperprior.py). :class:`FramePadding` also offers what
+CompressAI's video eval runs instead (zeros, centred, to multiples of 128).
 Module names match CompressAI's ``ScaleSpaceFlow`` so an official ``ssf2020`` state dict loads.
 """
 
@@ -18,8 +19,9 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
-from schemas.codec import SSFArchitecture
+from schemas.codec import PADDING_MODES, SSFArchitecture
 from workers.codec.entropy_coding import FactorizedTable
 from workers.codec.hyperprior import HYPER_FACTOR, CodedLatent, Hyperprior
 from workers.codec.layers import conv, deconv, gaussian_volume, pad_to_multiple, scale_space_warp
@@ -62,6 +64,62 @@ def padded_size(height: int, width: int, multiple: int = PAD_MULTIPLE) -> tuple[
     return height + (-height) % multiple, width + (-width) % multiple
 
 
+COMPRESSAI_PAD_MULTIPLE = LATENT_FACTOR * HYPER_FACTOR  # 128: every latent is then a multiple of 8
+
+
+@dataclass(frozen=True)
+class FramePadding:
+    """How frames of ``height`` x ``width`` are padded to what the network divides evenly, and cropped back.
+
+    ``mode`` "adaptjobs" (default, format 2 on): replicate-padded on the right and bottom to multiples of
+    16; each hyperprior pads its latent to x8 itself, so fewer latent elements are coded on small frames.
+    ``mode`` "compressai": what CompressAI's video eval runs (compressai/utils/video/eval_model/__main__.py
+    ``pad``/``crop`` with compressai.ops.compute_padding(min_div=128)): zeros, centred (the odd pixel goes
+    right/bottom), to multiples of 128, so every latent is a multiple of 8 and the hyperpriors pad nothing.
+    Both keep the padded reconstruction as the next frame's reference, as CompressAI's eval does.
+    """
+
+    mode: str
+    height: int
+    width: int
+
+    def __post_init__(self):
+        if self.mode not in PADDING_MODES:
+            raise ValueError(f"padding mode must be one of {PADDING_MODES}, got {self.mode!r}")
+
+    @classmethod
+    def of(cls, mode: str | None, height: int, width: int) -> "FramePadding":
+        """``mode`` None is "adaptjobs" (a header without the field)."""
+        return cls(mode or "adaptjobs", height, width)
+
+    @property
+    def padded(self) -> tuple[int, int]:
+        """(padded height, padded width)."""
+        multiple = COMPRESSAI_PAD_MULTIPLE if self.mode == "compressai" else PAD_MULTIPLE
+        return padded_size(self.height, self.width, multiple)
+
+    @property
+    def top_left(self) -> tuple[int, int]:
+        """Where the frame sits inside the padded one: (rows above, columns to the left)."""
+        if self.mode == "adaptjobs":
+            return 0, 0
+        padded_height, padded_width = self.padded
+        return (padded_height - self.height) // 2, (padded_width - self.width) // 2
+
+    def pad(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, 3, H, W) -> (N, 3, *padded)."""
+        if self.mode == "adaptjobs":
+            return pad_frame(x)
+        (padded_height, padded_width), (top, left) = self.padded, self.top_left
+        return F.pad(x, (left, padded_width - self.width - left, top, padded_height - self.height - top),
+                     mode="constant", value=0.0)
+
+    def crop(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, 3, *padded) -> (N, 3, H, W)."""
+        top, left = self.top_left
+        return x[..., top: top + self.height, left: left + self.width]
+
+
 @dataclass
 class EntropyTables:
     """Coding tables of the three hyperpriors, built once per set of weights."""
@@ -77,15 +135,16 @@ class ScaleSpaceFlow(nn.Module):
         self.architecture = architecture or SSFArchitecture()
         mid, latent, hyper = (self.architecture.mid_channels, self.architecture.latent_channels,
                               self.architecture.hyper_channels)
+        filters = self.architecture.bottleneck_filters
         self.img_encoder = Encoder(3, mid, latent)
         self.img_decoder = Decoder(3, latent, mid)
-        self.img_hyperprior = Hyperprior(latent, hyper)
+        self.img_hyperprior = Hyperprior(latent, hyper, filters)
         self.res_encoder = Encoder(3, mid, latent)
         self.res_decoder = Decoder(3, 2 * latent, mid)
-        self.res_hyperprior = Hyperprior(latent, hyper)
+        self.res_hyperprior = Hyperprior(latent, hyper, filters)
         self.motion_encoder = Encoder(2 * 3, mid, latent)
         self.motion_decoder = Decoder(2 + 1, latent, mid)
-        self.motion_hyperprior = Hyperprior(latent, hyper)
+        self.motion_hyperprior = Hyperprior(latent, hyper, filters)
 
     # ------------------------------------------------------------------ shared by every path
     def predict(self, x_ref: torch.Tensor, y_motion_hat: torch.Tensor) -> torch.Tensor:

@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 import torch
 
 from schemas.bitstream import BitstreamHeader
+from schemas.codec import PADDING_MODES
 from schemas.job import CodecPoint, CodecRun, ModelRef, quality_key
 from workers.checkpoints import LoadedModel
 from workers.codecs.base import BaseCodec, Encoded, register_codec
@@ -29,8 +30,11 @@ class SSFCodec(BaseCodec):
     primary_metric: ClassVar[str] = "psnr-rgb"
     takes_model: ClassVar[bool] = True
 
-    def __init__(self, loaded: LoadedModel):
+    def __init__(self, loaded: LoadedModel, padding: str = "adaptjobs"):
+        if padding not in PADDING_MODES:
+            raise InputError(None, f"codec ssf: padding must be one of {', '.join(PADDING_MODES)}, got {padding!r}")
         self.loaded = loaded
+        self.padding = padding
         self.quality = loaded.metadata.quality
         self.model_id = loaded.metadata.model_id
         self.weights_sha256 = loaded.metadata.weights_sha256
@@ -47,25 +51,23 @@ class SSFCodec(BaseCodec):
     @classmethod
     def resolve(cls, model: str | None, qualities: Sequence[int | float] | None, settings: dict[str, str]) -> CodecRun:
         """Every quality of a family (or the asked ones), or one checkpoint; records each one's weights hash."""
-        if settings:
-            raise InputError(None, f"codec ssf takes no settings (got {', '.join(settings)}); use --model")
+        settings = checked_settings(settings)
         bad = [q for q in qualities or () if q != int(q)]
         if bad:
             raise InputError(None, f"SSF quality indices are integers, got {bad}")
         ref, chosen = model_reference(model, None if qualities is None else [int(q) for q in qualities])
-        return CodecRun(codec=cls.name, qualities=chosen, model=ref, methods=("none",),
+        return CodecRun(codec=cls.name, qualities=chosen, model=ref, methods=("none",), settings=settings,
                         primary_metric=cls.primary_metric)
 
     @classmethod
     def single_point(cls, model: str | None, quality: int | float | None, settings: dict[str, str]) -> CodecPoint:
         from workers.model_store import default_model_name, resolve_model
 
-        if settings:
-            raise InputError(None, f"codec ssf takes no settings (got {', '.join(settings)})")
+        settings = checked_settings(settings)
         spec = model or default_model_name()
         base = resolve_model(spec, None if quality is None else int(quality))
         return CodecPoint(codec=cls.name, quality=base.metadata.quality, model_spec=str(spec),
-                          weights_sha256=base.metadata.weights_sha256)
+                          weights_sha256=base.metadata.weights_sha256, settings=settings)
 
     @classmethod
     def load(cls, point: CodecPoint) -> "SSFCodec":
@@ -76,7 +78,7 @@ class SSFCodec(BaseCodec):
             raise ModelError(point.model_spec, f"quality {point.quality:g} now has weights sha256 "
                                                f"{base.metadata.weights_sha256[:12]}, but the run was submitted with "
                                                f"{point.weights_sha256[:12]}")
-        return cls(base)
+        return cls(base, checked_settings(point.settings).get("padding", "adaptjobs"))
 
     @classmethod
     def for_stream(cls, data: bytes, source: str | Path | None, model: str | None) -> "SSFCodec":
@@ -86,7 +88,7 @@ class SSFCodec(BaseCodec):
         from workers.model_store import resolve_for_stream
 
         header, _ = unpack_header(data, source)
-        return cls(resolve_for_stream(model, header, source))
+        return cls(resolve_for_stream(model, header, source), header.padding or "adaptjobs")
 
     # ---------------------------------------------------------------- coding
     @property
@@ -104,7 +106,8 @@ class SSFCodec(BaseCodec):
                                quality=metadata.quality, width=video.width, height=video.height,
                                frame_count=len(video), fps_num=video.fps.numerator, fps_den=video.fps.denominator,
                                intra_period=intra_period, method=method,
-                               payload_sha256=None if payload is None else hashlib.sha256(payload).hexdigest())
+                               payload_sha256=None if payload is None else hashlib.sha256(payload).hexdigest(),
+                               padding=None if self.padding == "adaptjobs" else self.padding)
 
     def encode(self, video, intra_period: int, **options: Any) -> Encoded:
         """Options: ``method`` and ``payload`` (recorded in the header: the stream needs that payload),
@@ -115,6 +118,9 @@ class SSFCodec(BaseCodec):
         unknown = set(options) - {"method", "payload", "model", "inter_encoder"}
         if unknown:
             raise TypeError(f"SSFCodec.encode: unknown options {sorted(unknown)}")
+        if self.padding != "adaptjobs" and options.get("inter_encoder") is not None:
+            raise InputError(video.path, f"padding {self.padding} is not supported with encoder-side adaptation "
+                                         "(its training pads frames the adaptjobs way); use the default padding")
         model = options.get("model") or self.loaded.model
         header = self.header(video, intra_period, options.get("method", "none"), options.get("payload"))
         encoded = encode_sequence(model, model.entropy_tables(), video.frames_rgb(), header,
@@ -153,6 +159,23 @@ class SSFCodec(BaseCodec):
         from workers.video_io import write_reconstruction
 
         write_reconstruction(path, frames, fps)
+
+
+SETTINGS = {"padding": "how frames are padded: adaptjobs (default; replicate to x16, latents to x8) or compressai "
+                       "(zeros, centred, to x128: what CompressAI's video eval runs)"}
+
+
+def checked_settings(settings: dict[str, str]) -> dict[str, str]:
+    """The SSF codec settings, checked: only ``padding``, with a known mode; the default mode is dropped so
+    that a run spec (and its units) look as they did before the setting existed."""
+    unknown = sorted(set(settings) - set(SETTINGS))
+    if unknown:
+        raise InputError(None, f"codec ssf takes the setting padding only (got {', '.join(unknown)}); use --model for "
+                               "the weights")
+    padding = settings.get("padding", "adaptjobs")
+    if padding not in PADDING_MODES:
+        raise InputError(None, f"codec ssf: padding must be one of {', '.join(PADDING_MODES)}, got {padding!r}")
+    return {} if padding == "adaptjobs" else {"padding": padding}
 
 
 class _Converted(Sequence):
