@@ -35,9 +35,10 @@ class DecoderTraining(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     epochs: int = Field(8, ge=0, description="0 = no training: the update stays zero (PEVC: 15 on GPU)")
-    min_steps: int = Field(64, ge=0, le=100_000, description=(
+    min_steps: int = Field(0, ge=0, le=100_000, description=(
         "at least this many optimizer steps: short sequences run more epochs (0 = exactly ``epochs``; a "
-        "10-frame clip has 2 steps per epoch, 41-frame calendar 6: 8 epochs were 16 and 48 steps)"))
+        "10-frame clip has 2 steps per epoch, 41-frame calendar 6: 8 epochs were 16 and 48 steps). decoder-lora "
+        "and full-decoder default to 64"))
     train_gop: int = Field(4, ge=1, le=32, description="frames per training clip: I + P-frames (PEVC: 4)")
     batch: int = Field(2, ge=1, description="clips per step (PEVC: 3)")
     crop: int = Field(256, ge=128, description="crop side in px, a multiple of 128 (whole frame if smaller)")

@@ -113,11 +113,15 @@ def sequence_rd_cost(model: ScaleSpaceFlow, update: DecoderUpdate, prior: Weight
                      payload_bits: Callable[[DecoderUpdate], int]) -> dict[str, float]:
     """RD cost per pixel of coding the sequence with the update as the decoder will rebuild it.
 
-    A faithful cheap proxy of the coded result: every frame's centred ``crop`` window, coded in GoPs of
-    ``gop`` frames as the coder does (I-frame, then P-frames predicted from the clamped reconstruction), with
-    the decoder's weights (grid index * grid); latent rate = ideal bits of the rounded latents (within 0.002%
-    of the coded bits, design section 5); plus the REAL coded payload bits (``payload_bits``, 0 for the
-    empty update) over the pixels of the whole sequence. Returns cost, mse, bpp (latents), payload_bits.
+    A cheap proxy of the coded result, used to compare states of one run: every frame's centred ``crop``
+    window, coded in GoPs of ``gop`` frames as the coder does (I-frame, then P-frames predicted from the
+    clamped reconstruction), with the decoder's weights (grid index * grid); latent rate = ideal bits of the
+    rounded latents (within 0.002% of the coded bits, design section 5); plus the REAL coded payload bits
+    (``payload_bits``, 0 for the empty update) over the pixels of the whole sequence. Its absolute value
+    leaves out what no update changes (stream containers: 19% of carphone q1's bits) and the frame outside
+    the window, so it is not the reported RD cost; the unit still compares the real coded costs before it
+    sends anything. Measured (mobile q2, window 256 of 352x288): proxy -3.2% against the base for two runs
+    whose real RD costs were -2.0% and -1.0%. Returns cost, mse, bpp (latents), payload_bits.
     """
     values = {name: grid_indices(v, prior.grid).to(torch.float32) * prior.grid for name, v in update.coded.items()}
     adapted = apply_update(model, update, values).eval()
@@ -173,7 +177,8 @@ def train_decoder_update(model: ScaleSpaceFlow, update: DecoderUpdate, prior: We
 @dataclass
 class _Progress:
     """Where a decoder-update run stands; all of it is checkpointed. ``best`` holds the coded tensors of the
-    lowest sequence RD cost evaluated so far (None until the base model has been evaluated)."""
+    lowest sequence RD cost among the candidates evaluated so far (None before the first candidate);
+    ``base_cost`` the cost of the base model (None before it was evaluated, at step 0)."""
 
     epoch: int = 0
     step_in_epoch: int = 0
