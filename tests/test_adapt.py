@@ -23,6 +23,7 @@ from workers.checkpoints import save_checkpoint
 from workers.errors import BitstreamError, InputError
 from workers.video_codec import decode_sequence
 
+LMBDA = 0.0067  # a mid-range MSE lambda (units of 1/255^2)
 FAST_DECODER = {"training": {"epochs": 2, "crop": 128, "batch": 2, "train_gop": 2, "learning_rate": 0.02,
                              "checkpoint_every": 1}}
 
@@ -299,7 +300,9 @@ def test_bad_method_options_are_one_line_errors(tmp_path, carphone_path, tiny_ch
 def test_both_methods_never_cost_more_than_the_lora_alone(tmp_path, carphone, tiny_model):
     """gop-adapters+decoder-lora trains the same LoRA as decoder-lora, then adapters on top; the encoder may
     drop the adapters, so its RD cost is at most the LoRA-alone cost (up to the longer method name in the header)."""
-    lora_options = dict(FAST_DECODER, ranks=[2, 2, 2, 1])
+    # send_update=always: the LoRA keeps its best TRAINED state (under if-better the tiny model's best is the base
+    # model itself, and there would be no LoRA to compare with)
+    lora_options = dict(FAST_DECODER, ranks=[2, 2, 2, 1], send_update="always")
     alone = adapt_video(carphone, tiny_model, tmp_path / "lora", config_for("decoder-lora", **lora_options), intra_period=2)
     both = adapt_video(carphone, tiny_model, tmp_path / "both",
                        config_for("gop-adapters+decoder-lora", lora=lora_options, adapters={"steps": 1}), intra_period=2)
@@ -310,3 +313,84 @@ def test_both_methods_never_cost_more_than_the_lora_alone(tmp_path, carphone, ti
     if both.decision == "sent-lora-only":  # the LoRA-only stream: decodes with the payload, and nothing else differs
         assert both.update_sent and both.payload_bytes == alone.payload_bytes
         assert abs(both.psnr_rgb - alone.psnr_rgb_adapted) < 1e-9
+
+
+# ------------------------------------------------------------------ decoder-update training: lr, schedule, best state
+def _padded_frames(video):
+    from workers.codec.ssf import pad_frame
+    from workers.video_io import SourceFrames
+    return SourceFrames(video, lambda frame: pad_frame(frame.unsqueeze(0))[0])
+
+
+def test_learning_rate_is_tied_to_the_grid_and_the_schedule_ends_below_its_peak():
+    from schemas.adapt import DecoderTraining
+    from workers.adapt.training import learning_rate_at, peak_learning_rate
+
+    training, prior = DecoderTraining(), WeightPrior(grid=0.002)
+    peak = peak_learning_rate(training, prior)
+    assert peak == pytest.approx(training.step_cells * prior.grid) and peak <= prior.grid
+    assert peak_learning_rate(DecoderTraining(learning_rate=0.02), prior) == 0.02  # an explicit lr wins
+    rates = [learning_rate_at(training, peak, step, 100) for step in range(100)]
+    top = rates.index(max(rates))
+    assert max(rates) == pytest.approx(peak) and 0 < top < 20  # warm-up, then the peak
+    assert all(a <= b for a, b in zip(rates[:top], rates[1:top + 1]))  # rises during the warm-up
+    assert all(a >= b for a, b in zip(rates[top:], rates[top + 1:]))  # then never rises again
+    assert rates[-1] == pytest.approx(training.final_lr_fraction * peak) and rates[-1] < rates[0]
+    from workers.adapt.training import epochs_to_run
+    assert epochs_to_run(DecoderTraining(epochs=8, min_steps=96), 2) == 48  # a 10-frame clip: 2 steps per epoch
+    assert epochs_to_run(DecoderTraining(epochs=8, min_steps=96), 15) == 8
+    assert epochs_to_run(DecoderTraining(epochs=0, min_steps=96), 2) == 0  # no training stays no training
+
+
+def _train_tiny(tiny_model, carphone, tmp_path, training: dict, include_base: bool, prior=WeightPrior(grid=0.002)):
+    from schemas.adapt import DecoderTraining
+    from workers.adapt.decoder_updates import make_update
+    from workers.adapt.training import sequence_rd_cost, train_decoder_update
+
+    config = config_for("decoder-lora", ranks=[2, 2, 2, 1])
+    frames, model = _padded_frames(carphone), tiny_model.model
+    update, evaluations, moves = make_update(model, config), [], []
+    training = DecoderTraining(**training)
+    pixels = carphone.width * carphone.height * len(carphone)
+    original = torch.optim.Adam.step
+
+    def recording_step(self, *args, **kwargs):  # the largest move of any coded weight in one step, in grid cells
+        before = [p.detach().clone() for p in update.coded.values()]
+        result = original(self, *args, **kwargs)
+        moves.append(max(float((p.detach() - b).abs().max()) for p, b in zip(update.coded.values(), before)) / prior.grid)
+        return result
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(torch.optim.Adam, "step", recording_step)
+        train_decoder_update(model, update, prior, training, frames, pixels, LMBDA, 0,
+                             tmp_path / "state.safetensors", "{}", on_log=lambda r: r.get("eval") and evaluations.append(r),
+                             eval_gop=2, include_base=include_base)
+    final = sequence_rd_cost(model, update, prior, frames, LMBDA, 2, training.eval_crop, pixels,
+                             lambda u: int(sum(float(weight_bits(prior, v.detach())) for v in u.coded.values())))
+    return update, evaluations, final, moves
+
+
+def test_default_steps_stay_within_one_grid_cell(tmp_path, carphone, tiny_model):
+    # Adam's epsilon at 1e-8: steps of ~lr whatever the gradient's scale, the worst case for jumping cells
+    _, _, _, moves = _train_tiny(tiny_model, carphone, tmp_path, {"epochs": 2, "crop": 128, "train_gop": 2, "batch": 1,
+                                                                  "adam_eps": 1e-8}, include_base=True)
+    # moves, but never several cells a step (Adam's bias-corrected step can exceed lr by a little: measured 1.0008)
+    assert len(moves) == 4 and 0.5 <= max(moves) <= 1.05
+
+
+@pytest.mark.parametrize("include_base", [True, False])
+def test_training_ends_at_its_best_evaluated_state_never_worse_than_the_base(tmp_path, carphone, tiny_model, include_base):
+    # a learning rate of 25 grid cells per step: the straight-through steps overshoot, later states get worse
+    update, evaluations, final, _ = _train_tiny(
+        tiny_model, carphone, tmp_path, {"epochs": 3, "crop": 128, "train_gop": 2, "batch": 1, "learning_rate": 0.05,
+                                         "warmup_fraction": 0.0}, include_base=include_base)
+    base, trained = evaluations[0], evaluations[1:]
+    assert base["step"] == 0 and [e["step"] for e in trained] == [2, 4, 6]  # the base, then every epoch
+    candidates = evaluations if include_base else trained
+    best = min(candidates, key=lambda e: e["cost"])
+    assert final["cost"] == pytest.approx(best["cost"], rel=1e-6)
+    if include_base:
+        assert final["cost"] <= base["cost"]
+        if best is base:
+            assert all(int(p.detach().abs().max()) == 0 for p in update.coded.values())  # the empty update
+    assert len({round(e["cost"], 9) for e in trained}) > 1, "the states differ, so keeping the best is tested"

@@ -28,29 +28,47 @@ class DecoderTraining(BaseModel):
 
     An epoch visits every training clip (``train_gop`` consecutive frames, starting at multiples of
     ``train_gop``) once in a seeded order, ``batch`` clips per step, each a random ``crop`` x ``crop`` window.
+    The learning rate warms up, then decays on a cosine; every ``eval_every`` epochs the RD cost of the
+    quantized update on the sequence is evaluated and the best state (the base model included) is kept.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     epochs: int = Field(8, ge=0, description="0 = no training: the update stays zero (PEVC: 15 on GPU)")
+    min_steps: int = Field(0, ge=0, le=100_000, description=(
+        "at least this many optimizer steps: short sequences run more epochs (0 = exactly ``epochs``; a "
+        "10-frame clip has 2 steps per epoch, 41-frame calendar 6: 8 epochs were 16 and 48 steps). decoder-lora "
+        "and full-decoder default to 64"))
     train_gop: int = Field(4, ge=1, le=32, description="frames per training clip: I + P-frames (PEVC: 4)")
     batch: int = Field(2, ge=1, description="clips per step (PEVC: 3)")
     crop: int = Field(256, ge=128, description="crop side in px, a multiple of 128 (whole frame if smaller)")
-    learning_rate: float = Field(3e-3, gt=0, description="Adam (PEVC: 5e-4 for LoRA, 1e-4 full fine-tuning, with "
-                                                         "hundreds of steps on a GPU; we take tens)")
+    learning_rate: float | None = Field(None, gt=0, description=(
+        "peak Adam learning rate; None (default) ties it to the prior's grid: step_cells * prior.grid. A fixed lr "
+        "above the grid lets one straight-through step jump several grid cells (measured on main: lr 3e-3 = 1.5 "
+        "cells of the LoRA grid, the loss ended above its start on carphone)"))
+    step_cells: float = Field(1.0, gt=0, le=8, description=(
+        "peak Adam step in grid cells when learning_rate is None: Adam moves a weight by at most ~lr per step, so "
+        "1 keeps a step from jumping several quantization cells (carphone q1 at 0.5 cells: no weight left the zero "
+        "bin in the first epoch)"))
+    warmup_fraction: float = Field(0.05, ge=0, lt=1, description="share of the steps over which lr rises linearly to its peak")
+    final_lr_fraction: float = Field(0.05, ge=0, le=1, description=(
+        "cosine decay from the peak to this fraction of it at the last step: the schedule ends below where it starts"))
     adam_eps: float = Field(1e-3, gt=0, description=(
         "Adam's epsilon, of the order of the update's gradients: with the default 1e-8 Adam moves every weight by "
         "~lr per step whatever its gradient, so within a few steps most weights leave the zero bin and the payload "
         "explodes (measured on foreman: 5.3 Mbit after 10 steps at lr 1e-3); eps ~ |gradient| keeps weak-gradient "
         "weights at zero"))
-    plateau_factor: float = Field(0.5, gt=0, lt=1, description="ReduceLROnPlateau factor on the epoch loss")
-    plateau_patience: int = Field(1, ge=0)
+    eval_every: int = Field(1, ge=1, description=(
+        "epochs between evaluations of the sequence RD cost (best-state keeping); also after the last epoch"))
+    eval_crop: int = Field(256, ge=128, description=(
+        "side in px of the centred window the RD cost is evaluated on (whole frame if smaller), a multiple of 128: "
+        "bounds the evaluation's time on large frames"))
     checkpoint_every: int = Field(5, ge=1, description="steps between atomic state checkpoints")
 
     @model_validator(mode="after")
     def _crop_multiple(self) -> "DecoderTraining":
-        if self.crop % 128:
-            raise ValueError("crop must be a multiple of 128")
+        if self.crop % 128 or self.eval_crop % 128:
+            raise ValueError("crop and eval_crop must be multiples of 128")
         return self
 
 

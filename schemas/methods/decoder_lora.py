@@ -35,5 +35,5 @@ class DecoderLoraConfig(BaseModel):
         (16, 8, 8, 2), min_length=1, max_length=MAX_RANKS, description="rank per deconv, first layer first")
     init_seed: int = Field(0, ge=0, lt=2**31)
     prior: WeightPrior = WeightPrior(grid=0.002)
-    training: DecoderTraining = DecoderTraining()
+    training: DecoderTraining = DecoderTraining(min_steps=64)
     seed: int = Field(0, ge=0, description="crop and clip order")

@@ -20,5 +20,5 @@ class FullDecoderConfig(BaseModel):
     STRUCTURE_FIELDS: ClassVar[tuple[str, ...]] = ()  # every decoder weight: nothing to choose
     send_update: SendUpdate = Field("if-better", description=SEND_UPDATE_HELP)
     prior: WeightPrior = WeightPrior(grid=0.001)
-    training: DecoderTraining = DecoderTraining(learning_rate=1e-3)
+    training: DecoderTraining = DecoderTraining(min_steps=64)
     seed: int = Field(0, ge=0)

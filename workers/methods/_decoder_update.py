@@ -13,8 +13,9 @@ from workers.methods.registry import AdaptContext, Method, MethodOutcome, parse_
 
 
 def train_update(context: AdaptContext, config) -> tuple[DecoderUpdate, int, int, float]:
-    """Train (or continue from the unit's checkpoint) the update ``config`` describes on the padded frames.
-    Returns (update, steps, steps found in the checkpoint, seconds)."""
+    """Train (or continue from the unit's checkpoint) the update ``config`` describes on the padded frames;
+    the update left is the best state by the sequence RD cost with the real payload bytes (the base model,
+    i.e. a zero update, included). Returns (update, steps, steps found in the checkpoint, seconds)."""
     from workers.adapt.training import train_decoder_update
     from workers.codec.ssf import pad_frame
     from workers.device import module_device
@@ -27,7 +28,10 @@ def train_update(context: AdaptContext, config) -> tuple[DecoderUpdate, int, int
     began = time.perf_counter()
     steps, resumed = train_decoder_update(base.model, update, config.prior, config.training, frames, context.pixels,
                                           context.lmbda, config.seed, context.checkpoint_dir / "decoder-state.safetensors",
-                                          context.config_json, on_log=lambda r: context.log({"phase": "decoder", **r}))
+                                          context.config_json, on_log=lambda r: context.log({"phase": "decoder", **r}),
+                                          eval_gop=context.intra_period or len(frames),
+                                          payload_bits=lambda u: 8 * len(payload_for(base, config, u) or b""),
+                                          include_base=config.send_update == "if-better")
     return update, steps, resumed, time.perf_counter() - began
 
 
