@@ -177,6 +177,8 @@ def _flip(data: bytes, rng: np.random.Generator, flips: int) -> bytes:
 
 
 def _damaged(data: bytes, rng: np.random.Generator) -> bytes:
+    if not data:  # (an update's ANS words may be empty already)
+        return bytes(rng.integers(0, 256, rng.integers(1, 64), dtype=np.uint8))
     mode = rng.integers(4)
     if mode == 0:
         return data[: rng.integers(len(data) + 1)]
@@ -614,7 +616,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-results", action="store_true", help="do not touch benchmarks/RESULTS.md")
     parser.add_argument("--worker", nargs=3, metavar=("KIND", "START", "COUNT"), help=argparse.SUPPRESS)
     parser.add_argument("--replay", metavar="KIND:INDEX", help="run one case in this process and print its outcome")
+    parser.add_argument("--merge", nargs="+", type=Path, metavar="JSON",
+                        help="write one table from the --json summaries of runs over disjoint --kinds (run side by side)")
     args = parser.parse_args(argv)
+    if args.merge:
+        return merge(args)
     if args.worker:
         worker(args.worker[0], int(args.worker[1]), int(args.worker[2]), args.seed, args.memory_limit, args.workdir)
         return 0
@@ -659,6 +665,20 @@ def run_all(args) -> int:
     return 1 if any(s["crash"] or s["hang"] for s in stats.values()) else 0
 
 
+def merge(args) -> int:
+    """One summary (and RESULTS.md section) from runs over disjoint kinds: stats joined, wall times and
+    commands listed (the runs may have overlapped in time)."""
+    runs = [json.loads(path.read_text()) for path in args.merge]
+    stats = {kind: s for run in runs for kind, s in run["stats"].items()}
+    summary = {"stats": stats, "seconds": max(run["seconds"] for run in runs),
+               "stopped_early": any(run["stopped_early"] for run in runs),
+               "command": "` and `".join(run["command"] for run in runs), "runs": len(runs)}
+    if not args.no_results:
+        replace_section(ROOT / "benchmarks" / "RESULTS.md", "fuzz_long", markdown(summary, args))
+    print(markdown(summary, args))
+    return 1 if any(s["crash"] or s["hang"] for s in stats.values()) else 0
+
+
 def markdown(summary: dict, args) -> str:
     stats = summary["stats"]
     total = {key: sum(s[key] for s in stats.values()) for key in ("ok", "refused", "crash", "hang")}
@@ -675,7 +695,9 @@ def markdown(summary: dict, args) -> str:
         f"**{cases:,} cases in {summary['seconds']:.0f} s: {total['ok']:,} decoded, {total['refused']:,} refused with a "
         f"one-line InputError, {total['crash']} crashes, {total['hang']} hangs.**"
         + (" (time budget reached before the planned count)" if summary["stopped_early"] else ""),
-        f"Slowest case: {slowest[0]}:{slowest[1]['slowest_case']} ({slowest[1]['slowest_s']:.2f} s).",
+        f"Slowest case: {slowest[0]}:{slowest[1]['slowest_case']} ({slowest[1]['slowest_s']:.2f} s)."
+        + (f" {summary['runs']} runs over disjoint kinds ran side by side (`--merge` joined their `--json`); the time "
+           f"is the longest run's." if summary.get("runs", 1) > 1 else ""),
         "",
         "| kind | cases | decoded | refused | crashes | hangs | peak RSS (MiB) | slowest (s) |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
