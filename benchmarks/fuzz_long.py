@@ -614,6 +614,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/adaptjobs-fuzz"))
     parser.add_argument("--json", type=Path, default=None, help="also write the raw summary here")
     parser.add_argument("--no-results", action="store_true", help="do not touch benchmarks/RESULTS.md")
+    parser.add_argument("--section", default="fuzz_long", help="the RESULTS.md section to (re)write")
+    parser.add_argument("--title", default="Fuzzing hostile inputs (benchmarks/fuzz_long.py)", help="its heading")
     parser.add_argument("--worker", nargs=3, metavar=("KIND", "START", "COUNT"), help=argparse.SUPPRESS)
     parser.add_argument("--replay", metavar="KIND:INDEX", help="run one case in this process and print its outcome")
     parser.add_argument("--merge", nargs="+", type=Path, metavar="JSON",
@@ -660,7 +662,7 @@ def run_all(args) -> int:
     if args.json:
         args.json.write_text(json.dumps(summary, indent=1))
     if not args.no_results:
-        replace_section(ROOT / "benchmarks" / "RESULTS.md", "fuzz_long", markdown(summary, args))
+        replace_section(ROOT / "benchmarks" / "RESULTS.md", args.section, markdown(summary, args))
     print(markdown(summary, args))
     return 1 if any(s["crash"] or s["hang"] for s in stats.values()) else 0
 
@@ -674,7 +676,7 @@ def merge(args) -> int:
                "stopped_early": any(run["stopped_early"] for run in runs),
                "command": "` and `".join(run["command"] for run in runs), "runs": len(runs)}
     if not args.no_results:
-        replace_section(ROOT / "benchmarks" / "RESULTS.md", "fuzz_long", markdown(summary, args))
+        replace_section(ROOT / "benchmarks" / "RESULTS.md", args.section, markdown(summary, args))
     print(markdown(summary, args))
     return 1 if any(s["crash"] or s["hang"] for s in stats.values()) else 0
 
@@ -685,7 +687,7 @@ def markdown(summary: dict, args) -> str:
     cases = sum(total.values())
     slowest = max(stats.items(), key=lambda item: item[1]["slowest_s"])
     lines = [
-        "## Fuzzing hostile inputs (benchmarks/fuzz_long.py)",
+        f"## {args.title}",
         "",
         f"Measured {datetime.date.today().isoformat()} on {cpu_name()} ({os.cpu_count()} cores shared with other "
         f"jobs, run under `nice`), Python {platform.python_version()}. Command: `{summary['command']}`.",
