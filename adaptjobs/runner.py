@@ -24,9 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from schemas.job import JobSpec, TaskOutcome
-from adaptjobs.run_store import RunStore, Unit
+from adaptjobs.run_store import RunStore, Unit, result_problem
 from adaptjobs.spec import probe
-from workers.run_layout import FAILED, append_log, is_done, read_failed, write_failed
+from workers.run_layout import DONE, FAILED, append_log, is_done, read_failed, write_failed
 
 
 @dataclass(frozen=True)
@@ -129,18 +129,24 @@ def interrupt_on_sigterm() -> None:
 
 
 def select_units(store: RunStore, spec: JobSpec, retry_failed: bool, summary: RunSummary) -> list[Unit]:
-    """Units to schedule: not DONE; FAILED ones only with ``retry_failed`` (their marker is cleared, their
-    log keeps the history)."""
+    """Units to schedule: not done; failed ones only with ``retry_failed`` (their markers are cleared, their
+    log keeps the history). A DONE unit whose result.json is missing or invalid counts as failed, as in
+    `status` and `report` (issue 11): ``retry_failed`` redoes it (its DONE marker is removed, else the
+    task would skip it as done)."""
     todo = []
     for unit in store.units(spec):
         folder = store.unit_dir(unit)
-        if is_done(folder):
+        broken = result_problem(folder) if is_done(folder) else None
+        if is_done(folder) and broken is None:
             summary.skipped_done += 1
             continue
-        if read_failed(folder) is not None:
+        if broken is not None or read_failed(folder) is not None:
             if not retry_failed:
                 summary.skipped_failed += 1
                 continue
+            if broken is not None:
+                append_log(folder / unit.log_name, {"event": "redo", "reason": broken})
+            (folder / DONE).unlink(missing_ok=True)
             (folder / FAILED).unlink(missing_ok=True)
         todo.append(unit)
     return todo

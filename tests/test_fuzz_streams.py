@@ -208,3 +208,131 @@ def test_fuzzed_video_files_read_or_are_refused_in_one_line(video_seeds, tmp_pat
     path = tmp_path_factory.mktemp("fuzz") / kind
     path.write_bytes(bytes(data))
     bounded(lambda: read_video(path, max_frames=2))
+
+
+# ---------------------------------------------------------------- the post-filter path: side info SEI + update
+# What `adaptjobs decode case.h264 -o out.y4m` reads from an x264/x265 stream: our record in the first access
+# unit's user_data_unregistered SEI (workers/standard/side_info.py) and the coded filter update inside it
+# (workers/postfilter/update_payload.py). Records and updates are framed with their CRCs recomputed.
+PF_METHOD_IDS = {"scale-bias": 1, "lora": 2, "last-layer": 3, "cross-linear": 4}
+EDGE_F32 = [float("nan"), float("inf"), -float("inf"), 0.0, -0.0, 1e-45, 1e-38, 3.4e38, -1.0, 0.004]
+escape_patterns = st.lists(st.sampled_from([b"\x00\x00\x03", b"\x00\x00\x01", b"\x00\x00\x00", b"\x00\x00\x02",
+                                            b"\x00", b"\x80"]), max_size=120).map(b"".join)
+
+
+@pytest.fixture(scope="module")
+def pf_seeds() -> dict:
+    """2-frame 64x48 x264/x265 streams without a record, the shipped filter's id and a valid update per
+    parameterisation (the carriers the cases below damage)."""
+    from schemas.side_info import filter_id
+    from workers.fuzz_cases import SAMPLE_CODECS, sample_filter_update, sample_standard_stream
+    from workers.postfilter.checkpoint import shipped_filter
+
+    loaded = shipped_filter()
+    return {"streams": {codec: sample_standard_stream(codec) for codec in SAMPLE_CODECS},
+            "filter_id": filter_id(loaded.metadata.weights_sha256),
+            "blobs": {name: sample_filter_update(loaded, name) for name in PF_METHOD_IDS}}
+
+
+def carried(pf_seeds, codec: str, record: bytes, step: int | None = None, units: int = 1) -> bytes:
+    from workers.fuzz_cases import carry_chunks, record_chunks
+
+    return carry_chunks(pf_seeds["streams"][codec], codec, record_chunks(record, step), units)
+
+
+@quick(100)
+@given(codec=st.sampled_from(["x264", "x265"]), name=st.sampled_from(list(PF_METHOD_IDS)),
+       flags=st.one_of(st.sampled_from([0, 1, 3]), st.integers(0, 255)),
+       crf=st.one_of(st.sampled_from([0, 3200, 5100, 5101, 65535]), st.integers(0, 65535)),
+       threads=st.sampled_from([0, 1, 2, 4096, 4097, 65535]),
+       filter_id=st.one_of(st.none(), st.binary(min_size=8, max_size=8)),
+       method=st.one_of(st.none(), st.sampled_from([0, 1, 2, 3, 4, 5, 255])),
+       length=st.one_of(st.none(), st.sampled_from([0, 1, 146, 148, 1 << 20, (1 << 20) + 1, 2**32 - 1])),
+       blob=st.one_of(st.none(), st.binary(max_size=64), escape_patterns), cut=st.one_of(st.none(), st.integers(0, 2000)))
+def test_fuzzed_side_info_records_decode_or_are_refused_in_one_line(pf_seeds, codec, name, flags, crf, threads,
+                                                                    filter_id, method, length, blob, cut):
+    from workers.fuzz_cases import decode_standard_action, side_info_record
+
+    update = pf_seeds["blobs"][name] if blob is None else blob
+    record = side_info_record(flags, crf, threads, pf_seeds["filter_id"] if filter_id is None else filter_id,
+                              PF_METHOD_IDS[name] if method is None and flags & 2 else method,
+                              update[:cut] if cut is not None else update, length)
+    bounded(decode_standard_action(carried(pf_seeds, codec, record), codec))
+
+
+@quick(100)
+@given(codec=st.sampled_from(["x264", "x265"]), name=st.sampled_from(list(PF_METHOD_IDS)),
+       number=st.one_of(st.none(), st.sampled_from([0, 1, 2, 3, 4, 5, 255])),
+       rank=st.one_of(st.none(), st.sampled_from([0, 1, 32, 33, 255])),
+       seed=st.one_of(st.none(), st.sampled_from([0, 1, 2**32 - 1])), other_base=st.booleans(),
+       prior=st.lists(st.one_of(st.sampled_from(EDGE_F32), st.floats(width=32)), min_size=4, max_size=4),
+       bound=st.one_of(st.none(), st.sampled_from([0, 1, 2, 3, 1 << 16, (1 << 16) + 1, 2**32 - 1])),
+       words=st.one_of(st.none(), st.binary(max_size=96)), keep_prior=st.booleans(), method_agrees=st.booleans())
+def test_fuzzed_filter_updates_decode_or_are_refused_in_one_line(pf_seeds, codec, name, number, rank, seed,
+                                                                 other_base, prior, bound, words, keep_prior,
+                                                                 method_agrees):
+    from workers.fuzz_cases import decode_standard_action, frame_filter_update, side_info_record
+    from workers.postfilter.update_payload import _FIELDS
+
+    blob = pf_seeds["blobs"][name]
+    version, number0, rank0, seed0, base, *prior0, bound0 = _FIELDS.unpack_from(blob, 4)
+    number = number0 if number is None else number
+    update = frame_filter_update(blob[4 + _FIELDS.size: -4] if words is None else words, number,
+                                 rank0 if rank is None else rank, seed0 if seed is None else seed,
+                                 bytes(8) if other_base else base, tuple(prior0 if keep_prior else prior),
+                                 bound0 if bound is None else bound)
+    record = side_info_record(3, 3200, 1, pf_seeds["filter_id"], number if method_agrees else PF_METHOD_IDS[name],
+                              update)
+    bounded(decode_standard_action(carried(pf_seeds, codec, record), codec))
+
+
+@quick(60)
+@given(codec=st.sampled_from(["x264", "x265"]), name=st.sampled_from(list(PF_METHOD_IDS)),
+       step=st.sampled_from([None, 1, 7, 100]), units=st.integers(1, 4),
+       headers=st.one_of(st.none(), st.lists(st.tuples(st.integers(0, 255), st.integers(0, 255)), max_size=300)),
+       repeat=st.integers(0, 3))
+def test_fuzzed_sei_chunking_decodes_or_is_refused_in_one_line(pf_seeds, codec, name, step, units, headers, repeat):
+    from workers.fuzz_cases import carry_chunks, decode_standard_action, record_chunks, side_info_record
+
+    record = side_info_record(3, 3200, 1, pf_seeds["filter_id"], PF_METHOD_IDS[name], pf_seeds["blobs"][name])
+    chunks = record_chunks(record, step)
+    if headers:
+        chunks = [bytes(h) + c[2:] for h, c in zip(headers, chunks)] + chunks[len(headers):]
+    chunks += chunks[-1:] * repeat
+    bounded(decode_standard_action(carry_chunks(pf_seeds["streams"][codec], codec, chunks, units), codec))
+
+
+@quick(100)
+@given(codec=st.sampled_from(["x264", "x265"]), with_update=st.booleans(),
+       damage=st.sampled_from(["cut", "flip", "later", "twice", "unescaped", "first"]),
+       where=st.integers(0, 10**6), bits=st.lists(st.integers(0, 8 * 4096), min_size=1, max_size=4))
+def test_annex_b_damage_around_the_sei_decodes_or_is_refused_in_one_line(pf_seeds, codec, with_update, damage,
+                                                                         where, bits):
+    from workers.fuzz_cases import decode_standard_action, side_info_record
+    from workers.standard.sei import iter_nal_spans, nal_syntax
+
+    blob = pf_seeds["blobs"]["cross-linear"] if with_update else b""
+    record = side_info_record(3 if with_update else 1, 3200, 1, pf_seeds["filter_id"], 4 if with_update else None, blob)
+    plain, data = pf_seeds["streams"][codec], carried(pf_seeds, codec, record)
+    syntax = nal_syntax(codec)
+    spans = list(iter_nal_spans(data))
+    sei = next(s for s in spans if syntax.nal_type(data[s.body: s.body + 2]) == syntax.sei_type and blob[:4] in data[s.body: s.end])
+    unit = data[sei.start: sei.end]
+    slices = [s for s in spans if syntax.nal_type(data[s.body: s.body + 2]) in syntax.vcl_types]
+    if damage == "cut":
+        data = data[: sei.start + where % (len(data) - sei.start + 1)]
+    elif damage == "flip":
+        flipped = bytearray(unit)
+        for bit in bits:
+            flipped[(bit // 8) % len(flipped)] ^= 1 << (bit % 8)
+        data = data[: sei.start] + bytes(flipped) + data[sei.end:]
+    elif damage == "later":  # a second copy in the second access unit (the reader looks at the first only)
+        data = data[: slices[-1].start] + unit + data[slices[-1].start:]
+    elif damage == "twice":
+        data = data[: sei.end] + unit + data[sei.end:]
+    elif damage == "unescaped":
+        data = data[: sei.start] + unit.replace(b"\x00\x00\x03", b"\x00\x00") + data[sei.end:]
+    else:
+        data = unit + data[: sei.start] + data[sei.end:]
+    assert plain  # the carrier itself
+    bounded(decode_standard_action(data, codec))

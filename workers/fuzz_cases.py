@@ -147,3 +147,118 @@ def decode_payload_action(data: bytes, loaded, source: str = "case.payload") -> 
     from workers.decoder import decoder_model
 
     return lambda: decoder_model(loaded, data, source)
+
+
+# ------------------------------------------------- the post-filter path: side info SEI + coded filter update
+# Same idea for x264/x265 streams (workers/standard/side_info.py, workers/postfilter/update_payload.py):
+# records and updates framed field by field with the CRCs recomputed, chunked and put into SEI NAL units
+# exactly as an attacker who read those modules would, so the checks behind the CRCs are reached.
+SAMPLE_CODECS = {"x264": "case.h264", "x265": "case.hevc"}
+
+
+def side_info_record(flags: int = 1, crf: int = 3200, threads: int = 1, filter_id: bytes = bytes(8),
+                     method: int | None = None, blob: bytes = b"", length: int | None = None,
+                     version: int | None = None, magic: bytes = b"AJ") -> bytes:
+    """A side info record with any field values (``method`` None: no update fields) and a correct CRC32;
+    ``length`` defaults to ``len(blob)``. Integers are wrapped to their field widths."""
+    from workers.standard.side_info import FORMAT_VERSION
+
+    version = FORMAT_VERSION if version is None else version
+    body = magic + struct.pack("<BBHH", version & 0xFF, flags & 0xFF, crf & 0xFFFF, threads & 0xFFFF)
+    body += (filter_id + bytes(8))[:8]
+    if method is not None:
+        size = len(blob) if length is None else length
+        body += struct.pack("<BI", method & 0xFF, size & 0xFFFFFFFF) + blob
+    return body + struct.pack("<I", zlib.crc32(body))
+
+
+def record_chunks(record: bytes, chunk_bytes: int | None = None, headers: list[tuple[int, int]] | None = None) -> list[bytes]:
+    """``record`` cut into SEI message data of ``chunk_bytes`` record bytes each (default: the writer's),
+    each prefixed by ``index u8, count u8`` (``headers`` overrides them, e.g. to lie)."""
+    from workers.standard.side_info import CHUNK_BYTES
+
+    step = max(1, chunk_bytes or CHUNK_BYTES)
+    pieces = [record[at: at + step] for at in range(0, len(record), step)] or [b""]
+    heads = headers or [(i, len(pieces)) for i in range(len(pieces))]
+    return [struct.pack("<BB", i & 0xFF, n & 0xFF) + piece for (i, n), piece in zip(heads, pieces)]
+
+
+def carry_chunks(stream: bytes, codec: str, chunks: list[bytes], units: int = 1) -> bytes:
+    """``stream`` with ``chunks`` as our user_data_unregistered messages before its first slice, spread over
+    ``units`` SEI NAL units (1: all in one, as the writer does)."""
+    from workers.standard.sei import insert_user_data
+    from workers.standard.side_info import SIDE_INFO_UUID
+
+    units = max(1, min(units, len(chunks)))
+    per = -(-len(chunks) // units)
+    groups = [chunks[at: at + per] for at in range(0, len(chunks), per)]
+    for group in groups:  # each insert goes right before the slice, so after the previous one
+        stream = insert_user_data(stream, codec, SIDE_INFO_UUID, group)
+    return stream
+
+
+def frame_filter_update(stream: bytes, parameterisation: int = 4, rank: int = 0, init_seed: int = 0,
+                        base: bytes = bytes(8), prior: tuple[float, float, float, float] = (0.004, 0.05, 0.004 / 6, 1000.0),
+                        bound: int = 4, version: int | None = None, magic: bytes | None = None) -> bytes:
+    """A coded post-filter update (workers/postfilter/update_payload.py) with any header fields around the
+    ANS bytes ``stream``, and a correct CRC32."""
+    from workers.postfilter.update_payload import _FIELDS, FORMAT_VERSION, MAGIC
+
+    version = FORMAT_VERSION if version is None else version
+    body = _FIELDS.pack(version & 0xFF, parameterisation & 0xFF, rank & 0xFF, init_seed & 0xFFFFFFFF,
+                        (base + bytes(8))[:8], *prior, bound & 0xFFFFFFFF) + stream
+    return (MAGIC if magic is None else magic) + body + struct.pack("<I", zlib.crc32(body))
+
+
+def sample_standard_stream(codec: str, frames: int = 2, size: tuple[int, int] = (64, 48), crf: int = 32) -> bytes:
+    """A plain Annex B stream (no record of ours) of a smooth synthetic clip: the carrier to attack."""
+    from fractions import Fraction
+
+    import numpy as np
+
+    from workers.standard.encoder import encode_planes
+
+    width, height = size
+    ramp = np.add.outer(np.arange(height) * 3, np.arange(width) * 2)
+    clip = [((ramp + 5 * t) % 256).astype(np.uint8) for t in range(frames)]
+    planes = [(y, y[::2, ::2].copy(), (255 - y[::2, ::2]).copy()) for y in clip]
+    return encode_planes(planes, width, height, Fraction(25), codec, crf, frames)
+
+
+def sample_filter_update(loaded_filter, parameterisation: str = "cross-linear", seed: int = 0,
+                         rank: int = 2, spread: int = 3, density: float = 0.2) -> bytes:
+    """A valid coded update of ``loaded_filter`` (a LoadedFilter): seeded indices in -spread..spread, a
+    ``density`` share of them non-zero (a dense, wide LoRA update is over CHUNK_BYTES: several chunks)."""
+    import torch
+
+    from schemas.adapt import WeightPrior
+    from workers.postfilter.update import UpdateStructure, coded_shapes, make_filter_update
+    from workers.postfilter.update_payload import CodedUpdate, encode_update, transmitted_prior
+
+    structure = UpdateStructure(parameterisation, rank if parameterisation == "lora" else 0,
+                                seed if parameterisation == "lora" else 0)
+    generator = torch.Generator().manual_seed(seed)
+    indices = {}
+    for name, shape in coded_shapes(make_filter_update(loaded_filter.model, structure)).items():
+        values = torch.randint(-spread, spread + 1, shape, generator=generator)
+        indices[name] = torch.where(torch.rand(shape, generator=generator) < density, values, torch.zeros_like(values))
+    prior = transmitted_prior(WeightPrior(grid=0.004))
+    return encode_update(CodedUpdate(structure, prior, indices), loaded_filter.metadata.weights_sha256)
+
+
+def decode_standard_action(data: bytes, codec: str, model: str | None = None,
+                           source: str | None = None) -> Callable[[], object]:
+    """What `adaptjobs decode case.h264 -o out.y4m` (``codec`` x264) does with bytes ``data``, minus the
+    file reading and writing: the stream's info (side info included), then its frames through the filter."""
+    from pathlib import Path
+
+    from workers.codecs.base import codec_for_path
+
+    path = Path(source or SAMPLE_CODECS[codec])
+
+    def action():
+        decoder = codec_for_path(path).for_stream(data, path, model)
+        decoder.stream_info(data, path)
+        return decoder.decode(data, path)
+
+    return action

@@ -7,8 +7,9 @@
                                         the shipped ones) -> decoder_filter (base + update, if any) ->
                                         filter_frames under info.threads torch threads (if filter_enabled)
 
-The record's thread count is adopted by the decoder because the last bit of a filtered pixel depends on how
-CPU kernels split their sums (same rule as the neural codec's BitstreamHeader.threads). The update's method
+The record's thread count is adopted by the decoder (capped to the cores available: workers.limits.capped_threads)
+because the last bit of a filtered pixel depends on how CPU kernels split their sums (same rule as the neural
+codec's BitstreamHeader.threads). The update's method
 id on the wire (schemas.side_info.UpdateMethod) must agree with the parameterisation the update blob names:
 a record that says "lora" around a scale-bias blob is refused, not guessed at.
 
@@ -117,9 +118,14 @@ def decode_filtered(frames: list[Planes], side: tuple[StandardSideInfo, bytes] |
     """What a decoder shows for decoded ``frames`` and the stream's side info (None: a plain stream)."""
     if side is None or not side[0].filter_enabled:
         return frames
+    from workers.limits import capped_threads
+
     info, blob = side
     model = rebuild_update(resolve_filter(info, user, source), info, blob, source)
-    return filter_frames(model, frames, info.crf, codec, info.threads)
+    # the record's count, capped to the cores (as BitstreamHeader.threads: a record saying 4096 started 4096
+    # OpenMP threads, 5.3 s instead of 0.05 s for 2 frames of 64x48; workers.limits.capped_threads has the
+    # bit-exactness caveat)
+    return filter_frames(model, frames, info.crf, codec, capped_threads(info.threads, torch.get_num_threads()))
 
 
 def describe_side_info(side: tuple[StandardSideInfo, bytes] | None) -> dict | str:
