@@ -1,19 +1,26 @@
 """Adapting the post-filter to one (video, codec, CRF): train or solve an update, code it, decide if it pays.
 
     originals, decoded (uint8 4:2:0 planes per frame)
-        |  scale-bias / lora: Adam on random crops, loss = lambda * wMSE + weight bits / sequence pixels,
+        |  scale-bias / lora: Adam on random crops, loss = lambda * weighted MSE + weight bits / sequence pixels,
         |      grid-quantized with straight-through gradients; the best state by measured RD cost is kept
-        |  last-layer: least squares for the tail conv on this video's features, ridge picked by RD cost
-        |  cross-linear: least squares for L in base(x) + L(x - 0.5) on every frame, ridge x grid by RD cost
+        |  last-layer: least squares for the tail conv on this video's features
+        |  cross-linear: least squares for L in base(x) + L(x - 0.5) on every frame, L's 4 luma rows free or
+        |      tied to one 5x5 luma kernel (cross-linear-tied); structure x taps x ridge x prior by RD cost
         v
     grid indices --encode_update--> blob --rebuild_filter (what the decoder runs)--> adapted filter
         v
-    decide: none | generic | adapted by  lambda * wMSE(sequence) + 8 * blob bytes / pixels
+    decide: none | generic | adapted by  lambda * distortion(sequence) + 8 * blob bytes / pixels
 
-wMSE is (6 MSE_Y + MSE_U + MSE_V) / 8 in 8-bit code values squared (the weights of PSNR-YUV). lambda is
-what the caller passes, preferably :func:`local_slope_lambda` (the slope of this video's own ``none`` curve
-at CRF -/+ 3: two extra encodes; it is the trade-off BD-rate measures), else the codec's QP-lambda relation
-with QP ~ CRF (:func:`codec_lambda`), which overstated the slope 2-6x on eval-dev.
+The RD measure (FilterAdaptConfig.rd_measure, used when the caller gives the stream's size and no lambda):
+psnr-yuv prices PSNR-YUV, the metric BD-rate integrates, at log_rate_per_db x the stream's bits per pixel per
+dB (BD-rate's log rate: d ln R / d PSNR-YUV is 0.16-0.25 on every x264 CRF step of foreman and carphone); the
+solve uses its first-order form, a weighted MSE whose plane weights are w_p 10 / (ln 10 MSE_p)
+(:func:`psnr_rd_weights`), the decision the measured PSNR-YUV. Why: wMSE = (6 MSE_Y + MSE_U + MSE_V) / 8 is
+not what PSNR-YUV averages (it averages the planes in dB), so in wMSE a chroma gain counts MSE_Y / MSE_C times
+less than in the metric; and the QP-lambda relation (:func:`codec_lambda`) was 2-6x the slope of each video's
+own ``none`` curve (:func:`local_slope_lambda`, two extra encodes). wmse: lambda * wMSE with the lambda given,
+else the QP relation. On foreman and carphone (x264, 7 CRFs) psnr-yuv gave -3.0% / -2.9% BD-rate against
+-2.0% / -2.4% for wmse at the QP relation and -2.0% / -2.2% at the local slope, same solver.
 
 Deterministic: every random choice of step s comes from a generator seeded with (seed, s); the state
 (coded tensors, Adam moments, best state, counters) is checkpointed atomically with workers/adapt/state.py,
