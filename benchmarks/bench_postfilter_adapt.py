@@ -155,6 +155,8 @@ def main() -> None:
                                                         "'{\"rd_measure\": \"wmse\"}' (default: the defaults)")
     parser.add_argument("--units", type=Path, required=True, help="JSON lines of measured units (resumable)")
     parser.add_argument("--out", type=Path, default=None, help="RESULTS.md to update")
+    parser.add_argument("--section", default="postfilter-adapt", help="the RESULTS.md section (marker) to replace")
+    parser.add_argument("--title", default="", help="added to the section's heading")
     args = parser.parse_args()
     loaded = load_filter(args.filter)
     rows = [json.loads(line) for line in args.units.read_text().splitlines()] if args.units.exists() else []
@@ -180,12 +182,12 @@ def main() -> None:
             "of this sweep):\n\n" + "\n".join(slope_table(rows)))
     print(text)
     if args.out is not None:
-        header = (f"## Post-filter adaptation per video (eval-dev, {args.codec}, intra period {args.intra_period})\n\n"
+        header = (f"## Post-filter adaptation per video{args.title} (eval-dev, {args.codec}, intra period {args.intra_period})\n\n"
                   f"Measured {datetime.date.today()} on {cpu_name()} (2 cores shared with a training run), base filter "
                   f"{args.filter} (sha256 {loaded.metadata.weights_sha256[:12]}), training {args.training}, config "
                   f"{args.config}:\n`nice python benchmarks/bench_postfilter_adapt.py --filter {args.filter} --units UNITS "
                   f"--training '{args.training}' --config '{args.config}' --out benchmarks/RESULTS.md`\n\n")
-        replace_section(args.out, "postfilter-adapt", header + text)
+        replace_section(args.out, args.section, header + text)
 
 
 if __name__ == "__main__":
