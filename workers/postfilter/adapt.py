@@ -19,8 +19,9 @@ solve uses its first-order form, a weighted MSE whose plane weights are w_p 10 /
 not what PSNR-YUV averages (it averages the planes in dB), so in wMSE a chroma gain counts MSE_Y / MSE_C times
 less than in the metric; and the QP-lambda relation (:func:`codec_lambda`) was 2-6x the slope of each video's
 own ``none`` curve (:func:`local_slope_lambda`, two extra encodes). wmse: lambda * wMSE with the lambda given,
-else the QP relation. On foreman and carphone (x264, 7 CRFs) psnr-yuv gave -3.0% / -2.9% BD-rate against
--2.0% / -2.4% for wmse at the QP relation and -2.0% / -2.2% at the local slope, same solver.
+else the QP relation. On foreman and carphone (x264, CRFs 22..51) psnr-yuv gave -2.97% / -2.93% BD-rate against
+-2.04% / -2.38% for wmse at the QP relation, same solver (benchmarks/RESULTS.md, sections postfilter-adapt and
+postfilter-adapt-wmse).
 
 Deterministic: every random choice of step s comes from a generator seeded with (seed, s); the state
 (coded tensors, Adam moments, best state, counters) is checkpointed atomically with workers/adapt/state.py,
