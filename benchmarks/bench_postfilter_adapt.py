@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -185,8 +186,8 @@ def main() -> None:
         header = (f"## Post-filter adaptation per video{args.title} (eval-dev, {args.codec}, intra period {args.intra_period})\n\n"
                   f"Measured {datetime.date.today()} on {cpu_name()} (2 cores shared with a training run), base filter "
                   f"{args.filter} (sha256 {loaded.metadata.weights_sha256[:12]}), training {args.training}, config "
-                  f"{args.config}:\n`nice python benchmarks/bench_postfilter_adapt.py --filter {args.filter} --units UNITS "
-                  f"--training '{args.training}' --config '{args.config}' --out benchmarks/RESULTS.md`\n\n")
+                  f"{args.config}:\n`nice python benchmarks/bench_postfilter_adapt.py "
+                  f"{' '.join(shlex.quote(a) for a in sys.argv[1:])}`\n\n")
         replace_section(args.out, args.section, header + text)
 
 

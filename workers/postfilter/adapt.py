@@ -13,7 +13,7 @@
 
 The RD measure (FilterAdaptConfig.rd_measure, used when the caller gives the stream's size and no lambda):
 psnr-yuv prices PSNR-YUV, the metric BD-rate integrates, at log_rate_per_db x the stream's bits per pixel per
-dB (BD-rate's log rate: d ln R / d PSNR-YUV is 0.16-0.25 on every x264 CRF step of foreman and carphone); the
+dB (BD-rate's log rate: d ln R / d PSNR-YUV is 0.16-0.34 on every x264 CRF step of eval-dev); the
 solve uses its first-order form, a weighted MSE whose plane weights are w_p 10 / (ln 10 MSE_p)
 (:func:`psnr_rd_weights`), the decision the measured PSNR-YUV. Why: wMSE = (6 MSE_Y + MSE_U + MSE_V) / 8 is
 not what PSNR-YUV averages (it averages the planes in dB), so in wMSE a chroma gain counts MSE_Y / MSE_C times
@@ -115,7 +115,7 @@ class FilterAdaptConfig(BaseModel):
         "wMSE); wmse: the QP-lambda relation on wMSE"))
     log_rate_per_db: float = Field(0.2, gt=0, description=(
         "psnr-yuv: d ln(rate) / d PSNR-YUV of the codec's own curve; 0.16-0.25 on every x264 CRF step 22..51 of "
-        "foreman and carphone (benchmarks/RESULTS.md)"))
+        "foreman, carphone and mobile, 0.24-0.34 on calendar (benchmarks/RESULTS.md, section postfilter-adapt)"))
     send_update: Literal["if-better", "always"] = "if-better"
     seed: int = Field(0, ge=0)
 
