@@ -5,7 +5,7 @@
 
 For every sequence (all frames), CRF and parameterisation: x264 (PSNR-tuned, intra period 12) codes the
 video; the generic filter and the adapted one run on the decoded frames; the decision (none / generic /
-adapted, update bytes counted) gives this method's point. Curves are PSNR-YUV over bits per pixel, where
+adapted, update bytes counted, at the config's RD measure: psnr-yuv by default) gives this method's point. Curves are PSNR-YUV over bits per pixel, where
 the rate is the stream's bytes plus the update's (the SEI carrier's own fixed bytes are left out of every
 method alike). ``postfilter`` is the generic filter with its on/off switch (on when it lowers
 lambda * wMSE). BD-rate of ``postfilter-adapt`` against ``none`` (plain x264) and against ``postfilter``,
@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -53,60 +54,45 @@ def measure_sequence(path: Path, loaded, crfs, parameterisations, args, done: se
         generic = filter_all(loaded.model, decoded, crf, args.codec)
         filter_seconds = time.perf_counter() - began
         for parameterisation in todo:
-            config = FilterAdaptConfig(parameterisation=parameterisation,
-                                       training=UpdateTraining(**json.loads(args.training)))
+            config = FilterAdaptConfig(**{"parameterisation": parameterisation, **json.loads(args.config),
+                                          "training": UpdateTraining(**json.loads(args.training))})
             result = adapt_filter(loaded, loaded.metadata.weights_sha256, originals, decoded, crf, args.codec, config,
-                                  generic_planes=generic)
+                                  generic_planes=generic, stream_bytes=len(data))
             write({"sequence": video.name, "crf": crf, "parameterisation": parameterisation, "frames": len(video),
                    "pixels": pixels, "stream_bytes": len(data), "wmse_none": mean_wmse(originals, decoded),
+                   "wmse_generic": mean_wmse(originals, generic),
+                   "wmse_adapted": mean_wmse(originals, result.planes) if result.blob is not None else None,
                    "filter_seconds_per_frame": filter_seconds / len(video),
                    **result.decision.to_dict(), **result.stats})
 
 
-def redecide(r: dict, lmbda: float) -> tuple[str, int]:
-    """(decision, bytes sent) of unit ``r`` at another lambda: its wMSEs are recovered from the recorded costs
-    (cost = lambda * wMSE + 8 * update bytes / pixels), the trained update is the same."""
-    costs = {"none": lmbda * r["wmse_none"], "generic": lmbda * r["cost_generic"] / r["lmbda"]}
-    if r["cost_adapted"] is not None:
-        extra = 8 * r["update_bytes"] / r["pixels"]
-        costs["adapted"] = lmbda * (r["cost_adapted"] - extra) / r["lmbda"] + extra
-    label = "none" if costs["none"] <= costs["generic"] else "generic"
-    if "adapted" in costs and costs["adapted"] < costs[label]:
-        label = "adapted"
-    return label, r["update_bytes"] if label == "adapted" else 0
+def runner_decision(r: dict) -> tuple[str, int]:
+    """(what the unit loop sends, update bytes) for unit ``r``: the method offers the adapted candidate when
+    adapt_filter's own decision is "adapted", the generic filter always, the plain stream is the base; the unit
+    loop (workers/encoder.py) takes the cheapest at the codec's lambda 1 / (0.85 * 2^((CRF - 12) / 3)) on wMSE
+    (the SEI's own few bytes left out alike), ties to the simpler."""
+    qp = codec_lambda(r["crf"], "x264")  # workers/codecs/standard.py uses x264's factor for both codecs
+    costs = {"none": qp * r["wmse_none"], "generic": qp * r["wmse_generic"]}
+    if r["decision"] == "adapted":
+        costs["adapted"] = qp * r["wmse_adapted"] + 8 * r["blob_bytes"] / r["pixels"]
+    label = min(costs, key=costs.get)  # dict order: none, generic, adapted; min keeps the first of equals
+    return label, r["blob_bytes"] if label == "adapted" else 0
 
 
-def curves(rows: list[dict], lambdas: dict | None = None) -> dict:
-    """sequence -> {"none", "postfilter", "<parameterisation>"} -> [(bpp, psnr)]; with ``lambdas``
-    ((sequence, crf) -> lambda) every decision is taken again at that lambda (:func:`redecide`)."""
+def curves(rows: list[dict]) -> dict:
+    """sequence -> {"none", "postfilter", "<parameterisation>"} -> [(bpp, psnr)]; the method's points are what
+    the unit loop sends (:func:`runner_decision`); postfilter's filter is on when it lowers wMSE."""
     out: dict = {}
     for r in rows:
         seq = out.setdefault(r["sequence"], {})
         bpp = 8 * r["stream_bytes"] / r["pixels"]
         seq.setdefault("none", {})[r["crf"]] = (bpp, r["psnr_none"])
-        decision, sent = (r["decision"], r["blob_bytes"]) if lambdas is None else redecide(r, lambdas[r["sequence"], r["crf"]])
-        on = decision == "generic" or (decision == "adapted" and r["cost_generic"] < r["cost_none"])
+        decision, sent = runner_decision(r)
+        on = r["wmse_generic"] < r["wmse_none"]
         seq.setdefault("postfilter", {})[r["crf"]] = (bpp, r["psnr_generic"] if on else r["psnr_none"])
         chosen = {"none": r["psnr_none"], "generic": r["psnr_generic"], "adapted": r["psnr_adapted"]}[decision]
         seq.setdefault(r["parameterisation"], {})[r["crf"]] = (8 * (r["stream_bytes"] + sent) / r["pixels"], chosen)
     return {s: {m: [pts[c] for c in sorted(pts)] for m, pts in methods.items()} for s, methods in out.items()}
-
-
-def slope_lambdas(rows: list[dict]) -> dict:
-    """(sequence, crf) -> -d bpp / d wMSE of the none curve through the neighbouring CRFs of the sweep."""
-    by_seq: dict = {}
-    for r in rows:
-        by_seq.setdefault(r["sequence"], {})[r["crf"]] = (8 * r["stream_bytes"] / r["pixels"], r["wmse_none"])
-    out = {}
-    for seq, points in by_seq.items():
-        crfs = sorted(points)
-        for i, crf in enumerate(crfs):
-            neighbours = [points[c] for c in crfs[max(0, i - 1): i + 2]]
-            try:
-                out[seq, crf] = lambda_from_slope(neighbours)
-            except (ValueError, TypeError):
-                out[seq, crf] = codec_lambda(crf, "x264")
-    return out
 
 
 def slope_table(rows: list[dict]) -> list[str]:
@@ -127,10 +113,10 @@ def slope_table(rows: list[dict]) -> list[str]:
     return lines
 
 
-def summary(rows: list[dict], parameterisations, lambdas: dict | None = None) -> str:
-    table = curves(rows, lambdas)
-    lines = ["| parameterisation | sequence | BD-rate vs none | BD-rate vs postfilter | units sent | update bytes (mean when sent) "
-             "| share of stream (mean when sent) | adapt s/frame | unit above postfilter's RD cost |", "|---|---|---|---|---|---|---|---|---|"]
+def summary(rows: list[dict], parameterisations) -> str:
+    table = curves(rows)
+    lines = ["| parameterisation | sequence | BD-rate vs none | BD-rate vs postfilter | units sent (tied) | update bytes (mean when sent) "
+             "| share of stream (mean when sent) | adapt s/frame | adapted, not sent by the unit loop |", "|---|---|---|---|---|---|---|---|---|"]
     for p in parameterisations:
         vs_none, vs_generic = [], []
         for seq in sorted(table):
@@ -141,22 +127,18 @@ def summary(rows: list[dict], parameterisations, lambdas: dict | None = None) ->
             vs_none.append(a)
             vs_generic.append(b)
             mine = [r for r in rows if r["sequence"] == seq and r["parameterisation"] == p]
-            if lambdas is not None:
-                mine = [r | dict(zip(("decision", "blob_bytes"), redecide(r, lambdas[seq, r["crf"]]))) for r in mine]
+            vetoed = sum(r["decision"] == "adapted" and runner_decision(r)[0] != "adapted" for r in mine)
+            mine = [r | dict(zip(("decision", "blob_bytes"), runner_decision(r))) for r in mine]
             sent = [r for r in mine if r["decision"] == "adapted"]
             size = np.mean([r["blob_bytes"] for r in sent]) if sent else 0
             share = np.mean([r["blob_bytes"] / (r["stream_bytes"] + r["blob_bytes"]) for r in sent]) if sent else 0
-            worse = sum(_chosen_cost(r) > min(r["cost_generic"], r["cost_none"]) + 1e-12 for r in mine) if lambdas is None else "-"
-            lines.append(f"| {p} | {seq} | {a:+.2f}% | {b:+.2f}% | {len(sent)}/{len(mine)} | {size:.0f} | {100 * share:.2f}% "
-                         f"| {np.mean([r['adapt_seconds_per_frame'] for r in mine]):.2f} | {worse} |")
+            tied = sum(r.get("structure") == "cross-linear-tied" for r in sent)
+            lines.append(f"| {p} | {seq} | {a:+.2f}% | {b:+.2f}% | {len(sent)}/{len(mine)} ({tied}) | {size:.0f} | {100 * share:.2f}% "
+                         f"| {np.mean([r['adapt_seconds_per_frame'] for r in mine]):.2f} | {vetoed} |")
         lines.append(f"| {p} | **average** | **{np.mean(vs_none):+.2f}%** | **{np.mean(vs_generic):+.2f}%** | | | | | |")
     generic = [bd_rate(table[s]["none"], table[s]["postfilter"]).percent for s in sorted(table) if len(table[s]["none"]) >= 4]
     lines.append(f"| postfilter (generic, reference) | average | {np.mean(generic):+.2f}% | | | | | | |")
     return "\n".join(lines)
-
-
-def _chosen_cost(r: dict) -> float:
-    return {"none": r["cost_none"], "generic": r["cost_generic"], "adapted": r["cost_adapted"]}[r["decision"]]
 
 
 def main() -> None:
@@ -170,8 +152,12 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=None, help="default: all frames")
     parser.add_argument("--sequences", nargs="*", default=None, help="names under --data (default: all)")
     parser.add_argument("--training", default="{}", help="UpdateTraining fields as JSON (default: the defaults)")
+    parser.add_argument("--config", default="{}", help="other FilterAdaptConfig fields as JSON, e.g. "
+                                                        "'{\"rd_measure\": \"wmse\"}' (default: the defaults)")
     parser.add_argument("--units", type=Path, required=True, help="JSON lines of measured units (resumable)")
     parser.add_argument("--out", type=Path, default=None, help="RESULTS.md to update")
+    parser.add_argument("--section", default="postfilter-adapt", help="the RESULTS.md section (marker) to replace")
+    parser.add_argument("--title", default="", help="added to the section's heading")
     args = parser.parse_args()
     loaded = load_filter(args.filter)
     rows = [json.loads(line) for line in args.units.read_text().splitlines()] if args.units.exists() else []
@@ -190,18 +176,19 @@ def main() -> None:
              else [args.data / name for name in args.sequences])
     for path in paths:
         measure_sequence(path, loaded, args.crfs, args.parameterisations, args, done, write)
-    text = ("Decisions at the QP-lambda relation (the default of adapt_filter):\n\n" + summary(rows, args.parameterisations)
-            + "\n\nThe same trained updates, decisions taken again at the local slope of each sequence's none curve "
-            "(neighbouring CRFs of this sweep):\n\n" + summary(rows, args.parameterisations, slope_lambdas(rows))
-            + "\n\n" + "\n".join(slope_table(rows)))
+    measures = sorted({r["lambda_source"].split(" ")[0] for r in rows})
+    text = (f"Decisions in {' and '.join(measures)} (adapt_filter's lambda_source), the generic filter's own on/off "
+            "switch at the QP-lambda relation on wMSE:\n\n" + summary(rows, args.parameterisations)
+            + "\n\nlambda of the QP relation against the local slope of each sequence's none curve (neighbouring CRFs "
+            "of this sweep):\n\n" + "\n".join(slope_table(rows)))
     print(text)
     if args.out is not None:
-        header = (f"## Post-filter adaptation per video (eval-dev, {args.codec}, intra period {args.intra_period})\n\n"
+        header = (f"## Post-filter adaptation per video{args.title} (eval-dev, {args.codec}, intra period {args.intra_period})\n\n"
                   f"Measured {datetime.date.today()} on {cpu_name()} (2 cores shared with a training run), base filter "
-                  f"{args.filter} (sha256 {loaded.metadata.weights_sha256[:12]}), training {args.training}:\n"
-                  f"`nice python benchmarks/bench_postfilter_adapt.py --filter {args.filter} --units UNITS "
-                  f"--training '{args.training}' --out benchmarks/RESULTS.md`\n\n")
-        replace_section(args.out, "postfilter-adapt", header + text)
+                  f"{args.filter} (sha256 {loaded.metadata.weights_sha256[:12]}), training {args.training}, config "
+                  f"{args.config}:\n`nice python benchmarks/bench_postfilter_adapt.py "
+                  f"{' '.join(shlex.quote(a) for a in sys.argv[1:])}`\n\n")
+        replace_section(args.out, args.section, header + text)
 
 
 if __name__ == "__main__":

@@ -14,17 +14,20 @@ from schemas.adapt import WeightPrior
 from workers.adapt.payload import WeightUpdate, encode_payload, make_header
 from workers.adapt.prior import ideal_bits
 from workers.errors import BitstreamError, InputError
-from workers.postfilter.adapt import (FilterAdaptConfig, UpdateTraining, adapt_filter, codec_lambda, lambda_from_slope,
-                                      local_slope_lambda, mean_wmse, rebuild_filter, ridge_solution, tap_masks)
+from workers.postfilter.adapt import (FilterAdaptConfig, LinearSystem, UpdateTraining, adapt_filter, codec_lambda,
+                                      lambda_from_slope, local_slope_lambda, mean_psnr_yuv, mean_wmse, psnr_rd_weights,
+                                      rebuild_filter, ridge_solution, tap_masks)
 from workers.postfilter.checkpoint import LoadedFilter, make_metadata
 from workers.postfilter.network import FilterArchitecture, PostFilter, filter_planes, planes_to_tensors
-from workers.postfilter.update import UpdateStructure, adapted_filter, coded_shapes, make_filter_update
+from workers.postfilter.update import (CrossLinearUpdate, UpdateStructure, adapted_filter, coded_shapes,
+                                       make_filter_update, tied_luma_tap_map)
 from workers.postfilter.update_payload import FIXED_BYTES, CodedUpdate, decode_update, encode_update, transmitted_prior
 from workers.standard.encoder import decode_stream, encode_planes
 
-PARAMETERISATIONS = ("scale-bias", "lora", "last-layer", "cross-linear")
+PARAMETERISATIONS = ("scale-bias", "lora", "last-layer", "cross-linear", "cross-linear-tied")
 STRUCTURES = {"scale-bias": UpdateStructure("scale-bias"), "lora": UpdateStructure("lora", 2, 5),
-              "last-layer": UpdateStructure("last-layer"), "cross-linear": UpdateStructure("cross-linear")}
+              "last-layer": UpdateStructure("last-layer"), "cross-linear": UpdateStructure("cross-linear"),
+              "cross-linear-tied": UpdateStructure("cross-linear-tied")}
 CRF = 37.0
 FAST = UpdateTraining(steps=6, batch=2, crop=32, eval_every=3, eval_frames=2, checkpoint_every=2)
 
@@ -84,8 +87,44 @@ def test_solved_cross_linear_update_lowers_the_weighted_mse(base, frames):
     originals, decoded = frames
     generic = [filter_planes(base.model, planes, CRF, "x264") for planes in decoded]
     assert mean_wmse(originals, result.planes) < 0.97 * mean_wmse(originals, generic)
-    assert 0 < result.stats["update_bytes"] < 1000 and result.stats["coded_numbers"] == 330
+    assert 0 < result.stats["update_bytes"] < 1000
+    assert (result.stats["structure"], result.stats["coded_numbers"]) in (("cross-linear", 330), ("cross-linear-tied", 154))
 
+
+def test_tied_luma_rows_are_one_full_resolution_kernel(base):
+    """cross-linear-tied's luma correction is exactly a 5x5 convolution of the full-resolution luma (away from
+    the borders, where the zero padding at chroma resolution differs), plus the shared chroma taps and bias."""
+    update = make_filter_update(base.model, STRUCTURES["cross-linear-tied"])
+    generator = torch.Generator().manual_seed(4)
+    values = {name: torch.randn(p.shape, generator=generator) * 0.1 for name, p in update.coded.items()}
+    values["luma__chroma"] = torch.zeros(2, 3, 3)
+    adapted = adapted_filter(base.model, update, values)
+    y, u, v = (torch.rand(1, 1, 32, 48, generator=generator),
+               torch.rand(1, 1, 16, 24, generator=generator), torch.rand(1, 1, 16, 24, generator=generator))
+    with torch.no_grad():
+        got = adapted(y, u, v, CRF, "x264")[0] - base.model(y, u, v, CRF, "x264")[0]
+        expected = torch.nn.functional.conv2d(y - 0.5, values["luma__kernel"][None, None], padding=2) + values["luma__bias"]
+    assert torch.allclose(got[..., 2:-2, 2:-2], expected[..., 2:-2, 2:-2], atol=1e-5)
+    table = tied_luma_tap_map({"luma__kernel": 0, "luma__chroma": 25, "luma__bias": 43, "chroma__weight": 44, "chroma__bias": 152})
+    for phase in range(4):  # every kernel offset once per phase row, every chroma-row number once in all
+        assert sorted(table[phase][(table[phase] >= 0) & (table[phase] < 25)].tolist()) == list(range(25))
+    assert sorted(table[table >= 44].tolist()) == list(range(44, 154))
+
+
+def test_solve_predicts_the_measured_cost(base, frames):
+    """The least-squares solve's predicted RD change (normal equations + ideal bits + fixed bytes) is what the
+    decoder's rebuilt filter measures on the frames, bytes of the real payload counted."""
+    originals, decoded = frames
+    lmbda = 0.05
+    logged = []
+    config = FilterAdaptConfig(send_update="always")
+    result = adapt_filter(base, base.metadata.weights_sha256, originals, decoded, CRF, "x264", config, lmbda=lmbda,
+                          log=logged.append)
+    assert result.blob is not None
+    d = result.decision
+    measured = d.cost_adapted - d.cost_generic
+    assert logged[0]["predicted_cost_change"] < 0
+    assert measured == pytest.approx(logged[0]["predicted_cost_change"], rel=0.05, abs=2e-4)
 
 @pytest.mark.parametrize("parameterisation", PARAMETERISATIONS)
 def test_payload_round_trip_and_bits_near_ideal(base, parameterisation):
@@ -211,14 +250,37 @@ def test_an_update_that_does_not_pay_is_not_sent(base, frames):
 
 
 @pytest.mark.parametrize("parameterisation", PARAMETERISATIONS)
-def test_decision_is_never_costlier_than_generic_or_none(base, frames, parameterisation):
+@pytest.mark.parametrize("stream_bytes", (None, 3000))
+def test_decision_is_never_costlier_than_generic_or_none(base, frames, parameterisation, stream_bytes):
+    """In wMSE at the QP relation (no stream size given) and in PSNR-YUV (the stream's size given)."""
     config = FilterAdaptConfig(parameterisation=parameterisation, training=FAST)
-    result = adapt_filter(base, base.metadata.weights_sha256, *frames, CRF, "x264", config)
+    result = adapt_filter(base, base.metadata.weights_sha256, *frames, CRF, "x264", config, stream_bytes=stream_bytes)
     d = result.decision
+    assert d.lambda_source.startswith("qp-relation" if stream_bytes is None else "psnr-yuv")
     chosen = {"none": d.cost_none, "generic": d.cost_generic, "adapted": d.cost_adapted}[d.decision]
     assert chosen <= min(d.cost_none, d.cost_generic)
     assert (result.blob is not None) == (d.decision == "adapted")
     json.dumps(d.to_dict())  # the record goes into result.json
+
+
+def test_psnr_rd_weights_predict_the_change_of_psnr_yuv(frames):
+    """The psnr-yuv RD measure's weighted MSE is PSNR-YUV's first-order change: lambda * sum_p w_p dMSE_p is
+    -lambda * dPSNR-YUV for a small change of luma and of chroma, and a chroma MSE change weighs more per unit
+    than a luma one in proportion to MSE_Y / MSE_U. One frame: over several, the weights are exact for a change
+    whose size relative to each frame's MSE is the same in every frame."""
+    originals, decoded = frames[0][:1], frames[1][:1]
+    lmbda, weights = psnr_rd_weights(originals, decoded, FilterAdaptConfig(log_rate_per_db=0.2), 5000)
+    pixels = decoded[0][0].size * len(decoded)
+    assert lmbda == pytest.approx(0.2 * 8 * 5000 / pixels)
+    for plane in (0, 1):
+        changed = [tuple(np.where((np.indices(p.shape).sum(0) % 7 == 0) & (p < 250), p + 1, p).astype(np.uint8)
+                         if i == plane else p for i, p in enumerate(frame)) for frame in decoded]
+        predicted = mean_wmse(originals, changed, weights) - mean_wmse(originals, decoded, weights)
+        actual = mean_psnr_yuv(originals, decoded) - mean_psnr_yuv(originals, changed)
+        assert predicted == pytest.approx(actual, rel=0.15)
+    inverse = np.mean([[1 / np.mean((o.astype(float) - d.astype(float)) ** 2) for o, d in zip(fo, fd)]
+                       for fo, fd in zip(originals, decoded)], axis=0)
+    assert weights[1] / weights[0] == pytest.approx((1 / 6) * inverse[1] / inverse[0])
 
 
 def test_codec_lambda_and_slope():
@@ -244,16 +306,34 @@ def test_bad_frames_are_refused_with_one_line(base, frames):
                      CRF, "x264")
 
 
-def test_cross_linear_tap_masks_are_honoured_by_the_solve():
-    """Sparser patterns are exact zeros where the mask forbids a tap, and the full mask is the plain solve."""
-    generator = torch.Generator().manual_seed(3)
+def _system(structure: str, seed: int = 3) -> tuple[LinearSystem, torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
     samples = torch.randn(2000, 55, generator=generator, dtype=torch.float64)
     gram, cross = samples.t() @ samples, samples.t() @ torch.randn(2000, 6, generator=generator, dtype=torch.float64)
+    update = make_filter_update(PostFilter(FilterArchitecture(layers=2, channels=1)), UpdateStructure(structure))
+    return LinearSystem.build(structure, update.tap_map(), gram, cross, torch.ones(6, dtype=torch.float64)), gram, cross
+
+
+def test_cross_linear_tap_masks_are_honoured_by_the_solve():
+    """Sparser patterns are exact zeros where the mask forbids a tap, and the full mask is the plain solve."""
+    system, gram, cross = _system("cross-linear")
     masks = tap_masks("cross-linear", 55)
-    scales = torch.ones(6, dtype=torch.float64)
     for mask in masks.values():
-        assert not bool(ridge_solution(gram, cross, scales, 1e-4, mask)[~mask].any())
+        solution = ridge_solution(system, 1e-4, system.allowed(mask))
+        assert not bool(solution[system.table[~mask]].any())
     assert masks["luma-from-luma"][:4, 36:54].sum() == 0 and masks["luma-from-luma"][:, 54].all()
-    full = ridge_solution(gram, cross, scales, 0.0, masks["all"])
-    assert torch.allclose(full.t(), torch.linalg.solve(gram, cross))
+    full = ridge_solution(system, 0.0, system.allowed(masks["all"]))
+    assert torch.allclose(full[system.table].t(), torch.linalg.solve(gram, cross))
     assert list(tap_masks("last-layer", 289)) == ["all"]
+
+
+def test_tied_solve_is_the_least_squares_fit_of_the_shared_numbers():
+    """The tied luma rows are solved jointly: at the solution the summed gradient of the 4 rows' distortion
+    with respect to every shared number is zero, and the distortion lies between the untied optimum and zero."""
+    system, gram, cross = _system("cross-linear-tied")
+    untied, _, _ = _system("cross-linear")
+    assert [len(g) for g in system.groups] == [44, 55, 55]
+    q = ridge_solution(system, 0.0, torch.ones(154, dtype=torch.bool))
+    assert torch.allclose(system.a @ q, system.b, atol=1e-8)
+    best = ridge_solution(untied, 0.0, torch.ones(330, dtype=torch.bool))
+    assert untied.distortion(best) < system.distortion(q) < 0

@@ -89,6 +89,20 @@ def test_decode_equals_recon_byte_for_byte(units, filters, tmp_path, codec, meth
 
 
 @pytest.mark.parametrize("codec", SUFFIX)
+def test_tied_cross_linear_update_decodes_to_the_recon(clip, filters, tmp_path, codec):
+    """The tied structure travels under its own wire id and decodes byte for byte like the others."""
+    out = tmp_path / "unit"
+    result = adapt(clip, out, codec, "postfilter-adapt", filters[0], "--set", 'send_update="always"',
+                   "--set", 'parameterisation="cross-linear-tied"')
+    stream = out / f"clip{SUFFIX[codec]}"
+    info, blob = read_side_info(stream.read_bytes(), codec)
+    assert info.update is not None and info.update.method.name == "CROSS_LINEAR_TIED" and len(blob) == info.update.bytes
+    assert result.method_details["structure"] == "cross-linear-tied" and result.decision == "sent"
+    assert cli(["decode", str(stream), "-o", str(tmp_path / "d.y4m"), "--model", str(filters[0])]) == 0
+    assert (tmp_path / "d.y4m").read_bytes() == (out / "recon.y4m").read_bytes()
+
+
+@pytest.mark.parametrize("codec", SUFFIX)
 def test_standard_decoders_ignore_the_sei(units, codec):
     data = (units[codec, "postfilter-adapt"][1] / f"clip{SUFFIX[codec]}").read_bytes()
     plain = strip_side_info(data, codec)

@@ -34,10 +34,12 @@ class PostFilterAdaptConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     method: Literal["postfilter-adapt"] = "postfilter-adapt"
     send_update: SendUpdate = Field("if-better", description=SEND_UPDATE_HELP)
-    parameterisation: Literal["scale-bias", "lora", "last-layer", "cross-linear"] = Field(
+    parameterisation: Literal["scale-bias", "lora", "last-layer", "cross-linear", "cross-linear-tied"] = Field(
         "cross-linear", description="cross-linear (default, the one that paid on eval-dev): a 3x3 cross-component "
-                                    "linear filter on the decoded planes solved by least squares; last-layer: the "
-                                    "filter's last conv solved the same way; scale-bias, lora: trained by Adam")
+                                    "linear filter on the decoded planes solved by least squares, its 4 luma rows "
+                                    "free or tied to one 5x5 luma kernel, whichever costs less per unit; "
+                                    "cross-linear-tied: always tied; last-layer: the filter's last conv solved the "
+                                    "same way; scale-bias, lora: trained by Adam")
     rank: int = Field(2, ge=1, lt=256, description="LoRA rank per conv (lora only)")
     init_seed: int = Field(0, ge=0, lt=2**32, description="seed of LoRA's A initialisation (lora only)")
     prior: WeightPrior | None = Field(None, description="default: the parameterisation's default prior")
@@ -49,4 +51,11 @@ class PostFilterAdaptConfig(BaseModel):
                                            description="last-layer: multiples of the prior's grid tried")
     slab_scales: tuple[float, ...] = Field((0.5, 1.0, 2.0), min_length=1, description=(
         "last-layer, cross-linear: multiples of the prior's slab std tried (the payload carries the chosen one)"))
+    spike_weights: tuple[float, ...] = Field((0.3, 3.0, 30.0, 1000.0), min_length=1, description=(
+        "last-layer, cross-linear: the prior's alpha (spike weight) values tried (the payload carries the chosen one)"))
+    rd_measure: Literal["psnr-yuv", "wmse"] = Field("psnr-yuv", description=(
+        "psnr-yuv: the update is sent when it pays in PSNR-YUV against log_rate_per_db x the stream's bpp per dB "
+        "(BD-rate's own trade-off), and the unit loop then checks it at the codec's lambda; wmse: the codec's "
+        "QP-lambda relation on wMSE alone"))
+    log_rate_per_db: float = Field(0.2, gt=0, description="psnr-yuv: d ln(rate) / d PSNR-YUV of the codec's curve")
     seed: int = Field(0, ge=0)

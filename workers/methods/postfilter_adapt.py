@@ -7,8 +7,13 @@ carried in the stream's SEI (one file, no sidecar payload).
       -> candidates: adapted (SEI + update; the primary) and generic (SEI, no update); the unit loop adds the
          plain stream and sends the cheapest by lambda * 255^2 * D + every byte of the file / pixels.
 
-lambda is the codec's own (``codec.lmbda``, the QP-lambda relation with QP ~ CRF; workers/codecs/standard.py),
-the same the unit loop chooses with, so the adaptation's own decision and the unit's agree. Config:
+lambda (config ``rd_measure``): psnr-yuv (default) solves and decides in PSNR-YUV at log_rate_per_db x the
+plain stream's bpp per dB (workers.postfilter.adapt.psnr_rd_weights: BD-rate's own trade-off, no extra encode),
+and offers the adapted candidate only when it pays there; the unit loop then takes the cheapest candidate at the
+codec's own lambda (``codec.lmbda``, the QP-lambda relation), so nothing is sent that costs more than the generic
+filter or the plain stream at either. wmse: the codec's lambda on wMSE for both, the unit loop deciding alone.
+Why not the QP relation alone: it weighs wMSE, where a chroma gain counts MSE_Y / MSE_C times less than in
+PSNR-YUV, and its lambda is 2-6x the none curve's own slope (benchmarks/RESULTS.md). Config:
 schemas/methods/postfilter_adapt.py (its fields are workers.postfilter.adapt.FilterAdaptConfig's).
 """
 
@@ -21,12 +26,15 @@ from workers.methods.registry import AdaptContext, Method, MethodOutcome, regist
 
 
 def filter_adapt_config(config):
-    """The worker-side FilterAdaptConfig of a ``postfilter-adapt`` method config, asking for the coded update
-    whenever it is not zero: the unit loop, not adapt_filter, decides whether it is sent (it counts the SEI's
-    bytes too), and ``send_update`` there is the method config's."""
+    """The worker-side FilterAdaptConfig of a ``postfilter-adapt`` method config. With rd_measure wmse it asks for
+    the coded update whenever it is not zero: the unit loop, not adapt_filter, decides whether it is sent (it
+    counts the SEI's bytes too); with psnr-yuv adapt_filter's decision gates the update (module docstring)."""
     from workers.postfilter.adapt import FilterAdaptConfig
 
-    return FilterAdaptConfig.model_validate({**config.model_dump(exclude={"method"}), "send_update": "always"})
+    fields = config.model_dump(exclude={"method"})
+    if config.rd_measure == "wmse":
+        fields["send_update"] = "always"
+    return FilterAdaptConfig.model_validate(fields)
 
 
 @register_method
@@ -49,7 +57,8 @@ class PostFilterAdaptMethod(Method):
                                   codec.quality, codec.encoder_name, filter_adapt_config(config),
                                   context.checkpoint_dir,
                                   lambda record: context.log({"phase": "postfilter-adapt", **record}),
-                                  lmbda=context.lmbda, generic_planes=generic)
+                                  lmbda=context.lmbda if config.rd_measure == "wmse" else None,
+                                  generic_planes=generic, stream_bytes=len(plain.data))
         seconds = time.perf_counter() - began
         stats = adaptation.stats
         details = {"filter": loaded.metadata.name, "filter_sha256": loaded.metadata.weights_sha256,
@@ -57,7 +66,7 @@ class PostFilterAdaptMethod(Method):
         outcome = MethodOutcome(steps=stats["steps"], resumed=stats["resumed_from"], train_seconds=seconds,
                                 details=details)
         if adaptation.blob is not None:
-            signal = FilterSignal(loaded, True, adaptation.blob, config.parameterisation, adaptation.planes)
+            signal = FilterSignal(loaded, True, adaptation.blob, stats["structure"], adaptation.planes)
             encoded = codec.encode(video, context.intra_period, postfilter=signal)
             outcome.candidates.append(context.candidate(encoded, None, "sent", len(adaptation.blob)))
         generic_encoded = codec.encode(video, context.intra_period, postfilter=FilterSignal(loaded, filtered=generic))

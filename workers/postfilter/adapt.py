@@ -1,19 +1,27 @@
 """Adapting the post-filter to one (video, codec, CRF): train or solve an update, code it, decide if it pays.
 
     originals, decoded (uint8 4:2:0 planes per frame)
-        |  scale-bias / lora: Adam on random crops, loss = lambda * wMSE + weight bits / sequence pixels,
+        |  scale-bias / lora: Adam on random crops, loss = lambda * weighted MSE + weight bits / sequence pixels,
         |      grid-quantized with straight-through gradients; the best state by measured RD cost is kept
-        |  last-layer: least squares for the tail conv on this video's features, ridge picked by RD cost
-        |  cross-linear: least squares for L in base(x) + L(x - 0.5) on every frame, ridge x grid by RD cost
+        |  last-layer: least squares for the tail conv on this video's features
+        |  cross-linear: least squares for L in base(x) + L(x - 0.5) on every frame, L's 4 luma rows free or
+        |      tied to one 5x5 luma kernel (cross-linear-tied); structure x taps x ridge x prior by RD cost
         v
     grid indices --encode_update--> blob --rebuild_filter (what the decoder runs)--> adapted filter
         v
-    decide: none | generic | adapted by  lambda * wMSE(sequence) + 8 * blob bytes / pixels
+    decide: none | generic | adapted by  lambda * distortion(sequence) + 8 * blob bytes / pixels
 
-wMSE is (6 MSE_Y + MSE_U + MSE_V) / 8 in 8-bit code values squared (the weights of PSNR-YUV). lambda is
-what the caller passes, preferably :func:`local_slope_lambda` (the slope of this video's own ``none`` curve
-at CRF -/+ 3: two extra encodes; it is the trade-off BD-rate measures), else the codec's QP-lambda relation
-with QP ~ CRF (:func:`codec_lambda`), which overstated the slope 2-6x on eval-dev.
+The RD measure (FilterAdaptConfig.rd_measure, used when the caller gives the stream's size and no lambda):
+psnr-yuv prices PSNR-YUV, the metric BD-rate integrates, at log_rate_per_db x the stream's bits per pixel per
+dB (BD-rate's log rate: d ln R / d PSNR-YUV is 0.16-0.34 on every x264 CRF step of eval-dev); the
+solve uses its first-order form, a weighted MSE whose plane weights are w_p 10 / (ln 10 MSE_p)
+(:func:`psnr_rd_weights`), the decision the measured PSNR-YUV. Why: wMSE = (6 MSE_Y + MSE_U + MSE_V) / 8 is
+not what PSNR-YUV averages (it averages the planes in dB), so in wMSE a chroma gain counts MSE_Y / MSE_C times
+less than in the metric; and the QP-lambda relation (:func:`codec_lambda`) was 2-6x the slope of each video's
+own ``none`` curve (:func:`local_slope_lambda`, two extra encodes). wmse: lambda * wMSE with the lambda given,
+else the QP relation. On foreman and carphone (x264, CRFs 22..51) psnr-yuv gave -2.97% / -2.93% BD-rate against
+-2.04% / -2.38% for wmse at the QP relation, same solver (benchmarks/RESULTS.md, sections postfilter-adapt and
+postfilter-adapt-wmse).
 
 Deterministic: every random choice of step s comes from a generator seeded with (seed, s); the state
 (coded tensors, Adam moments, best state, counters) is checkpointed atomically with workers/adapt/state.py,
@@ -23,6 +31,7 @@ so a resumed run ends with the same bytes as an uninterrupted one (same machine 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -37,7 +46,7 @@ from torch.func import functional_call
 from torch.nn import functional as F
 
 from schemas.adapt import WeightPrior
-from workers.adapt.prior import grid_indices, ideal_bits, quantize_ste, weight_bits
+from workers.adapt.prior import coding_probabilities, grid_indices, quantize_ste, weight_bits
 from workers.adapt.state import load_state, optimizer_tensors, restore_optimizer, save_state
 from workers.metrics import psnr_yuv
 from workers.postfilter.network import INPUT_PLANES, PostFilter, filter_planes
@@ -56,7 +65,9 @@ DEFAULT_PRIORS = {
     "lora": WeightPrior(grid=0.004, slab_std=0.05),
     "last-layer": WeightPrior(grid=0.002, slab_std=0.05),
     "cross-linear": WeightPrior(grid=0.004, slab_std=0.05),  # grids 0.002..0.016: foreman CRF 37 picked <= 0.008 of 0.001..0.008
+    "cross-linear-tied": WeightPrior(grid=0.004, slab_std=0.05),
 }
+LEAST_SQUARES = ("last-layer", "cross-linear", "cross-linear-tied")  # solved in closed form, not trained
 
 
 class UpdateTraining(BaseModel):
@@ -93,6 +104,18 @@ class FilterAdaptConfig(BaseModel):
     slab_scales: tuple[float, ...] = Field((0.5, 1.0, 2.0), min_length=1, description=(
         "last-layer, cross-linear: multiples of the prior's slab std tried (the payload carries the chosen one); "
         "foreman x264 CRF 42 cross-linear: 211 bytes with (0.25 .. 4) instead of 225 with (1,)"))
+    spike_weights: tuple[float, ...] = Field((0.3, 3.0, 30.0, 1000.0), min_length=1, description=(
+        "last-layer, cross-linear: the prior's alpha (spike weight against the slab) tried; the payload carries the "
+        "chosen one. A non-zero index costs about log2(1 + alpha) bits more than under the slab alone, so a dense "
+        "least-squares solution wants a small alpha and a sparse one a large alpha"))
+    rd_measure: Literal["psnr-yuv", "wmse"] = Field("psnr-yuv", description=(
+        "the distortion the RD cost weighs when the caller gives the stream's size and no lambda: psnr-yuv, "
+        "lambda = log_rate_per_db * the stream's bpp per dB of PSNR-YUV (what BD-rate trades: its log rate against "
+        "PSNR-YUV, which averages the planes in dB, so a chroma MSE gain counts MSE_Y / MSE_U times more than in "
+        "wMSE); wmse: the QP-lambda relation on wMSE"))
+    log_rate_per_db: float = Field(0.2, gt=0, description=(
+        "psnr-yuv: d ln(rate) / d PSNR-YUV of the codec's own curve; 0.16-0.25 on every x264 CRF step 22..51 of "
+        "foreman, carphone and mobile, 0.24-0.34 on calendar (benchmarks/RESULTS.md, section postfilter-adapt)"))
     send_update: Literal["if-better", "always"] = "if-better"
     seed: int = Field(0, ge=0)
 
@@ -178,14 +201,20 @@ def _tensor(plane: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(plane)).float().div(255.0)[None, None]
 
 
-def weighted_mse(output: Sequence[torch.Tensor], target: Sequence[torch.Tensor]) -> torch.Tensor:
-    """(6 MSE_Y + MSE_U + MSE_V) / 8 in code values^2 of float planes in [0, 1] (any batch shape)."""
-    return sum(w * torch.mean((o - t) ** 2) for w, o, t in zip(PLANE_WEIGHTS, output, target)) * 255.0**2
+def weighted_mse(output: Sequence[torch.Tensor], target: Sequence[torch.Tensor],
+                 weights: Sequence[float] = PLANE_WEIGHTS) -> torch.Tensor:
+    """(6 MSE_Y + MSE_U + MSE_V) / 8 (or other plane ``weights``) in code values^2 of float planes in [0, 1]."""
+    return sum(w * torch.mean((o - t) ** 2) for w, o, t in zip(weights, output, target)) * 255.0**2
 
 
-def planes_wmse(a: Planes, b: Planes) -> float:
+def plane_mses(a: Planes, b: Planes) -> tuple[float, float, float]:
+    """MSE of each plane (Y, U, V) of two uint8 frames, float64 code values^2."""
+    return tuple(float(np.mean((x.astype(np.float64) - y.astype(np.float64)) ** 2)) for x, y in zip(a, b))
+
+
+def planes_wmse(a: Planes, b: Planes, weights: Sequence[float] = PLANE_WEIGHTS) -> float:
     """wMSE of two uint8 frames, float64."""
-    return sum(w * float(np.mean((x.astype(np.float64) - y.astype(np.float64)) ** 2)) for w, x, y in zip(PLANE_WEIGHTS, a, b))
+    return sum(w * m for w, m in zip(weights, plane_mses(a, b)))
 
 
 def _crop(planes: Planes, top: int, left: int, height: int, width: int) -> list[torch.Tensor]:
@@ -236,8 +265,8 @@ def mean_psnr_yuv(originals: Sequence[Planes], frames: Sequence[Planes]) -> floa
     return sum(psnr_yuv(o, f) for o, f in zip(originals, frames)) / len(frames)
 
 
-def mean_wmse(originals: Sequence[Planes], frames: Sequence[Planes]) -> float:
-    return sum(planes_wmse(o, f) for o, f in zip(originals, frames)) / len(frames)
+def mean_wmse(originals: Sequence[Planes], frames: Sequence[Planes], weights: Sequence[float] = PLANE_WEIGHTS) -> float:
+    return sum(planes_wmse(o, f, weights) for o, f in zip(originals, frames)) / len(frames)
 
 
 # ------------------------------------------------------------------ one unit of work
@@ -254,7 +283,9 @@ class _Unit:
     config: FilterAdaptConfig
     lmbda: float
     chosen_prior: WeightPrior | None = None  # last-layer, cross-linear: the grid the solve picked
+    chosen_structure: UpdateStructure | None = None  # cross-linear: untied or tied, as the solve picked
     generic: Sequence[Planes] | None = None  # the base filter's output on ``decoded`` (cross-linear's target)
+    plane_weights: tuple[float, float, float] = PLANE_WEIGHTS  # of the planes' MSEs in the distortion (psnr_rd_weights)
 
     @property
     def pixels(self) -> int:
@@ -264,6 +295,10 @@ class _Unit:
     @property
     def prior(self) -> WeightPrior:
         return self.chosen_prior or self.config.coding_prior()
+
+    @property
+    def structure(self) -> UpdateStructure:
+        return self.chosen_structure or self.config.structure()
 
 
 def _base_model(base) -> PostFilter:
@@ -302,7 +337,7 @@ def update_blob(unit: _Unit, update) -> bytes | None:
     indices = {name: grid_indices(value, unit.prior.grid) for name, value in update.coded.items()}
     if all(int(k.abs().max()) == 0 for k in indices.values()):
         return None
-    return encode_update(CodedUpdate(unit.config.structure(), unit.prior, indices), unit.base_sha256)
+    return encode_update(CodedUpdate(unit.structure, unit.prior, indices), unit.base_sha256)
 
 
 def measured_cost(unit: _Unit, update, frames: Sequence[int]) -> tuple[float, int]:
@@ -311,7 +346,7 @@ def measured_cost(unit: _Unit, update, frames: Sequence[int]) -> tuple[float, in
     blob = update_blob(unit, update)
     model = unit.base if blob is None else rebuild_filter(unit.base, unit.base_sha256, blob)
     filtered = filter_all(model, [unit.decoded[i] for i in frames], unit.crf, unit.codec)
-    wmse = mean_wmse([unit.originals[i] for i in frames], filtered)
+    wmse = mean_wmse([unit.originals[i] for i in frames], filtered, unit.plane_weights)
     size = 0 if blob is None else len(blob)
     return unit.lmbda * wmse + 8.0 * size / unit.pixels, size
 
@@ -321,7 +356,7 @@ def training_loss(unit: _Unit, update, targets, inputs) -> tuple[torch.Tensor, t
     the RD cost divided by lambda (Adam's epsilon then compares with gradients of code values^2)."""
     quantized = {name: quantize_ste(value, unit.prior.grid) for name, value in update.coded.items()}
     out = functional_call(unit.base, update.weights(quantized), (*inputs, unit.crf, unit.codec))
-    wmse = weighted_mse(out, targets)
+    wmse = weighted_mse(out, targets, unit.plane_weights)
     bits = sum(weight_bits(unit.prior, value) for value in update.coded.values())
     return wmse + bits / (unit.lmbda * unit.pixels), wmse, bits
 
@@ -335,7 +370,8 @@ class _Progress:
     best_step: int = 0
     best_bytes: int = 0
     resumed_from: int = 0
-    prior: dict | None = None  # last-layer: the chosen prior (JSON)
+    prior: dict | None = None  # last-layer, cross-linear: the chosen prior (JSON)
+    structure: str | None = None  # last-layer, cross-linear: the chosen structure
 
 
 def _restore(update, optimizer, state_path: Path | None, config_json: str) -> tuple[_Progress, dict]:
@@ -457,31 +493,18 @@ def linear_statistics(unit: _Unit, frames: Sequence[int]) -> tuple[torch.Tensor,
     return gram, cross, positions
 
 
-def _channel_weights() -> torch.Tensor:
-    """wMSE weight of each of the 6 working channels: Y's 6/8 shared by its 4 phases, U and V 1/8."""
-    return torch.tensor([PLANE_WEIGHTS[0] / 4] * 4 + [PLANE_WEIGHTS[1], PLANE_WEIGHTS[2]], dtype=torch.float64)
-
-
-def _rows_that_pay(unit: _Unit, prior: WeightPrior, k: torch.Tensor, gram: torch.Tensor, cross: torch.Tensor,
-                   channel_scales: torch.Tensor) -> torch.Tensor:
-    """``k`` (6, D) with the rows (output channels) zeroed whose own predicted distortion change plus ideal bits
-    is not negative. Why per channel: PSNR-YUV averages the planes in dB while the RD cost weighs MSE, so a
-    joint solution may trade a worse plane for a better one and lower wMSE yet lower PSNR-YUV (foreman x264
-    CRF 22 did, -0.015 dB at 611 bytes); with every kept channel paying alone no plane gets worse."""
-    q = k.to(torch.float64) * prior.grid
-    bound = max(1, int(k.abs().max()))
-    keep = torch.tensor([bool(k[c].any()) and float(channel_scales[c] * (q[c] @ gram @ q[c] - 2 * q[c] @ cross[:, c]))
-                         + ideal_bits(prior, k[c], bound) / unit.pixels < 0 for c in range(k.shape[0])])
-    return k * keep[:, None]
+def _channel_weights(weights: Sequence[float] = PLANE_WEIGHTS) -> torch.Tensor:
+    """Distortion weight of each of the 6 working channels: Y's weight shared by its 4 phases, then U and V."""
+    return torch.tensor([weights[0] / 4] * 4 + [weights[1], weights[2]], dtype=torch.float64)
 
 
 def tap_masks(parameterisation: str, dim: int) -> dict[str, torch.Tensor]:
-    """Which taps (columns of the (6, D) solution) each output channel may use, by name. The cross-linear
-    filter also tries sparser patterns, coded as exact zeros (a zero costs a fraction of a bit under the
-    spike), so fewer coefficients need no other payload: luma phases from luma taps only (36 + bias), and
-    in addition each chroma plane from luma and its own taps (45 + bias)."""
+    """Which taps (columns of the (6, D) [weight | bias] rows of L or of the tail) each output channel may use,
+    by name. The cross-linear filters also try sparser patterns, coded as exact zeros (a zero costs a fraction
+    of a bit under the spike), so fewer coefficients need no other payload: luma phases from luma taps only
+    (36 + bias), and in addition each chroma plane from luma and its own taps (45 + bias)."""
     every = torch.ones(6, dim, dtype=torch.bool)
-    if parameterisation != "cross-linear":
+    if not parameterisation.startswith("cross-linear"):
         return {"all": every}
     luma_only = every.clone()
     luma_only[:4, 36:54] = False
@@ -491,96 +514,195 @@ def tap_masks(parameterisation: str, dim: int) -> dict[str, torch.Tensor]:
     return {"all": every, "luma-from-luma": luma_only, "luma-from-luma,chroma-from-own": own_chroma}
 
 
-def ridge_solution(gram: torch.Tensor, cross: torch.Tensor, scales: torch.Tensor, rho: float,
-                    mask: torch.Tensor) -> torch.Tensor:
-    """(6, D) float64: per channel c, (s_c G_m + mu_c I)^-1 s_c H_m,c on the taps m = mask[c] (zero elsewhere),
-    mu_c = rho trace(s_c G_m) / |m|."""
-    delta = torch.zeros(mask.shape, dtype=torch.float64)
-    for c, s in enumerate(scales):
-        taps = mask[c].nonzero().flatten()
-        a = s * gram[taps][:, taps]
+@dataclass
+class LinearSystem:
+    """The RD cost's distortion term as a quadratic in the flat coded numbers q of one structure (its tap map):
+    lambda * change of wMSE = q^T A q - 2 q^T b, A = sum_c s_c M_c^T G M_c, b = sum_c s_c M_c^T H_c, where M_c is
+    the one-hot (D, n) matrix of row c's tap map and s_c = lambda w_c 255^2 / positions (w_c: :func:`_channel_weights`).
+    ``groups``: the coded numbers of each set of rows that share numbers (each row alone, the tied luma rows
+    together); they are solved, and kept or dropped, together. float64."""
+
+    structure: str
+    table: torch.Tensor  # (6, D) int64 tap map
+    a: torch.Tensor  # (n, n)
+    b: torch.Tensor  # (n,)
+    groups: list[torch.Tensor]  # int64 indices into q
+
+    @classmethod
+    def build(cls, structure: str, table: torch.Tensor, gram: torch.Tensor, cross: torch.Tensor,
+              scales: torch.Tensor) -> "LinearSystem":
+        count = int(table.max()) + 1
+        a, b = torch.zeros(count, count, dtype=torch.float64), torch.zeros(count, dtype=torch.float64)
+        for c, s in enumerate(scales):
+            used = (table[c] >= 0).nonzero().flatten()
+            m = torch.zeros(len(table[c]), count, dtype=torch.float64)
+            m[used, table[c, used]] = 1.0
+            a += s * (m.t() @ gram @ m)
+            b += s * (m.t() @ cross[:, c])
+        return cls(structure, table, a, b, _row_groups(table))
+
+    def allowed(self, mask: torch.Tensor) -> torch.Tensor:
+        """(n,) bool: the coded numbers every one of whose taps the (6, D) ``mask`` allows."""
+        ok = torch.ones(self.a.shape[0], dtype=torch.bool)
+        ok[self.table[(self.table >= 0) & ~mask]] = False
+        return ok
+
+    def distortion(self, q: torch.Tensor) -> float:
+        return float(q @ self.a @ q - 2 * q @ self.b)
+
+
+def _row_groups(table: torch.Tensor) -> list[torch.Tensor]:
+    """Coded-number sets of the rows of ``table``, rows that share a number merged (in row order)."""
+    groups: list[set] = []
+    for row in table:
+        numbers = set(row[row >= 0].tolist())
+        for group in [g for g in groups if g & numbers]:
+            numbers |= group
+            groups.remove(group)
+        groups.append(numbers)
+    return [torch.tensor(sorted(g), dtype=torch.int64) for g in groups]
+
+
+def ridge_solution(system: LinearSystem, rho: float, allowed: torch.Tensor) -> torch.Tensor:
+    """(n,) float64: per group, (A_g + mu_g I)^-1 b_g on its allowed numbers (zero elsewhere), mu_g = rho
+    trace(A_g) / |g|: the ridge stands in for the prior's rate."""
+    q = torch.zeros(system.a.shape[0], dtype=torch.float64)
+    for group in system.groups:
+        taps = group[allowed[group]]
+        if len(taps) == 0:
+            continue
+        a = system.a[taps][:, taps]
         a = a + rho * float(torch.trace(a)) / len(taps) * torch.eye(len(taps), dtype=torch.float64)
-        delta[c, taps] = torch.linalg.solve(a, s * cross[taps, c])
-    return delta
+        q[taps] = torch.linalg.solve(a, system.b[taps])
+    return q
 
 
-def solve_last_layer(unit: _Unit, gram: torch.Tensor, cross: torch.Tensor, positions: int) -> tuple[torch.Tensor, dict]:
-    """The quantized (6, D) [weight | bias] delta (last-layer) or filter (cross-linear) minimising the predicted
-    RD cost.
-
-    For each tap mask (:func:`tap_masks`) and ridge strength rho: d_c = (A_c + mu_c I)^-1 b_c with A_c =
-    lambda w_c G / N and b_c = lambda w_c H_c / N (the RD cost's quadratic distortion term, in the same
-    units) on the allowed taps; the ridge stands in for the prior's rate. Each candidate is rounded on each
-    grid (the prior's grid times ``grid_scales``, slab times ``slab_scales``; the payload carries the chosen
-    prior), channels that do not pay alone are zeroed, and it is scored exactly on the normal equations
-    (lambda * wMSE change) plus its ideal bits and the payload's fixed bytes / pixels; the zero update scores 0."""
-    base_prior = unit.config.coding_prior()
-    scales = _channel_weights() * unit.lmbda * 255.0**2 / positions
-    best, best_cost, best_prior, scores = torch.zeros(6, gram.shape[0], dtype=torch.int64), 0.0, base_prior, {}
-    for mask_name, mask in tap_masks(unit.config.parameterisation, gram.shape[0]).items():
-        for rho in unit.config.ridge:
-            delta = ridge_solution(gram, cross, scales, rho, mask)
-            for grid_scale in unit.config.grid_scales:
-                for slab_scale in unit.config.slab_scales:
-                    prior = transmitted_prior(WeightPrior(
-                        grid=base_prior.grid * grid_scale, slab_std=base_prior.slab_std * slab_scale,
-                        spike_std=base_prior.spike * grid_scale, alpha=base_prior.alpha))
-                    k = torch.round(delta / prior.grid).clamp(-(1 << 15), 1 << 15).to(torch.int64)
-                    k = _rows_that_pay(unit, prior, k, gram, cross, scales)
-                    q = k.to(torch.float64) * prior.grid
-                    distortion = float(sum(s * (q[c] @ gram @ q[c] - 2 * q[c] @ cross[:, c]) for c, s in enumerate(scales)))
-                    bits = ideal_bits(prior, k, max(1, int(k.abs().max()))) + 8 * FIXED_BYTES
-                    cost = distortion + bits / unit.pixels if bool(k.any()) else 0.0
-                    scores[f"{mask_name}:{rho:g}x{grid_scale:g}x{slab_scale:g}"] = cost
-                    if cost < best_cost:
-                        best, best_cost, best_prior = k, cost, prior
-    return best, {"predicted_cost_change": best_cost, "scores": scores, "prior": best_prior.model_dump()}
+def _index_bits(prior: WeightPrior, k: torch.Tensor) -> torch.Tensor:
+    """(n,) float64 bits of every index of ``k`` under the table the coder would use for ``k`` (bound max |k|)."""
+    bound = max(1, int(k.abs().max()))
+    return torch.from_numpy(-np.log2(coding_probabilities(prior, bound)))[k + bound]
 
 
-def fit_last_layer(unit: _Unit, update, state_path: Path | None, config_json: str,
-                   log: Callable[[dict], None] | None = None) -> _Progress:
-    """Set ``update.coded`` (LastLayerUpdate or CrossLinearUpdate) by :func:`solve_last_layer` on the normal
-    equations of :func:`tail_statistics` or :func:`linear_statistics`; the result is checkpointed, so a
-    resumed unit does not solve again."""
-    progress, best = _restore(update, None, state_path, config_json)
-    if not best:
-        if isinstance(update, CrossLinearUpdate):
-            statistics = linear_statistics(unit, range(len(unit.decoded)))
-        else:
-            statistics = tail_statistics(unit, evenly_spaced(len(unit.decoded), unit.config.least_squares_frames))
-        k, info = solve_last_layer(unit, *statistics)
-        progress.prior = info["prior"]
-        unit.chosen_prior = WeightPrior(**progress.prior)
-        values = k.to(torch.float32) * unit.prior.grid
-        if isinstance(update, CrossLinearUpdate):
-            best = update.from_solution(values)
-        else:
-            weight, bias = update.base["tail.weight"], update.base["tail.bias"]
-            best = {"tail__weight__delta": values[:, :-1].reshape(weight.shape).contiguous(),
-                    "tail__bias__delta": values[:, -1].reshape(bias.shape).contiguous()}
-        progress.step, progress.best_cost = 1, info["predicted_cost_change"]
-        with torch.no_grad():
-            for name, p in update.coded.items():
-                p.copy_(best[name])
-        _save(update, None, best, progress, state_path, config_json)
+def _groups_that_pay(unit: _Unit, prior: WeightPrior, k: torch.Tensor, system: LinearSystem) -> torch.Tensor:
+    """``k`` with the groups (rows, or tied rows) zeroed whose own predicted distortion change plus bits is not
+    negative. Why per group: PSNR-YUV averages the planes in dB while the RD cost weighs MSE, so a joint
+    solution may trade a worse plane for a better one and lower wMSE yet lower PSNR-YUV (foreman x264 CRF 22
+    did, -0.015 dB at 611 bytes); with every kept group paying alone no plane gets worse. Groups share no
+    coded number, so A is block-diagonal over them and each group's change is its own block's."""
+    bits = _index_bits(prior, k)
+    q = k.to(torch.float64) * prior.grid
+    kept = k.clone()
+    for group in system.groups:
+        if not bool(k[group].any()):
+            continue
+        qg = q[group]
+        change = float(qg @ system.a[group][:, group] @ qg - 2 * qg @ system.b[group])
+        if change + float(bits[group].sum()) / unit.pixels >= 0:
+            kept[group] = 0
+    return kept
+
+
+def candidate_priors(unit: _Unit) -> list[WeightPrior]:
+    """The priors the solve tries: the config's grid x grid_scales (spike scaled alike), slab x slab_scales, and
+    every alpha of spike_weights; as transmitted (float32), since the payload carries the chosen one."""
+    base = unit.config.coding_prior()
+    return [transmitted_prior(WeightPrior(grid=base.grid * g, slab_std=base.slab_std * s, spike_std=base.spike * g,
+                                          alpha=alpha))
+            for g, s, alpha in itertools.product(unit.config.grid_scales, unit.config.slab_scales,
+                                                 unit.config.spike_weights)]
+
+
+def solve_least_squares(unit: _Unit, systems: Sequence[LinearSystem]) -> tuple[str, torch.Tensor, dict]:
+    """(structure, flat grid indices, info) minimising the predicted RD cost over ``systems`` (one per structure
+    the parameterisation allows), their tap masks (:func:`tap_masks`), ridge strengths and priors
+    (:func:`candidate_priors`): each ridge solution is rounded on each grid, groups that do not pay alone are
+    zeroed, and it is scored exactly on the normal equations plus its ideal bits and the payload's fixed bytes
+    per pixel. The zero update scores 0 (then the structure is the first one)."""
+    best = (systems[0].structure, torch.zeros(systems[0].a.shape[0], dtype=torch.int64), 0.0, unit.config.coding_prior())
+    scores, priors = {}, candidate_priors(unit)
+    for system in systems:
+        for mask_name, mask in tap_masks(system.structure, system.table.shape[1]).items():
+            allowed = system.allowed(mask)
+            for rho in unit.config.ridge:
+                solution = ridge_solution(system, rho, allowed)
+                for prior in priors:
+                    k = torch.round(solution / prior.grid).clamp(-(1 << 15), 1 << 15).to(torch.int64)
+                    k = _groups_that_pay(unit, prior, k, system)
+                    if not bool(k.any()):
+                        continue
+                    bits = float(_index_bits(prior, k).sum()) + 8 * FIXED_BYTES
+                    cost = system.distortion(k.to(torch.float64) * prior.grid) + bits / unit.pixels
+                    scores[f"{system.structure}:{mask_name}:{rho:g}:{prior.grid:g}x{prior.slab_std:g}x{prior.alpha:g}"] = cost
+                    if cost < best[2]:
+                        best = (system.structure, k, cost, prior)
+    structure, k, cost, prior = best
+    return structure, k, {"structure": structure, "predicted_cost_change": cost, "prior": prior.model_dump(),
+                          "scores": scores}
+
+
+def least_squares_structures(parameterisation: str) -> list[str]:
+    """The structures a least-squares parameterisation chooses among per unit: cross-linear also tries its tied
+    form (fewer numbers, a little less gain: it wins where bytes weigh most)."""
+    return ["cross-linear", "cross-linear-tied"] if parameterisation == "cross-linear" else [parameterisation]
+
+
+def _split_coded(update, flat: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Flat coded numbers (coding order) -> the update's coded tensors."""
+    out, offset = {}, 0
+    for name, p in update.coded.items():
+        out[name] = flat[offset: offset + p.numel()].reshape(p.shape).contiguous()
+        offset += p.numel()
+    return out
+
+
+def fit_least_squares(unit: _Unit, state_path: Path | None, config_json: str,
+                      log: Callable[[dict], None] | None = None) -> tuple[_Progress, object]:
+    """(progress, update) for last-layer and the cross-linear parameterisations: the update of the structure
+    :func:`solve_least_squares` picked on the normal equations of :func:`tail_statistics` or
+    :func:`linear_statistics`, holding the solved values (index * grid). The result (indices, structure, prior)
+    is checkpointed, so a resumed unit does not solve again."""
+    saved = None if state_path is None else load_state(state_path, config_json)
+    if saved is not None:
+        tensors, info = saved
+        progress = _Progress(info["step"], info["best_cost"], resumed_from=info["step"], prior=info["prior"],
+                             structure=info["structure"])
+        indices = tensors["best.indices"]
+    else:
+        linear = unit.config.parameterisation.startswith("cross-linear")
+        gram, cross, positions = (linear_statistics(unit, range(len(unit.decoded))) if linear else
+                                  tail_statistics(unit, evenly_spaced(len(unit.decoded), unit.config.least_squares_frames)))
+        scales = _channel_weights(unit.plane_weights) * unit.lmbda * 255.0**2 / positions
+        systems = [LinearSystem.build(name, make_filter_update(unit.base, UpdateStructure(name)).tap_map(), gram, cross,
+                                      scales) for name in least_squares_structures(unit.config.parameterisation)]
+        structure, indices, info = solve_least_squares(unit, systems)
+        progress = _Progress(1, info["predicted_cost_change"], prior=info["prior"], structure=structure)
+        if state_path is not None:
+            save_state(state_path, {"best.indices": indices}, {"config": config_json, "step": 1, "best_cost": progress.best_cost,
+                                                               "prior": progress.prior, "structure": structure})
         if log is not None:
             log({"step": 1, **info})
-    unit.chosen_prior = WeightPrior(**progress.prior)
+    unit.chosen_prior, unit.chosen_structure = WeightPrior(**progress.prior), UpdateStructure(progress.structure)
+    update = make_filter_update(unit.base, unit.chosen_structure)
     with torch.no_grad():
-        for name, p in update.coded.items():
-            p.copy_(best[name])
-    return progress
+        for name, value in _split_coded(update, indices.to(torch.float32) * unit.prior.grid).items():
+            update.coded[name].copy_(value)
+    return progress, update
 
 
 # ------------------------------------------------------------------ decision and the public entry point
 def decide(originals: Sequence[Planes], decoded: Sequence[Planes], generic: Sequence[Planes],
            adapted: Sequence[Planes] | None, blob_bytes: int, lmbda: float, lambda_source: str,
-           send_update: str = "if-better") -> FilterDecision:
+           send_update: str = "if-better", psnr_rd: bool = False) -> FilterDecision:
     """The cheapest of no filter, the generic filter and the adapted one (its blob bytes counted), by
-    lambda * wMSE + 8 * extra bytes / pixels on the whole sequence; ties go to the simpler choice."""
+    lambda * wMSE + 8 * extra bytes / pixels on the whole sequence, or with ``psnr_rd`` by
+    8 * extra bytes / pixels - lambda * PSNR-YUV (lambda in bits per pixel per dB); ties go to the simpler choice."""
     pixels = int(decoded[0][0].size) * len(decoded)
-    cost_none, cost_generic = lmbda * mean_wmse(originals, decoded), lmbda * mean_wmse(originals, generic)
-    cost_adapted = None if adapted is None else lmbda * mean_wmse(originals, adapted) + 8.0 * blob_bytes / pixels
+    if psnr_rd:
+        distortion = lambda frames: -lmbda * mean_psnr_yuv(originals, frames)  # noqa: E731
+    else:
+        distortion = lambda frames: lmbda * mean_wmse(originals, frames)  # noqa: E731
+    cost_none, cost_generic = distortion(decoded), distortion(generic)
+    cost_adapted = None if adapted is None else distortion(adapted) + 8.0 * blob_bytes / pixels
     label = "none" if cost_none <= cost_generic else "generic"
     if cost_adapted is not None and (send_update == "always" or cost_adapted < min(cost_none, cost_generic)):
         label = "adapted"
@@ -613,10 +735,23 @@ def unit_fingerprint(originals: Sequence[Planes], decoded: Sequence[Planes]) -> 
     return digest.hexdigest()[:16]
 
 
+def psnr_rd_weights(originals: Sequence[Planes], generic: Sequence[Planes], config: FilterAdaptConfig,
+                    stream_bytes: int) -> tuple[float, tuple[float, float, float]]:
+    """(lambda in bits per pixel per dB, plane weights) of the psnr-yuv RD measure: the change of PSNR-YUV (a mean
+    over frames f), (10 / ln 10) mean_f sum_p w_p dMSE_pf / MSE_pf to first order (w = 6/8, 1/8, 1/8; MSE_pf of
+    the generic filter's output), is for a change spread evenly over the frames a weighted MSE with weights
+    w_p 10 mean_f(1 / MSE_pf) / ln 10, and a dB is worth log_rate_per_db times the stream's bits per pixel
+    (BD-rate's log rate)."""
+    pixels = int(generic[0][0].size) * len(generic)
+    inverse = np.mean([[1.0 / max(m, 1e-2) for m in plane_mses(o, g)] for o, g in zip(originals, generic)], axis=0)
+    weights = tuple(float(w * 10.0 * i / np.log(10.0)) for w, i in zip(PLANE_WEIGHTS, inverse))
+    return config.log_rate_per_db * 8.0 * stream_bytes / pixels, weights
+
+
 def adapt_filter(base, base_sha256: str, originals: Sequence[Planes], decoded: Sequence[Planes], crf: float,
                  codec: str, config: FilterAdaptConfig = FilterAdaptConfig(), checkpoint_dir: str | Path | None = None,
                  log: Callable[[dict], None] | None = None, lmbda: float | None = None,
-                 generic_planes: Sequence[Planes] | None = None) -> FilterAdaptation:
+                 generic_planes: Sequence[Planes] | None = None, stream_bytes: int | None = None) -> FilterAdaptation:
     """Adapt the base filter (a PostFilter or a loaded filter with ``.model``, weights hashing to
     ``base_sha256``) to this (video, codec, CRF) and decide what to send (module docstring).
 
@@ -624,32 +759,44 @@ def adapt_filter(base, base_sha256: str, originals: Sequence[Planes], decoded: S
     per pixel, default :func:`codec_lambda`. ``checkpoint_dir``: where the resumable state lives (None: no
     checkpoints). The returned planes are what ``rebuild_filter`` + ``filter_planes`` give a decoder for
     the decision (the decoded frames for 'none'), byte for byte. ``generic_planes``: the base filter's
-    output on ``decoded`` if the caller has it already (saves a pass when comparing parameterisations)."""
+    output on ``decoded`` if the caller has it already (saves a pass when comparing parameterisations).
+    ``stream_bytes``: the plain stream's size; with it, no ``lmbda`` and ``config.rd_measure`` psnr-yuv, the RD
+    cost is in PSNR-YUV (:func:`psnr_rd_weights`), else in wMSE."""
     _check_frames(originals, decoded)
     began = time.perf_counter()
-    lambda_source = "given" if lmbda is not None else f"qp-relation (QP = CRF {crf:g}, {codec})"
-    unit = _Unit(_frozen_copy(_base_model(base)), base_sha256, originals, decoded, float(crf), codec, config,
-                 codec_lambda(crf, codec) if lmbda is None else float(lmbda))
+    model = _frozen_copy(_base_model(base))
+    if generic_planes is None:
+        generic_planes = filter_all(model, decoded, float(crf), codec)
+    psnr_rd = lmbda is None and stream_bytes is not None and config.rd_measure == "psnr-yuv"
+    weights = PLANE_WEIGHTS
+    if psnr_rd:
+        lmbda, weights = psnr_rd_weights(originals, generic_planes, config, stream_bytes)
+        lambda_source = f"psnr-yuv ({config.log_rate_per_db:g} ln-rate per dB x {8.0 * stream_bytes / (decoded[0][0].size * len(decoded)):.4g} bpp)"
+    else:
+        lambda_source = "given" if lmbda is not None else f"qp-relation (QP = CRF {crf:g}, {codec})"
+    unit = _Unit(model, base_sha256, originals, decoded, float(crf), codec, config,
+                 codec_lambda(crf, codec) if lmbda is None else float(lmbda), plane_weights=weights)
     config_json = json.dumps({"config": config.model_dump(mode="json"), "crf": unit.crf, "codec": codec,
-                              "base": base_sha256, "lmbda": unit.lmbda, "frames": unit_fingerprint(originals, decoded)},
+                              "base": base_sha256, "lmbda": unit.lmbda, "weights": unit.plane_weights,
+                              "frames": unit_fingerprint(originals, decoded)},
                              sort_keys=True, separators=(",", ":"))
     state_path = None if checkpoint_dir is None else Path(checkpoint_dir) / f"postfilter-{config.parameterisation}.safetensors"
-    update = make_filter_update(unit.base, config.structure())
-    if generic_planes is None:
-        generic_planes = filter_all(unit.base, decoded, unit.crf, codec)
     unit.generic = generic_planes
-    fit = fit_last_layer if config.parameterisation in ("last-layer", "cross-linear") else train_update
     fit_began = time.perf_counter()  # adaptation time excludes the generic pass every choice needs
-    progress = fit(unit, update, state_path, config_json, log)
+    if config.parameterisation in LEAST_SQUARES:
+        progress, update = fit_least_squares(unit, state_path, config_json, log)
+    else:
+        update = make_filter_update(unit.base, config.structure())
+        progress = train_update(unit, update, state_path, config_json, log)
     fitted = time.perf_counter()
     blob = update_blob(unit, update)
     adapted = None if blob is None else rebuild_filter(unit.base, base_sha256, blob)  # exactly the decoder's
     adapted_planes = None if adapted is None else filter_all(adapted, decoded, unit.crf, codec)
     decision = decide(originals, decoded, generic_planes, adapted_planes, 0 if blob is None else len(blob),
-                      unit.lmbda, lambda_source, config.send_update)
+                      unit.lmbda, lambda_source, config.send_update, psnr_rd)
     planes = {"none": list(decoded), "generic": list(generic_planes), "adapted": adapted_planes}[decision.decision]
     frames = len(decoded)
-    stats = {"parameterisation": config.parameterisation, "steps": progress.step, "resumed_from": progress.resumed_from,
+    stats = {"parameterisation": config.parameterisation, "structure": unit.structure.parameterisation, "steps": progress.step, "resumed_from": progress.resumed_from,
              "best_step": progress.best_step, "update_bytes": 0 if blob is None else len(blob),
              "coded_numbers": sum(p.numel() for p in update.coded.values()),
              "nonzero_numbers": sum(int(grid_indices(p, unit.prior.grid).count_nonzero()) for p in update.coded.values()),

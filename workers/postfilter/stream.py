@@ -36,7 +36,8 @@ from workers.postfilter.update_payload import decode_update
 Planes = tuple[np.ndarray, np.ndarray, np.ndarray]
 # the wire id of each parameterisation's update: by hand, both registries assign the same numbers
 UPDATE_METHODS: dict[str, UpdateMethod] = {"scale-bias": UpdateMethod.SCALE_BIAS, "lora": UpdateMethod.LORA,
-                                           "last-layer": UpdateMethod.LAST_LAYER, "cross-linear": UpdateMethod.CROSS_LINEAR}
+                                           "last-layer": UpdateMethod.LAST_LAYER, "cross-linear": UpdateMethod.CROSS_LINEAR,
+                                           "cross-linear-tied": UpdateMethod.CROSS_LINEAR_TIED}
 assert all(PARAMETERISATION_IDS[name] == int(method) for name, method in UPDATE_METHODS.items())
 
 

@@ -17,6 +17,15 @@ evaluated. With every coded tensor zero, ``weights`` returns the base filter's p
                 6 -> 6 with bias on the decoded planes at chroma resolution (4 luma phases, U, V), so luma
                 guides chroma and vice versa; 6 x (54 + 1) = 330 numbers solved in closed form by least
                 squares against original - base output (it composes with any base; zero L = the base).
+    cross-linear-tied  the same L with its 4 luma rows tied: they are one 5x5 kernel on the full-resolution
+                luma (each phase row of L holds every offset -2..2 exactly once), one 3x3 filter per chroma
+                plane and one bias shared by the 4 phases; the chroma rows stay free. 25 + 18 + 1 + 2 x 55
+                = 154 numbers instead of 330: the 4 phase rows of a solved cross-linear L are near-identical
+                shifts of one kernel, so tying them keeps most of the gain at half the bytes.
+
+Both linear parameterisations expose ``tap_map()``: (6, 55) int64, for every [weight taps in unfold order |
+bias] entry of L the index into the flat concatenation of the coded tensors (-1: fixed zero); the
+least-squares solve (workers/postfilter/adapt.py) works on that flat vector.
 
 The payload identifies the parameterisation by a number assigned here by hand (never by dict order).
 """
@@ -33,9 +42,11 @@ from torch.nn import functional as F
 from workers.adapt.decoder_updates import DecoderUpdate, apply_update
 from workers.postfilter.network import INPUT_PLANES, PostFilter
 
-Parameterisation = Literal["scale-bias", "lora", "last-layer", "cross-linear"]
+Parameterisation = Literal["scale-bias", "lora", "last-layer", "cross-linear", "cross-linear-tied"]
 # payload ids, by hand: the next free number for a new one, never reused (schemas.side_info.UpdateMethod agrees)
-PARAMETERISATION_IDS: dict[str, int] = {"scale-bias": 1, "lora": 2, "last-layer": 3, "cross-linear": 4}
+PARAMETERISATION_IDS: dict[str, int] = {"scale-bias": 1, "lora": 2, "last-layer": 3, "cross-linear": 4,
+                                        "cross-linear-tied": 5}
+LINEAR_TAPS = INPUT_PLANES * 9 + 1  # one row of L: 6 planes x 3x3 taps (unfold order) and the bias
 
 
 @dataclass(frozen=True)
@@ -124,6 +135,9 @@ class LastLayerUpdate(DecoderUpdate):
     def weights(self, values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {name: base + values[_key(name, "delta")] for name, base in self.base.items()}
 
+    def tap_map(self) -> torch.Tensor:
+        return dense_tap_map(self.coded, "tail__weight__delta", "tail__bias__delta")
+
 
 class CrossLinearUpdate(DecoderUpdate):
     """The cross-component linear filter L added to the base output: weight (6, 6, 3, 3) and bias (6,), both
@@ -137,11 +151,73 @@ class CrossLinearUpdate(DecoderUpdate):
     def weights(self, values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {"weight": values["linear__weight"], "bias": values["linear__bias"]}
 
-    @staticmethod
-    def from_solution(solution: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Coded values from a solved (6, 55) [weight taps in unfold order | bias] matrix (float32)."""
-        return {"linear__weight": solution[:, :-1].reshape(INPUT_PLANES, INPUT_PLANES, 3, 3).contiguous(),
-                "linear__bias": solution[:, -1].contiguous()}
+    def tap_map(self) -> torch.Tensor:
+        return dense_tap_map(self.coded, "linear__weight", "linear__bias")
+
+
+def coded_offsets(coded: nn.ParameterDict) -> dict[str, int]:
+    """Where each coded tensor starts in the flat concatenation of the coded tensors, in coding order (the
+    ParameterDict's iteration order, which the payload follows)."""
+    offsets, offset = {}, 0
+    for name, p in coded.items():
+        offsets[name] = offset
+        offset += p.numel()
+    return offsets
+
+
+def dense_tap_map(coded: nn.ParameterDict, weight: str, bias: str) -> torch.Tensor:
+    """(rows, taps + 1) tap map of a dense [weight | bias] pair: entry (c, t < taps) is weight row c's tap t
+    (unfold order), the last column bias c; as flat coded numbers."""
+    offsets = coded_offsets(coded)
+    rows = coded[weight].shape[0]
+    taps = coded[weight][0].numel()
+    weights = offsets[weight] + torch.arange(rows * taps).reshape(rows, taps)
+    return torch.cat([weights, offsets[bias] + torch.arange(rows)[:, None]], dim=1)
+
+
+def tied_luma_tap_map(offsets: dict[str, int]) -> torch.Tensor:
+    """(6, 55) tap map of cross-linear-tied (module docstring), ``offsets`` from :func:`coded_offsets`: luma
+    offset (oy, ox) is luma__kernel[oy + 2, ox + 2]. Luma phase p = (py, px) reads input phase q = (qy, qx) at
+    chroma offset (dy, dx) from luma offset (2 dy + qy - py, 2 dx + qx - px); those outside -2..2 are zero."""
+    kernel, chroma, bias = offsets["luma__kernel"], offsets["luma__chroma"], offsets["luma__bias"]
+    table = torch.full((INPUT_PLANES, LINEAR_TAPS), -1, dtype=torch.int64)
+    for p in range(4):
+        py, px = divmod(p, 2)
+        for q in range(4):
+            qy, qx = divmod(q, 2)
+            for dy in range(3):
+                for dx in range(3):
+                    oy, ox = 2 * (dy - 1) + qy - py, 2 * (dx - 1) + qx - px
+                    if -2 <= oy <= 2 and -2 <= ox <= 2:
+                        table[p, 9 * q + 3 * dy + dx] = kernel + 5 * (oy + 2) + ox + 2
+        table[p, 36:54] = chroma + torch.arange(18)
+        table[p, 54] = bias
+    for row in range(2):
+        table[4 + row, :54] = offsets["chroma__weight"] + 54 * row + torch.arange(54)
+        table[4 + row, 54] = offsets["chroma__bias"] + row
+    return table
+
+
+class CrossLinearTiedUpdate(DecoderUpdate):
+    """cross-linear with the 4 luma rows tied (module docstring): coded luma__kernel (5, 5), luma__chroma
+    (2, 3, 3), luma__bias (1,), chroma__weight (2, 6, 3, 3), chroma__bias (2,), in this (coding) order."""
+
+    def __init__(self, model: PostFilter):
+        super().__init__()
+        shapes = {"luma__kernel": (5, 5), "luma__chroma": (2, 3, 3), "luma__bias": (1,),
+                  "chroma__weight": (2, INPUT_PLANES, 3, 3), "chroma__bias": (2,)}
+        self.coded = nn.ParameterDict({name: nn.Parameter(torch.zeros(shape)) for name, shape in shapes.items()})
+        self.table = tied_luma_tap_map(coded_offsets(self.coded))
+
+    def tap_map(self) -> torch.Tensor:
+        return self.table
+
+    def weights(self, values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """L's weight (6, 6, 3, 3) and bias (6,): copies of the coded numbers (exact), zero where unmapped."""
+        flat = torch.cat([values[name].reshape(-1) for name in self.coded] + [torch.zeros(1)])
+        full = flat[torch.where(self.table < 0, flat.numel() - 1, self.table)]
+        return {"weight": full[:, :-1].reshape(INPUT_PLANES, INPUT_PLANES, 3, 3).contiguous(),
+                "bias": full[:, -1].contiguous()}
 
 
 class CrossLinearFilter(nn.Module):
@@ -167,6 +243,8 @@ def make_filter_update(model: PostFilter, structure: UpdateStructure) -> Decoder
     """The zero update of ``structure`` for the base filter ``model`` (its tensors in coding order)."""
     if structure.parameterisation == "cross-linear":
         return CrossLinearUpdate(model)
+    if structure.parameterisation == "cross-linear-tied":
+        return CrossLinearTiedUpdate(model)
     if structure.parameterisation == "scale-bias":
         return ScaleBiasUpdate(model)
     if structure.parameterisation == "lora":
@@ -182,7 +260,7 @@ def coded_shapes(update: DecoderUpdate) -> dict[str, tuple[int, ...]]:
 def adapted_filter(base: PostFilter, update: DecoderUpdate, values: dict[str, torch.Tensor]) -> PostFilter:
     """A copy of ``base`` with the parameters ``values`` (coded tensor values, e.g. index * grid) produce;
     for cross-linear, ``base`` followed by the linear filter (same forward signature)."""
-    if isinstance(update, CrossLinearUpdate):
+    if isinstance(update, (CrossLinearUpdate, CrossLinearTiedUpdate)):
         weights = update.weights(values)
         return CrossLinearFilter(base, weights["weight"], weights["bias"]).eval()
     adapted = apply_update(base, update, values)  # typed for the neural codec; works on any nn.Module

@@ -11,7 +11,7 @@ The record (format 2; every integer little-endian)::
      6     2     threads  u16, torch intra-op threads of the filter run (1..4096)
      8     8     filter   first 8 bytes of the sha256 of the filter's weights (schemas.side_info.filter_id)
     only with flag bit 1:
-    16     1     method   u8, schemas.side_info.UpdateMethod (1 scale-bias, 2 lora, 3 last-layer, 4 cross-linear)
+    16     1     method   u8, schemas.side_info.UpdateMethod (1 scale-bias, 2 lora, 3 last-layer, 4 cross-linear, 5 cross-linear-tied)
     17     4     length   u32, update bytes (1..MAX_UPDATE_BYTES)
     21     n     update   the coded filter update
     always last:
