@@ -11,20 +11,24 @@ the encoder had may then differ in the last bit.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 
 from schemas.bitstream import BitstreamHeader
 from schemas.results import FrameTypeBits
-from workers.bitstream import FRAME_INTER, FRAME_INTRA, FrameChunk, pack, unpack
+from workers.bitstream import FRAME_INTER, FRAME_INTRA, FrameChunk, latents_escaped, pack, unpack
+from workers.codec.entropy_coding import gaussian_table
 from workers.codec.hyperprior import CodedLatent
 from workers.codec.ssf import EntropyTables, ScaleSpaceFlow, pad_frame, padded_size
 from workers.errors import BitstreamError
 from workers.limits import capped_threads
+
+LOG = logging.getLogger(__name__)
 
 
 @dataclass
@@ -70,6 +74,7 @@ def encode_sequence(model: ScaleSpaceFlow, tables: EntropyTables, frames: Iterab
             chunks.append(FrameChunk(FRAME_INTER, streams))
             bits.motion += 8 * (len(streams[0]) + len(streams[1]))
             bits.residual += 8 * (len(streams[2]) + len(streams[3]))
+        bits.escaped_latents += sum(tables.latents.escape_count(c.y_symbols, c.y_indexes) for c in coded.values())
         reconstruction.append(x_ref[0, :, : header.height, : header.width].clone())
         if keep_latents:
             latents.append(coded)
@@ -78,6 +83,9 @@ def encode_sequence(model: ScaleSpaceFlow, tables: EntropyTables, frames: Iterab
     assert x_ref is None or x_ref.shape[-2:] == padded
     data = pack(header, chunks)
     bits.container = 8 * len(data) - (bits.intra + bits.motion + bits.residual)
+    if bits.escaped_latents:
+        LOG.info("escape-coded %d latent symbols outside their table range (%d frames)", bits.escaped_latents,
+                 header.frame_count)
     return EncodedSequence(data, header, reconstruction, bits, latents)
 
 
@@ -87,6 +95,8 @@ def decode_sequence(data: bytes, model_for: Callable[[BitstreamHeader], tuple[Sc
     ``header.weights_sha256``) and its tables. Returns the header and the frames (3, H, W)."""
     header, chunks = unpack(data, source)
     model, tables = model_for(header)
+    if not latents_escaped(data):  # formats 2 and 3 clamped out-of-range latents; decode what they meant
+        tables = replace(tables, latents=gaussian_table(escapes=False))
     padded = padded_size(header.height, header.width)
     frames, x_ref = [], None
     with torch_threads(capped_threads(header.threads, torch.get_num_threads())):  # issue 11: never > cores

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from workers.codec.entropy_coding import FactorizedTable, gaussian_table
+from workers.codec.entropy_coding import FactorizedTable, GaussianTable, gaussian_table
 from workers.codec.entropy_models import EntropyBottleneck, GaussianConditional, round_ste
 from workers.codec.layers import conv, deconv, pad_to_multiple, qrelu
 
@@ -97,12 +97,12 @@ class Hyperprior(nn.Module):
 
     def match_coder(self, table: FactorizedTable, rate_noise: bool = False) -> None:
         """Make eval-mode training quantize exactly as the coder does: z clamped to ``table``'s range,
-        y clamped to its scale-table entry's range; with ``rate_noise`` the rates are estimated at the
+        y rounded (escape-coded beyond its scale-table entry's range, so never clamped); with ``rate_noise`` the rates are estimated at the
         noisy proxies (see EntropyBottleneck.match_coder)."""
         low = table.min_offset.to(torch.float32)
         self.entropy_bottleneck.match_coder(low, low + torch.from_numpy(table.lengths - 1).to(torch.float32),
                                             rate_noise)
-        self.gaussian_conditional.clamp_like_coder = True
+        self.gaussian_conditional.clamp_like_coder = not gaussian_table().escapes  # format 4 escapes: no clamp
         self.gaussian_conditional.rate_noise = rate_noise
 
     def latent_parameters(self, z_hat: torch.Tensor, y_size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -117,10 +117,11 @@ class Hyperprior(nn.Module):
         return means, indexes
 
     @torch.no_grad()
-    def compress(self, y: torch.Tensor, table: FactorizedTable) -> CodedLatent:
+    def compress(self, y: torch.Tensor, table: FactorizedTable, latents: GaussianTable | None = None) -> CodedLatent:
+        """``latents``: the y coding table (default: with escapes, bitstream format 4)."""
         z_symbols = table.quantize(self.hyper_encoder(pad_to_multiple(y, HYPER_FACTOR)))
         means, indexes = self.latent_parameters(table.dequantize(z_symbols), tuple(y.shape[-2:]))
-        gaussian = gaussian_table()
+        gaussian = latents or gaussian_table()
         y_symbols = gaussian.quantize(y - means, indexes)
         y_hat = y_symbols.to(torch.float32) + means
         return CodedLatent(y_hat=y_hat, y_stream=gaussian.encode(y_symbols, indexes),
@@ -129,9 +130,10 @@ class Hyperprior(nn.Module):
 
     @torch.no_grad()
     def decompress(self, y_stream: bytes, z_stream: bytes, z_shape: tuple[int, int, int, int],
-                   y_size: tuple[int, int], table: FactorizedTable, what: str) -> torch.Tensor:
+                   y_size: tuple[int, int], table: FactorizedTable, latents: GaussianTable | None = None,
+                   what: str = "latent") -> torch.Tensor:
         """y_hat of size ``y_size`` (h, w) from its two streams; ``z_shape`` is derived from the frame size."""
         z_symbols = table.decode(z_stream, z_shape, what=f"{what} hyper-latents")
         means, indexes = self.latent_parameters(table.dequantize(z_symbols), y_size)
-        y_symbols = gaussian_table().decode(y_stream, indexes, what=f"{what} latents")
+        y_symbols = (latents or gaussian_table()).decode(y_stream, indexes, what=f"{what} latents")
         return y_symbols.to(torch.float32) + means
