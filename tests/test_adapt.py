@@ -274,11 +274,22 @@ def test_resumed_equals_uninterrupted(tmp_path, carphone, tiny_model, monkeypatc
     assert resumed.adaptation_steps == reference.adaptation_steps
 
 
-def test_patch_gops_cover_the_picture_not_the_padding():
+def test_patch_gops_tile_the_coded_frame_on_the_hyper_latent_grid():
+    """Issue 14: tiles start on multiples of the patch (128 px = one z cell) and end at the frame's edge, so
+    each tile's z cells are the coder's; they cover the padded frame exactly once."""
     from workers.adapt.training import patch_windows
-    assert patch_windows(144, 176, 256, 256, 128) == [(0, 0, 128, 128), (0, 48, 128, 128), (16, 0, 128, 128), (16, 48, 128, 128)]
-    assert patch_windows(96, 100, 128, 128, 256) == [(0, 0, 128, 128)]
-    assert patch_windows(288, 352, 384, 384, 256) == [(0, 0, 256, 256), (0, 96, 256, 256), (32, 0, 256, 256), (32, 96, 256, 256)]
+
+    assert patch_windows(144, 176, 144, 176, 128) == [(0, 0, 144, 176)]  # remainders under 64 px join
+    assert patch_windows(96, 100, 96, 112, 256) == [(0, 0, 96, 112)]
+    assert patch_windows(288, 352, 288, 352, 128) == [(0, 0, 128, 128), (0, 128, 128, 128), (0, 256, 128, 96),
+                                                      (128, 0, 160, 128), (128, 128, 160, 128), (128, 256, 160, 96)]
+    for height, width, patch in ((576, 720, 128), (1088, 1920, 256), (288, 352, 256)):
+        windows = patch_windows(height, width, height, width, patch)
+        covered = torch.zeros(height, width, dtype=torch.int64)
+        for top, left, h, w in windows:
+            assert top % patch == 0 and left % patch == 0 and h >= patch // 2 and w >= patch // 2
+            covered[top: top + h, left: left + w] += 1
+        assert bool((covered == 1).all())
 
 
 def test_a_checkpoint_of_another_config_is_refused(tmp_path, carphone, tiny_model):
