@@ -267,6 +267,7 @@ def _cmd_decode(args) -> int:
 
 
 DECISIONS = {"sent": "update sent", "sent-lora-only": "LoRA update sent, encoder adapters dropped (cheaper)",
+             "sent-adapters-only": "encoder adapters on the base model sent, LoRA dropped (cheaper)",
              "base-cheaper": "no update sent (the base codec was cheaper)",
              "zero-update": "no update sent (training left it at zero)", "base-method": "base codec",
              "filter-on": "the shipped post-filter on, named in the stream's SEI (no update)"}
