@@ -236,7 +236,13 @@ def _add_run_parsers(commands) -> None:
 
     info = commands.add_parser("info", help="describe a stream (.bits, .h264, .hevc) or a checkpoint (.safetensors; "
                                             "a CompressAI .pth.tar: what it would import)")
-    info.add_argument("input")
+    info.add_argument("input", help="a stream, a checkpoint, or (with --rates) a unit folder")
+    info.add_argument("--rates", action="store_true",
+                      help="SSF: estimated (training's likelihoods) against coded bits per frame and per stream "
+                           "(motion y/z, residual y/z, I-frame y/z); decodes the stream")
+    info.add_argument("--model", help="--rates: checkpoint or family to decode with (default: found by weights hash)")
+    info.add_argument("--payload", help="--rates: the decoder update (default: <stream>.payload beside it)")
+    info.add_argument("--json", action="store_true", help="--rates: print the rows and totals as JSON")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -297,6 +303,7 @@ def _cmd_decode(args) -> int:
 
 
 DECISIONS = {"sent": "update sent", "sent-lora-only": "LoRA update sent, encoder adapters dropped (cheaper)",
+             "sent-adapters-only": "encoder adapters on the base model sent, LoRA dropped (cheaper)",
              "base-cheaper": "no update sent (the base codec was cheaper)",
              "zero-update": "no update sent (training left it at zero)", "base-method": "base codec",
              "filter-on": "the shipped post-filter on, named in the stream's SEI (no update)"}
@@ -448,6 +455,8 @@ def _cmd_info(args) -> int:
     from workers.checkpoints import load_checkpoint
 
     path = Path(args.input)
+    if args.rates:
+        return _print_rates(path, args)
     if path.suffix == ".safetensors":
         print(load_checkpoint(path).metadata.model_dump_json(indent=2))
         return 0
@@ -472,6 +481,30 @@ def _cmd_info(args) -> int:
     print(header.model_dump_json(indent=2))
     for index, frame in enumerate(frames):
         print(f"frame {index}: {'IP'[frame.frame_type]} streams {[len(s) for s in frame.streams]} bytes")
+    return 0
+
+
+def _print_rates(path: Path, args) -> int:
+    """`info --rates`: workers/rate_audit.py on the stream (or a unit folder's stream)."""
+    import json
+
+    from workers.rate_audit import stream_rates_of
+
+    rows, totals = stream_rates_of(path, model=args.model, payload_path=args.payload)
+    if args.json:
+        from dataclasses import asdict
+
+        print(json.dumps({"frames": [asdict(r) for r in rows], "totals": totals}, indent=2))
+        return 0
+    print("bits per frame and stream: estimated (training's likelihoods) / table (coding tables) / coded")
+    for row in rows:
+        escaped = f"  {row.escaped} escaped" if row.escaped else ""
+        print(f"frame {row.frame:4d} {row.latent:>8} {row.stream}: {row.estimated:10.0f} / {row.table:10.0f} / "
+              f"{row.coded:8d}{escaped}")
+    for name, total in totals.items():
+        print(f"total {name:>10}: estimated {total['estimated']:.0f}, table {total['table']:.0f}, coded "
+              f"{total['coded']:.0f} bits (coded / estimated {total['coded_over_estimated']:.3f}), "
+              f"{total['escaped']:.0f} escaped")
     return 0
 
 

@@ -41,7 +41,8 @@ class AdaptResult(EncodeResult):
         min_length=1, max_length=64, pattern=r"^[a-z][a-z0-9-]*$",
         description="what was sent and why (methods may add their own labels): sent: the adapted result; "
                     "sent-lora-only (gop-adapters+decoder-lora): the LoRA update without the encoder adapters was "
-                    "cheapest and was sent; base-cheaper: nothing adapted beat the base codec's RD cost; "
+                    "cheapest and was sent; sent-adapters-only (gop-adapters+decoder-lora): encoder adapters trained on the "
+                    "base model, no payload, were cheapest and were sent; base-cheaper: nothing adapted beat the base codec's RD cost; "
                     "zero-update: the method produced nothing to try; base-method: none")
     rd_cost: float = Field(description="lambda * 255^2 * MSE + bpp_with_payload of what was sent")
     rd_cost_base: float = Field(description="the same for the base model on this sequence")

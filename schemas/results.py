@@ -14,6 +14,8 @@ class FrameTypeBits(BaseModel):
     motion: int = Field(0, ge=0, description="P-frame motion latents + hyper-latents")
     residual: int = Field(0, ge=0, description="P-frame residual latents + hyper-latents")
     container: int = Field(0, ge=0, description="magic, header, per-frame lengths and CRCs")
+    escaped_latents: int = Field(0, ge=0, description="latent symbols outside their coding table's range, "
+                                 "escape-coded (format 4; formats 2-3 clamped them); a count, not bits")
 
 
 class EncodeResult(BaseModel):

@@ -234,7 +234,7 @@ def test_decoding_needs_the_right_payload(tmp_path, carphone, tiny_model, other_
 def test_gop_adapter_streams_decode_with_the_stock_decoder(tmp_path, carphone, tiny_model):
     config = config_for("gop-adapters", send_update="always", steps=2)
     result = adapt_video(carphone, tiny_model, tmp_path, config, intra_period=2, recon=tmp_path / "r.y4m")
-    assert result.decision == "sent" and result.adaptation_steps == 2 * 2 * 4  # GoPs x steps x patches
+    assert result.decision == "sent" and result.adaptation_steps == 2 * 2 * 1  # GoPs x steps x tiles (176x144: one)
     data = (tmp_path / "carphone_pristine.bits").read_bytes()
     header, frames = decode_sequence(data, lambda h: (tiny_model.model, tiny_model.model.entropy_tables()))
     assert header.method == "gop-adapters" and header.payload_sha256 is None
@@ -245,12 +245,12 @@ def test_gop_adapter_streams_decode_with_the_stock_decoder(tmp_path, carphone, t
 
 @pytest.mark.parametrize("method", ["decoder-lora", "gop-adapters"])
 def test_resumed_equals_uninterrupted(tmp_path, carphone, tiny_model, monkeypatch, method):
-    # 4 frames: 2 clips of 2 frames, one per step: 6 steps; adapters: 2 GoPs x 2 steps x 4 patches
+    # 4 frames: 2 clips of 2 frames, one per step: 6 steps; adapters: 2 GoPs x 2 steps x 1 tile (176x144)
     options = {"training": dict(FAST_DECODER["training"], batch=1, epochs=3)} if method == "decoder-lora" else {"steps": 2}
     config = config_for(method, send_update="always", **options)
     reference = adapt_video(carphone, tiny_model, tmp_path / "reference", config, intra_period=2)
 
-    crash_after = 3 if method == "decoder-lora" else 6  # past the first checkpoint (adapters: after a full pass)
+    crash_after = 3  # past the first checkpoint (adapters: in the second GoP, after its first pass)
     calls = {"n": 0}
     original = torch.optim.Adam.step
 
@@ -275,11 +275,22 @@ def test_resumed_equals_uninterrupted(tmp_path, carphone, tiny_model, monkeypatc
     assert resumed.adaptation_steps == reference.adaptation_steps
 
 
-def test_patch_gops_cover_the_picture_not_the_padding():
+def test_patch_gops_tile_the_coded_frame_on_the_hyper_latent_grid():
+    """Issue 14: tiles start on multiples of the patch (128 px = one z cell) and end at the frame's edge, so
+    each tile's z cells are the coder's; they cover the padded frame exactly once."""
     from workers.adapt.training import patch_windows
-    assert patch_windows(144, 176, 256, 256, 128) == [(0, 0, 128, 128), (0, 48, 128, 128), (16, 0, 128, 128), (16, 48, 128, 128)]
-    assert patch_windows(96, 100, 128, 128, 256) == [(0, 0, 128, 128)]
-    assert patch_windows(288, 352, 384, 384, 256) == [(0, 0, 256, 256), (0, 96, 256, 256), (32, 0, 256, 256), (32, 96, 256, 256)]
+
+    assert patch_windows(144, 176, 144, 176, 128) == [(0, 0, 144, 176)]  # remainders under 64 px join
+    assert patch_windows(96, 100, 96, 112, 256) == [(0, 0, 96, 112)]
+    assert patch_windows(288, 352, 288, 352, 128) == [(0, 0, 128, 128), (0, 128, 128, 128), (0, 256, 128, 96),
+                                                      (128, 0, 160, 128), (128, 128, 160, 128), (128, 256, 160, 96)]
+    for height, width, patch in ((576, 720, 128), (1088, 1920, 256), (288, 352, 256)):
+        windows = patch_windows(height, width, height, width, patch)
+        covered = torch.zeros(height, width, dtype=torch.int64)
+        for top, left, h, w in windows:
+            assert top % patch == 0 and left % patch == 0 and h >= patch // 2 and w >= patch // 2
+            covered[top: top + h, left: left + w] += 1
+        assert bool((covered == 1).all())
 
 
 def test_a_checkpoint_of_another_config_is_refused(tmp_path, carphone, tiny_model):
@@ -297,19 +308,25 @@ def test_bad_method_options_are_one_line_errors(tmp_path, carphone_path, tiny_ch
     assert not any(tmp_path.iterdir())
 
 
-def test_both_methods_never_cost_more_than_the_lora_alone(tmp_path, carphone, tiny_model):
+def test_both_methods_never_cost_more_than_the_lora_or_the_adapters_alone(tmp_path, carphone, tiny_model):
     """gop-adapters+decoder-lora trains the same LoRA as decoder-lora, then adapters on top; the encoder may
-    drop the adapters, so its RD cost is at most the LoRA-alone cost (up to the longer method name in the header)."""
+    drop the adapters, or the LoRA (adapters trained on the base model, as gop-adapters does), so its RD cost
+    is at most either alone (up to the longer method name in the header)."""
     # send_update=always: the LoRA keeps its best TRAINED state (under if-better the tiny model's best is the base
     # model itself, and there would be no LoRA to compare with)
     lora_options = dict(FAST_DECODER, ranks=[2, 2, 2, 1], send_update="always")
     alone = adapt_video(carphone, tiny_model, tmp_path / "lora", config_for("decoder-lora", **lora_options), intra_period=2)
+    adapters = adapt_video(carphone, tiny_model, tmp_path / "adapters",
+                           config_for("gop-adapters", steps=1, send_update="always"), intra_period=2)
     both = adapt_video(carphone, tiny_model, tmp_path / "both",
                        config_for("gop-adapters+decoder-lora", lora=lora_options, adapters={"steps": 1}), intra_period=2)
     pixels = carphone.width * carphone.height * len(carphone)
-    header_slack = 8 * len("gop-adapters+") / pixels
-    assert both.rd_cost <= min(both.rd_cost_base, alone.rd_cost_adapted + header_slack) + 1e-12
-    assert both.decision in ("sent", "sent-lora-only", "base-cheaper")
+    header_slack = 8 * len("+decoder-lora" + "gop-adapters+") / pixels
+    assert both.rd_cost <= min(both.rd_cost_base, alone.rd_cost_adapted + header_slack,
+                               adapters.rd_cost_adapted + header_slack) + 1e-12
+    assert both.decision in ("sent", "sent-lora-only", "sent-adapters-only", "base-cheaper")
+    if both.decision == "sent-adapters-only":
+        assert both.update_sent and both.payload_bytes == 0
     if both.decision == "sent-lora-only":  # the LoRA-only stream: decodes with the payload, and nothing else differs
         assert both.update_sent and both.payload_bytes == alone.payload_bytes
         assert abs(both.psnr_rgb - alone.psnr_rgb_adapted) < 1e-9

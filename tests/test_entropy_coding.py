@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from workers.codec.entropy_coding import FactorizedTable, gaussian_table
+from workers.codec.entropy_coding import ESCAPE_MAX_EXCESS, FactorizedTable, gaussian_table
 from workers.codec.entropy_models import EntropyBottleneck
 from workers.errors import BitstreamError
 
@@ -86,8 +86,8 @@ def test_gaussian_real_bits_close_to_ideal_and_exact_round_trip(index_range):
     assert torch.equal(gaussian.decode(data, indexes), symbols)
 
 
-def test_gaussian_symbols_are_clamped_to_the_table_range():
-    gaussian = gaussian_table()
+def test_formats_2_and_3_clamp_symbols_to_the_table_range():
+    gaussian = gaussian_table(escapes=False)
     indexes = torch.zeros(1, 1, 1, 3, dtype=torch.int64)
     symbols = gaussian.quantize(torch.tensor([[[[100.0, -100.0, 1.0]]]]), indexes)
     bound = int(gaussian.ranges[0])
@@ -141,7 +141,8 @@ def test_decoding_with_data_left_over_raises_bitstream_error():
 
 def test_training_quantization_matched_to_the_coder_gives_the_coders_latents(tiny_model):
     """Encoder-side adaptation trains in eval mode; with match_coder, the y_hat it trains on is exactly the
-    y_hat the coder reconstructs, even for latents far outside the coding tables (which the coder clamps)."""
+    y_hat the coder reconstructs, even for latents far outside the coding tables (escape-coded in y, z is
+    clamped to its table)."""
     import copy
 
     model = copy.deepcopy(tiny_model.model).eval()
@@ -154,6 +155,103 @@ def test_training_quantization_matched_to_the_coder_gives_the_coders_latents(tin
         unmatched, _ = hyperprior(y)
         hyperprior.match_coder(table)
         matched, likelihoods = hyperprior(y)
-    assert not torch.equal(unmatched, coded.y_hat)  # plain rounding keeps the outliers the coder clamps
     assert torch.equal(matched, coded.y_hat)
+    assert coded.y_hat[0, 0, 0, 0] > 3000 and coded.y_hat[0, 1, 2, 3] < -3000  # escaped, not clamped
     assert torch.isfinite(likelihoods["y"]).all() and torch.isfinite(likelihoods["z"]).all()
+
+
+def _far_outside(gaussian, indexes: torch.Tensor) -> torch.Tensor:
+    """Symbols just past, far past and at the very limit of each element's table range, both signs."""
+    bound = gaussian._ranges_t[indexes]
+    excess = torch.tensor([1, 2, 3, 7, 1000, 2**15, 2**15 + 1, 2**20 + 12345, ESCAPE_MAX_EXCESS])
+    pattern = excess[torch.arange(indexes.numel()) % len(excess)].view(indexes.shape)
+    sign = torch.where(torch.arange(indexes.numel()).view(indexes.shape) % 2 == 0, 1, -1)
+    return sign * (bound + pattern)
+
+
+@pytest.mark.parametrize("index", [0, 20, 63])
+def test_escaped_symbols_round_trip_exactly_at_bounded_cost(index):
+    """Format 4: symbols beyond the table (up to R + 2**31 - 1) decode to exactly what was coded, mixed
+    with in-range ones, and each escape costs a bounded number of bits (escape symbol <= 24 bits at
+    constriction's precision, exponent <= 24, mantissa <= 30)."""
+    gaussian = gaussian_table()
+    generator = torch.Generator().manual_seed(3)
+    indexes = torch.full((1, 4, 9, 10), index, dtype=torch.int64)
+    inside = gaussian.quantize(torch.randn(indexes.shape, generator=generator) * float(gaussian.stds[index]), indexes)
+    outside = _far_outside(gaussian, indexes)
+    mask = torch.rand(indexes.shape, generator=generator) < 0.3
+    symbols = torch.where(mask, outside, inside)
+    assert torch.equal(gaussian.quantize(symbols.double(), indexes), symbols)  # the quantizer keeps them
+    data = gaussian.encode(symbols, indexes)
+    assert torch.equal(gaussian.decode(data, indexes), symbols)
+    escapes = gaussian.escape_count(symbols, indexes)
+    assert escapes == int(mask.sum()) > 0
+    plain = 8 * len(gaussian.encode(inside, indexes))
+    assert 8 * len(data) <= plain + escapes * (24 + 24 + 30 + 2) + PER_STREAM_CONSTANT_BITS
+
+
+def test_escape_quantizer_bounds_non_finite_and_huge_values():
+    gaussian = gaussian_table()
+    indexes = torch.zeros(1, 1, 1, 5, dtype=torch.int64)
+    residual = torch.tensor([[[[float("inf"), -float("inf"), float("nan"), 1e30, -3e9]]]])
+    symbols = gaussian.quantize(residual, indexes)
+    limit = int(gaussian.ranges[0]) + ESCAPE_MAX_EXCESS
+    assert symbols.flatten().tolist() == [limit, -limit, 0, limit, -limit]
+    assert torch.equal(gaussian.decode(gaussian.encode(symbols, indexes), indexes), symbols)
+
+
+def test_a_hostile_all_escape_stream_decodes_in_bounded_time():
+    """Every symbol escaped at the largest excess: the decoder's work is a fixed multiple of the symbol
+    count (no loop driven by a value read from the stream), and garbage in the escape part of a stream
+    is an error or wrong symbols, never a hang."""
+    import time
+
+    gaussian = gaussian_table()
+    indexes = torch.full((1, 192, 16, 16), 5, dtype=torch.int64)
+    bound = gaussian._ranges_t[indexes]
+    symbols = torch.where(torch.rand(indexes.shape, generator=torch.Generator().manual_seed(0)) < 0.5, 1, -1) * (
+        bound + ESCAPE_MAX_EXCESS)
+    data = gaussian.encode(symbols, indexes)
+    start = time.perf_counter()
+    assert torch.equal(gaussian.decode(data, indexes), symbols)
+    assert time.perf_counter() - start < 5.0
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        garbage = bytearray(data)
+        garbage[rng.integers(len(garbage))] ^= 1 << int(rng.integers(8))
+        try:
+            decoded = gaussian.decode(bytes(garbage), indexes)
+        except BitstreamError:
+            continue
+        assert int(decoded.abs().max()) <= int(bound.max()) + ESCAPE_MAX_EXCESS
+
+
+def test_a_stream_with_escapes_decodes_to_the_encoders_reconstruction(carphone, tiny_model):
+    """Encoders whose latents go far beyond the tables (output layers scaled x200, as a badly adapted encoder
+    might): format 4 escape-codes them, counts them, and the decoder rebuilds the encoder's frames exactly,
+    whereas clamping them (formats 2-3) would reconstruct other latents."""
+    import copy
+
+    from schemas.bitstream import BitstreamHeader
+    from workers.video_codec import decode_sequence, encode_sequence
+
+    model = copy.deepcopy(tiny_model.model).eval()
+    with torch.no_grad():
+        for encoder in (model.img_encoder, model.res_encoder, model.motion_encoder):
+            encoder[-1].weight.mul_(200.0)
+            encoder[-1].bias.mul_(200.0)
+    meta = tiny_model.metadata
+    header = BitstreamHeader(model_id=meta.model_id, weights_sha256=meta.weights_sha256, quality=meta.quality,
+                             width=carphone.width, height=carphone.height, frame_count=3, fps_num=30, fps_den=1,
+                             intra_period=12)
+    tables = model.entropy_tables()
+    encoded = encode_sequence(model, tables, [carphone.frame_rgb(i) for i in range(3)], header, keep_latents=True)
+    counted = sum(gaussian_table().escape_count(c.y_symbols, c.y_indexes)
+                  for frame in encoded.coded_latents for c in frame.values())
+    assert encoded.bits.escaped_latents == counted > 100
+    assert encoded.data[4] == 4
+    _, frames = decode_sequence(encoded.data, lambda h: (model, tables))
+    assert all(torch.equal(a, b) for a, b in zip(frames, encoded.reconstruction, strict=True))
+    intra = encoded.coded_latents[0]["intra"]
+    clamped = gaussian_table(escapes=False).quantize(intra.y_symbols.double(), intra.y_indexes)
+    assert not torch.equal(clamped, intra.y_symbols)

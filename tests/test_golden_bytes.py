@@ -2,19 +2,26 @@
 
 A round trip cannot notice a silent change of the coding tables (float32 instead of float64, another scale
 table, another symbol order): encoder and decoder change together and still agree, while every stream
-written before the change stops decoding. These hashes can. They pin bitstream format 3 (`.bits`) and
+written before the change stops decoding. These hashes can. They pin bitstream format 4 (`.bits`) and
 payload format 2 (`.payload`) as written by the CLI on 3 frames of carphone (176x144) with the `tiny`
 architecture (seed 0) and one torch thread, and the Annex B streams of workers.standard.encoder on 3
 frames of a 64x48 crop (one encoder thread: the same bytes on every machine).
 
 If one of these fails, a change altered what goes on the wire. That is only acceptable together with a
 new format version (and a decoder that still reads the old one); then update the hash here.
+
+Bitstream format 4 (issue 14: latent symbols beyond their table are escape-coded instead of clamped) changed
+the latent coding model of every stream (the table edges are now the escape symbols), so the `.bits` hashes
+were updated once for it. tests/data/golden-format3-tiny.bits is a format-3 stream written by the format-3
+encoder (commit 6bcb0d9, same command as test_plain_encode_bytes plus --recon) and must keep decoding to
+that encoder's reconstruction.
 """
 
 from __future__ import annotations
 
 import hashlib
 from fractions import Fraction
+from pathlib import Path
 
 import pytest
 import torch
@@ -23,14 +30,14 @@ from adaptjobs.cli import main
 from tests.conftest import crop_planes
 
 SSF_GOLDEN = {
-    "encode": "65a6efd2f8492009f56338fe305fe7a6d315bad1b3e15d29da99808c79e6536a",
+    "encode": "ec727c24ae9a74fae156be40c9c1b730c2655325792f45ee487c55c36bcc8b24",
     # payload format 3 (issue 11: the tensor fingerprint covers the method and structure, init_seed included)
     # changed the payload bytes, and the .bits header carries the payload sha256; encode/gop-adapters unchanged
-    # issue 14 (decoder-lora training: grid-tied lr with warm-up + cosine, best state by the sequence RD cost)
-    # changed the trained update, so its bits and payload; encode/gop-adapters unchanged
-    "decoder-lora.bits": "fe38096f9acd9e9931b73da78808a6c0d3d80ba761fb7add9895464ad49d5ea2",
+    # issue 14: decoder-lora training (grid-tied lr with warm-up + cosine, best state by the sequence RD cost)
+    # changed the trained update; format 4 (escape-coded latents) changed every .bits (updated once, for both, at their merge)
+    "decoder-lora.bits": "bf38abcfb6a3b2b4cf6307055c875e858a5f1006a9102def87a9061f573dd817",
     "decoder-lora.payload": "84cb197458e5f57a1755c623d982256acc155ee1f6a14c7808af38f32604d605",
-    "gop-adapters.bits": "b6be1b3eb07e783f8b8c7d10ae437234f39b994a476b2712926a6089965f5be6",
+    "gop-adapters.bits": "fcf03b218e4c89f6f00e8afe6f9885b0d1017b879c4c59ca814692a4a1a2575e",
 }
 STANDARD_GOLDEN = {"x264": "1fc47ce67a303ff5def92803337653a77f8a6f891d11a7a905c2a93a704afe85",
                    "x265": "58ca1d349836f8f03b982002fc07531cd14ff337f62cd7f47215abe70e62f147"}
@@ -93,3 +100,15 @@ def test_standard_codec_stream_bytes(codec, carphone):
     planes = crop_planes(carphone, 64, 48)[:3]
     data = encode_planes(planes, 64, 48, Fraction(30), codec, crf=32, intra_period=12, preset="medium")
     assert hashlib.sha256(data).hexdigest() == STANDARD_GOLDEN[codec]
+
+
+FORMAT3_STREAM = Path(__file__).parent / "data" / "golden-format3-tiny.bits"
+FORMAT3_STREAM_SHA256 = "2b88694a012ec04bd3b04214ce78ee50ff8bcb3488b69ae504344a2544fbd1a3"
+FORMAT3_RECON_Y4M_SHA256 = "a995ff939703ddd6388e82ed92a02d1b2ae802622e40879826ecd73a40ffdd53"  # its encoder's --recon
+
+
+def test_format3_stream_still_decodes_to_its_encoders_reconstruction(tmp_path, seeded_checkpoint):
+    assert FORMAT3_STREAM.read_bytes()[4] == 3 and sha256(FORMAT3_STREAM) == FORMAT3_STREAM_SHA256
+    out = tmp_path / "format3.y4m"
+    assert main(["decode", str(FORMAT3_STREAM), "-o", str(out), "--model", str(seeded_checkpoint)]) == 0
+    assert sha256(out) == FORMAT3_RECON_Y4M_SHA256

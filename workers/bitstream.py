@@ -43,8 +43,9 @@ from workers.limits import (I_FRAME_FRAMING_BYTES, MAX_HEADER_BYTES, MAX_PIXELS_
 from workers.strict_json import StrictJsonError, loads_strict
 
 MAGIC = b"AJVB"
-FORMAT_VERSION = 3  # 3: the header records the encoder's thread count; 2: frames padded to x16, latents to x8
-READABLE_VERSIONS = (2, 3)  # 2 differs only by the missing thread count
+FORMAT_VERSION = 4  # 4: latent symbols beyond the tables are escape-coded, not clamped (issue 14)
+READABLE_VERSIONS = (2, 3, 4)  # 3: the header records the encoder's thread count; 2 lacks it; both clamp
+ESCAPED_LATENTS_SINCE = 4
 FRAME_INTRA, FRAME_INTER = 0, 1
 STREAMS_PER_FRAME_TYPE = {FRAME_INTRA: 2, FRAME_INTER: 4}
 FRAME_TYPE_NAMES = {FRAME_INTRA: "I", FRAME_INTER: "P"}
@@ -120,6 +121,12 @@ def unpack_header(data: bytes, source: str | Path | None = None) -> tuple[Bitstr
         raise BitstreamError(source, f"invalid header ({validation_line(exc)})") from None
     _check_fits(header, len(data) - reader.pos, source)
     return header, reader.pos
+
+
+def latents_escaped(data: bytes) -> bool:
+    """Whether a bitstream that :func:`unpack_header` accepted codes out-of-range latents with escapes
+    (format 4) or clamped them (formats 2, 3): the decoder must use the matching latent tables."""
+    return data[len(MAGIC)] >= ESCAPED_LATENTS_SINCE
 
 
 def minimum_frame_bytes(header: BitstreamHeader) -> int:

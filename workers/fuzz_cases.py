@@ -37,9 +37,12 @@ class FrameRecord:
         return chunk + struct.pack("<I", zlib.crc32(chunk))
 
 
-def frame_bitstream(header_json: bytes, frames: list[FrameRecord] | bytes, version: int = 3) -> bytes:
+def frame_bitstream(header_json: bytes, frames: list[FrameRecord] | bytes, version: int | None = None) -> bytes:
     """A bitstream with ``header_json`` as its header and a correct header CRC; ``frames`` are records
-    (each with its CRC recomputed) or raw bytes appended as they are."""
+    (each with its CRC recomputed) or raw bytes appended as they are. ``version``: the current format."""
+    from workers.bitstream import FORMAT_VERSION
+
+    version = FORMAT_VERSION if version is None else version
     prefix = struct.pack("<BI", version, len(header_json)) + header_json
     body = frames if isinstance(frames, bytes) else b"".join(f.to_bytes() for f in frames)
     return BITS_MAGIC + prefix + struct.pack("<I", zlib.crc32(prefix)) + body

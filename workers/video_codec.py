@@ -16,21 +16,25 @@ thread exactly); frames and reconstructions are handed out on the CPU.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 
 from schemas.bitstream import BitstreamHeader
 from schemas.results import FrameTypeBits
-from workers.bitstream import FRAME_INTER, FRAME_INTRA, FrameChunk, pack, unpack
+from workers.bitstream import FRAME_INTER, FRAME_INTRA, FrameChunk, latents_escaped, pack, unpack
+from workers.codec.entropy_coding import gaussian_table
 from workers.codec.hyperprior import CodedLatent
 from workers.codec.ssf import EntropyTables, FramePadding, ScaleSpaceFlow
 from workers.device import PARSE_THREADS_ON_ACCELERATOR, device_kind, module_device
 from workers.errors import BitstreamError
 from workers.limits import capped_threads
+
+LOG = logging.getLogger(__name__)
 
 
 @dataclass
@@ -87,6 +91,7 @@ def _encode_frames(model: ScaleSpaceFlow, tables: EntropyTables, frames: Iterabl
             chunks.append(FrameChunk(FRAME_INTER, streams))
             bits.motion += 8 * (len(streams[0]) + len(streams[1]))
             bits.residual += 8 * (len(streams[2]) + len(streams[3]))
+        bits.escaped_latents += sum(tables.latents.escape_count(c.y_symbols, c.y_indexes) for c in coded.values())
         reconstruction.append(padding.crop(x_ref)[0].clone().cpu())
         if keep_latents:
             latents.append(coded)
@@ -95,6 +100,9 @@ def _encode_frames(model: ScaleSpaceFlow, tables: EntropyTables, frames: Iterabl
     assert x_ref is None or x_ref.shape[-2:] == padding.padded
     data = pack(header, chunks)
     bits.container = 8 * len(data) - (bits.intra + bits.motion + bits.residual)
+    if bits.escaped_latents:
+        LOG.info("escape-coded %d latent symbols outside their table range (%d frames)", bits.escaped_latents,
+                 header.frame_count)
     return EncodedSequence(data, header, reconstruction, bits, latents)
 
 
@@ -104,6 +112,8 @@ def decode_sequence(data: bytes, model_for: Callable[[BitstreamHeader], tuple[Sc
     ``header.weights_sha256``) and its tables. Returns the header and the frames (3, H, W)."""
     header, chunks = unpack(data, source)
     model, tables = model_for(header)
+    if not latents_escaped(data):  # formats 2 and 3 clamped out-of-range latents; decode what they meant
+        tables = replace(tables, latents=gaussian_table(escapes=False))
     padding = FramePadding.of(header.padding, header.height, header.width)
     padded = padding.padded
     frames, x_ref = [], None

@@ -59,8 +59,9 @@ class SerialAdapted(nn.Module):
 
 def with_adapters(model: ScaleSpaceFlow, config: GopAdaptersConfig) -> tuple[ScaleSpaceFlow, list[nn.Parameter]]:
     """A copy of ``model`` with zero-output adapters inserted (deterministic initialisation from
-    ``config.seed``), its base weights frozen, and its motion and residual entropy models clamping symbols
-    as the coder does (Hyperprior.match_coder); returns it and the adapter parameters."""
+    ``config.seed``), its base weights frozen, and its motion and residual entropy models quantizing as
+    the coder does (Hyperprior.match_coder: z clamped to its tables, y rounded and escape-coded, never
+    clamped); returns it and the adapter parameters."""
     adapted = copy.deepcopy(model)
     for p in adapted.parameters():
         p.requires_grad_(False)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from workers.codec.entropy_coding import FactorizedTable, gaussian_table
+from workers.codec.entropy_coding import FactorizedTable, GaussianTable, gaussian_table
 from workers.codec.entropy_models import EntropyBottleneck, GaussianConditional, round_ste
 from workers.codec.layers import conv, deconv, pad_to_multiple, qrelu
 from workers.device import module_device, on_cpu
@@ -98,13 +98,13 @@ class Hyperprior(nn.Module):
 
     def match_coder(self, table: FactorizedTable, rate_noise: bool = False) -> None:
         """Make eval-mode training quantize exactly as the coder does: z clamped to ``table``'s range,
-        y clamped to its scale-table entry's range; with ``rate_noise`` the rates are estimated at the
+        y rounded (escape-coded beyond its scale-table entry's range, so never clamped); with ``rate_noise`` the rates are estimated at the
         noisy proxies (see EntropyBottleneck.match_coder)."""
         low = table.min_offset.to(torch.float32)
         high = low + torch.from_numpy(table.lengths - 1).to(torch.float32)
         device = module_device(self.entropy_bottleneck)  # the tables live on the CPU, training on the device
         self.entropy_bottleneck.match_coder(low.to(device), high.to(device), rate_noise)
-        self.gaussian_conditional.clamp_like_coder = True
+        self.gaussian_conditional.clamp_like_coder = not gaussian_table().escapes  # format 4 escapes: no clamp
         self.gaussian_conditional.rate_noise = rate_noise
 
     def latent_parameters(self, z_hat: torch.Tensor, y_size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -123,12 +123,13 @@ class Hyperprior(nn.Module):
         return means, on_cpu(self.gaussian_conditional).indexes(scales)
 
     @torch.no_grad()
-    def compress(self, y: torch.Tensor, table: FactorizedTable) -> CodedLatent:
+    def compress(self, y: torch.Tensor, table: FactorizedTable, latents: GaussianTable | None = None) -> CodedLatent:
         """Code y (on the transforms' device); the symbols and their probabilities are decided on the CPU
-        (:meth:`latent_parameters`), and y_hat comes back on y's device."""
+        (:meth:`latent_parameters`), and y_hat comes back on y's device. ``latents``: the y coding table
+        (default: with escapes, bitstream format 4)."""
         z_symbols = table.quantize(self.hyper_encoder(pad_to_multiple(y, HYPER_FACTOR)).cpu())
         means, indexes = self.latent_parameters(table.dequantize(z_symbols), tuple(y.shape[-2:]))
-        gaussian = gaussian_table()
+        gaussian = latents or gaussian_table()
         y_symbols = gaussian.quantize(y.cpu() - means, indexes)
         y_hat = (y_symbols.to(torch.float32) + means).to(y.device)
         return CodedLatent(y_hat=y_hat, y_stream=gaussian.encode(y_symbols, indexes),
@@ -137,17 +138,20 @@ class Hyperprior(nn.Module):
 
     @torch.no_grad()
     def decompress(self, y_stream: bytes, z_stream: bytes, z_shape: tuple[int, int, int, int],
-                   y_size: tuple[int, int], table: FactorizedTable, what: str) -> torch.Tensor:
+                   y_size: tuple[int, int], table: FactorizedTable, latents: GaussianTable | None = None,
+                   what: str = "latent") -> torch.Tensor:
         """y_hat of size ``y_size`` (h, w) from its two streams; ``z_shape`` is derived from the frame size.
         Parsing runs on the CPU (:meth:`parse`); y_hat goes to the device of the transforms."""
-        y_symbols, means = self.parse(y_stream, z_stream, z_shape, y_size, table, what)[:2]
+        y_symbols, means = self.parse(y_stream, z_stream, z_shape, y_size, table, latents, what)[:2]
         return (y_symbols.to(torch.float32) + means).to(module_device(self.hyper_encoder))
 
     def parse(self, y_stream: bytes, z_stream: bytes, z_shape: tuple[int, int, int, int], y_size: tuple[int, int],
-              table: FactorizedTable, what: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+              table: FactorizedTable, latents: GaussianTable | None = None,
+              what: str = "latent") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(y symbols int64, means float32, scale-table indexes int64) of one latent, all on the CPU: what a
-        decoder derives from the streams alone, whatever device the transforms sit on."""
+        decoder derives from the streams alone, whatever device the transforms sit on. ``latents``: the y
+        coding table (default: with escapes, bitstream format 4)."""
         z_symbols = table.decode(z_stream, z_shape, what=f"{what} hyper-latents")
         means, indexes = self.latent_parameters(table.dequantize(z_symbols), y_size)
-        y_symbols = gaussian_table().decode(y_stream, indexes, what=f"{what} latents")
+        y_symbols = (latents or gaussian_table()).decode(y_stream, indexes, what=f"{what} latents")
         return y_symbols, means, indexes

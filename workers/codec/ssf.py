@@ -15,14 +15,14 @@ Module names match CompressAI's ``ScaleSpaceFlow`` so an official ``ssf2020`` st
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from schemas.codec import PADDING_MODES, SSFArchitecture
-from workers.codec.entropy_coding import FactorizedTable
+from workers.codec.entropy_coding import FactorizedTable, GaussianTable, gaussian_table
 from workers.codec.hyperprior import HYPER_FACTOR, CodedLatent, Hyperprior
 from workers.codec.layers import conv, deconv, gaussian_volume, pad_to_multiple, scale_space_warp
 from workers.device import on_cpu
@@ -127,6 +127,7 @@ class EntropyTables:
     intra: FactorizedTable
     motion: FactorizedTable
     residual: FactorizedTable
+    latents: GaussianTable = field(default_factory=gaussian_table)  # y of all three: escapes (format 4)
 
 
 class ScaleSpaceFlow(nn.Module):
@@ -203,20 +204,21 @@ class ScaleSpaceFlow(nn.Module):
 
     @torch.no_grad()
     def encode_intra(self, x: torch.Tensor, tables: EntropyTables) -> tuple[torch.Tensor, CodedLatent]:
-        coded = self.img_hyperprior.compress(self.img_encoder(x), tables.intra)
+        coded = self.img_hyperprior.compress(self.img_encoder(x), tables.intra, tables.latents)
         return self.img_decoder(coded.y_hat).clamp_(0.0, 1.0), coded
 
     @torch.no_grad()
     def decode_intra(self, y_stream: bytes, z_stream: bytes, padded: tuple[int, int], tables: EntropyTables) -> torch.Tensor:
         y_hat = self.img_hyperprior.decompress(y_stream, z_stream, self.hyper_latent_shape(*padded),
-                                               self.latent_size(*padded), tables.intra, what="I-frame")
+                                               self.latent_size(*padded), tables.intra, tables.latents, what="I-frame")
         return self.img_decoder(y_hat).clamp_(0.0, 1.0)
 
     @torch.no_grad()
     def encode_inter(self, x: torch.Tensor, x_ref: torch.Tensor, tables: EntropyTables) -> tuple[torch.Tensor, CodedLatent, CodedLatent]:
-        motion = self.motion_hyperprior.compress(self.motion_encoder(torch.cat((x, x_ref), dim=1)), tables.motion)
+        motion = self.motion_hyperprior.compress(self.motion_encoder(torch.cat((x, x_ref), dim=1)), tables.motion,
+                                                 tables.latents)
         x_pred = self.predict(x_ref, motion.y_hat)
-        residual = self.res_hyperprior.compress(self.res_encoder(x - x_pred), tables.residual)
+        residual = self.res_hyperprior.compress(self.res_encoder(x - x_pred), tables.residual, tables.latents)
         x_hat = self.reconstruct_inter(x_pred, residual.y_hat, motion.y_hat)
         return x_hat.clamp_(0.0, 1.0), motion, residual
 
@@ -226,8 +228,8 @@ class ScaleSpaceFlow(nn.Module):
         """``streams`` = [motion y, motion z, residual y, residual z]."""
         z_shape, y_size = self.hyper_latent_shape(*padded), self.latent_size(*padded)
         y_motion_hat = self.motion_hyperprior.decompress(streams[0], streams[1], z_shape, y_size, tables.motion,
-                                                         what="motion")
+                                                         tables.latents, what="motion")
         x_pred = self.predict(x_ref, y_motion_hat)
         y_res_hat = self.res_hyperprior.decompress(streams[2], streams[3], z_shape, y_size, tables.residual,
-                                                   what="residual")
+                                                   tables.latents, what="residual")
         return self.reconstruct_inter(x_pred, y_res_hat, y_motion_hat).clamp_(0.0, 1.0)

@@ -14,9 +14,10 @@ from workers.methods.registry import AdaptContext
 log = logging.getLogger(__name__)  # routed to the unit log by workers.run_layout.unit_logging
 
 
-def gop_adapter_encoder(model, config, context: AdaptContext, counters: dict):
+def gop_adapter_encoder(model, config, context: AdaptContext, counters: dict, checkpoint_prefix: str = "adapters"):
     """inter_encoder for SSFCodec.encode: after each I-frame, train the adapters on the GoP's P-frames.
-    ``counters`` accumulates "steps", "resumed" and "seconds" while the sequence is encoded."""
+    ``counters`` accumulates "steps", "resumed" and "seconds" while the sequence is encoded; adapters trained
+    on another model in the same unit need another ``checkpoint_prefix`` (their states must not mix)."""
     from workers.adapt.adapters import with_adapters
     from workers.adapt.state import load_state
     from workers.codec.ssf import pad_frame
@@ -34,7 +35,7 @@ def gop_adapter_encoder(model, config, context: AdaptContext, counters: dict):
     def callback(index: int, intra_hat: torch.Tensor):
         gop = starts.index(index)
         end = starts[gop + 1] if gop + 1 < len(starts) else header.frame_count
-        path = context.checkpoint_dir / f"adapters-gop{gop:05d}.safetensors"
+        path = context.checkpoint_dir / f"{checkpoint_prefix}-gop{gop:05d}.safetensors"
         start_step, gop_steps = _restore(load_state(path, context.config_json), names, parameters, optimizer, counters)
         if gop_steps:
             log.info("resumed the adapters of GoP %d from checkpoint %s at step %d", gop, path, start_step)

