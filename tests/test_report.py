@@ -55,6 +55,9 @@ def run_dir(tmp_path_factory, carphone_path) -> Path:
         code = main(["submit", str(videos), "--run", str(run), "--frames", "2", "--qualities", "1,2,3,4",
                      "--methods", ",".join(METHODS), "--set", "decoder-lora:training.epochs=1",
                      "--set", "decoder-lora:training.crop=128", "--set", "decoder-lora:send_update=always",
+                     # a coarse fixed step and no minimum step count: the grid-tied default moves the 2-frame
+                     # tiny-run LoRA by less than a grid cell in one epoch, and a zero update is never sent
+                     "--set", "decoder-lora:training.learning_rate=0.02", "--set", "decoder-lora:training.min_steps=0",
                      "--anchors", ",".join(CODECS), "--no-progress"])
     finally:
         ray.shutdown()
