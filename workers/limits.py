@@ -23,7 +23,7 @@ import stat
 from pathlib import Path
 
 from schemas.bitstream import MAX_FRAME_PIXELS, MAX_FRAMES, MAX_FPS_TERM, MAX_SIDE  # noqa: F401 (re-exported)
-from workers.errors import InputError
+from workers.errors import BitstreamError, InputError
 
 MAX_HEADER_BYTES = 64 * 1024  # our JSON headers are ~300 bytes
 MAX_PIXELS_PER_FRAME_BYTE = 16384
@@ -35,6 +35,8 @@ MAX_STRUCTURE_ITEMS = 64
 MAX_BITSTREAM_BYTES = 4 << 30
 MAX_PAYLOAD_BYTES = 1 << 30
 MAX_CHECKPOINT_BYTES = 4 << 30
+MAX_DECODED_FRAME_BYTES = 8 << 30
+GIB = 1 << 30
 
 
 def check_frame_size(source: str | Path | None, width: int, height: int) -> None:
@@ -42,6 +44,17 @@ def check_frame_size(source: str | Path | None, width: int, height: int) -> None
     if width > MAX_SIDE or height > MAX_SIDE or width * height > MAX_FRAME_PIXELS:
         raise InputError(source, f"frame size {width}x{height} is beyond the limit "
                                  f"(each side <= {MAX_SIDE}, <= {MAX_FRAME_PIXELS} pixels)")
+
+
+def check_decoded_frame_bytes(source: str | Path | None, held_bytes: int, detail: str = "") -> None:
+    """Refuse (BitstreamError) when a decoder would hold ``held_bytes`` of decoded frames, more than
+    MAX_DECODED_FRAME_BYTES. Read at call time, so a test can scale the budget down with monkeypatch.
+    ``detail``: what the count is made of (e.g. "300 frames of 1280x720"), put in the message."""
+    budget = MAX_DECODED_FRAME_BYTES
+    if held_bytes > budget:
+        made_of = f" ({detail})" if detail else ""
+        raise BitstreamError(source, f"would hold {held_bytes / GIB:.3g} GiB of decoded frames{made_of}, "
+                                     f"more than the {budget / GIB:.3g} GiB limit")
 
 
 def available_cores() -> int:

@@ -48,6 +48,8 @@ class StandardCodec(BaseCodec):
         self.weights_sha256 = None
         self.user_filter = postfilter
         self._plain: tuple[tuple, Encoded] | None = None  # the last plain encode, shared by a unit's candidates
+        # the frames stream_info decoded, handed once to the decode of the same bytes (decode them once)
+        self._decoded: tuple[bytes, list, Fraction | None] | None = None
 
     # ---------------------------------------------------------------- opening
     @classmethod
@@ -164,18 +166,22 @@ class StandardCodec(BaseCodec):
         if payload is not None:
             raise BitstreamError(payload_source, f"{source} is a {self.name} stream; it takes no payload")
         side = read_side_info(data, self.encoder_name, source)  # a damaged record is refused before decoding
-        frames = self._plain_frames(data, source)
+        frames, _ = self._plain_frames_and_rate(data, source)
+        self._decoded = None  # handed out: the caller owns them now (decode_filtered replaces them in place)
         return decode_filtered(frames, side, self.encoder_name, self.user_filter, source)
 
-    def _plain_frames(self, data: bytes, source) -> list:
-        return self._plain_frames_and_rate(data, source)[0]
-
     def _plain_frames_and_rate(self, data: bytes, source) -> tuple[list, Fraction | None]:
+        """FFmpeg's frames of ``data`` and its frame rate. Kept for the next call with the same bytes object
+        (`decode_file` asks stream_info, then decode: one decode, not two; the frames were held anyway)."""
         from workers.standard.encoder import decode_stream_and_rate
 
+        if self._decoded is not None and self._decoded[0] is data:
+            return self._decoded[1], self._decoded[2]
+        self._decoded = None  # drop another stream's frames before decoding this one
         frames, rate = decode_stream_and_rate(data, self.encoder_name, source, max_frames=MAX_STREAM_FRAMES)
         if not frames:
             raise BitstreamError(source, f"holds no decodable {self.name} frame")
+        self._decoded = (data, frames, rate)
         return frames, rate
 
     def stream_info(self, data: bytes, source: str | Path | None = None) -> dict:
