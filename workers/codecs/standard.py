@@ -212,8 +212,9 @@ class StandardCodec(BaseCodec):
         return len(a) == len(b) and all(np.array_equal(p, q) for x, y in zip(a, b) for p, q in zip(x, y))
 
     def write_reconstruction(self, path: str | Path, frames: list, fps: Fraction) -> None:
-        """.y4m: the planes as they are; anything else (a PNG folder): through RGB."""
-        from workers.atomic import atomic_write_bytes
+        """.y4m: the planes as they are, written frame by frame (no second copy of the clip in memory);
+        anything else (a PNG folder): through RGB."""
+        from workers.atomic import atomic_write
         from workers.video_io import write_reconstruction
 
         path = Path(path)
@@ -222,8 +223,16 @@ class StandardCodec(BaseCodec):
             return
         height, width = frames[0][0].shape
         head = f"YUV4MPEG2 W{width} H{height} F{fps.numerator}:{fps.denominator} Ip A1:1 C420jpeg\n".encode()
-        body = b"".join(b"FRAME\n" + y.tobytes() + u.tobytes() + v.tobytes() for y, u, v in frames)
-        atomic_write_bytes(path, head + body)
+
+        def write_y4m(tmp: Path) -> None:
+            with open(tmp, "wb") as handle:
+                handle.write(head)
+                for planes in frames:
+                    handle.write(b"FRAME\n")
+                    for plane in planes:
+                        handle.write(np.ascontiguousarray(plane).data)
+
+        atomic_write(path, write_y4m)
 
 
 class _AsRgb(Sequence):
