@@ -295,15 +295,15 @@ def test_input_errors_are_one_line_whatever_the_cause_or_path_holds():
 
 
 # ---------------------------------------------------------------- decoded frame memory (issue 11, long fuzz)
-def flat_x264(width: int, height: int, frames: int) -> bytes:
-    """A flat grey x264 stream: a few dozen bytes per frame, a whole frame of planes each once decoded."""
+def flat_stream(width: int, height: int, frames: int, codec: str = "x264") -> bytes:
+    """A flat grey x264/x265 stream: a few dozen bytes per frame, a whole frame of planes each once decoded."""
     import numpy as np
 
     from workers.standard.encoder import encode_planes
 
     planes = (np.full((height, width), 128, np.uint8), np.full((height // 2, width // 2), 128, np.uint8),
               np.full((height // 2, width // 2), 128, np.uint8))
-    return encode_planes([planes] * frames, width, height, Fraction(25), "x264", 32, 0)
+    return encode_planes([planes] * frames, width, height, Fraction(25), codec, 32, 0)
 
 
 @pytest.fixture
@@ -316,14 +316,16 @@ def conversions(monkeypatch) -> list:
     return seen
 
 
-def test_a_flat_stream_that_would_hold_too_many_frames_is_refused_at_its_first_frame(monkeypatch, conversions):
-    from workers.codecs.standard import X264Codec
+@pytest.mark.parametrize("codec", ["x264", "x265"])
+def test_a_flat_stream_that_would_hold_too_many_frames_is_refused_at_its_first_frame(codec, monkeypatch, conversions):
+    from workers.codecs.standard import X264Codec, X265Codec
 
-    data = flat_x264(320, 240, 30)  # the long fuzz's 300 flat 720p frames, scaled down
+    data = flat_stream(320, 240, 30, codec)  # the long fuzz's 300 flat 720p frames, scaled down
     assert len(data) < 30 * 200
     monkeypatch.setattr("workers.limits.MAX_DECODED_FRAME_BYTES", 10 * 320 * 240 * 3 // 2)
-    message = refusal(lambda: X264Codec(None).decode(data, "flat.h264"), BitstreamError)
-    assert message.startswith("flat.h264: would hold ") and "(30 access units of 320x240)" in message
+    decoder = {"x264": X264Codec, "x265": X265Codec}[codec](None)
+    message = refusal(lambda: decoder.decode(data, "flat.stream"), BitstreamError)
+    assert message.startswith("flat.stream: would hold ") and "(30 access units of 320x240)" in message
     assert message.endswith(" GiB limit") and "GiB of decoded frames" in message
     assert len(conversions) == 1  # refused from the first frame's size, before decoding the rest
 
@@ -332,7 +334,7 @@ def test_frames_that_grow_midway_are_refused_at_the_first_that_would_cross_the_l
     from workers.codecs.standard import X264Codec
 
     small, large = 64 * 48 * 3 // 2, 320 * 240 * 3 // 2
-    data = flat_x264(64, 48, 10) + flat_x264(320, 240, 10)  # a new SPS and IDR: the size changes midway
+    data = flat_stream(64, 48, 10) + flat_stream(320, 240, 10)  # a new SPS and IDR: the size changes midway
     budget = 20 * small + 3 * large  # fits the first frame's estimate (20 small frames), not 4 large ones
     monkeypatch.setattr("workers.limits.MAX_DECODED_FRAME_BYTES", budget)
     tracemalloc.start()
@@ -349,7 +351,7 @@ def test_stream_info_then_decode_decodes_a_standard_stream_once(monkeypatch, tmp
     import workers.standard.encoder as encoder
     from workers.encode_job import decode_file
 
-    data = flat_x264(64, 48, 5)
+    data = flat_stream(64, 48, 5)
     calls, real = [], encoder.decode_stream_and_rate
     monkeypatch.setattr(encoder, "decode_stream_and_rate", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
     info = decode_file(write(tmp_path, "flat.h264", data), tmp_path / "out.y4m")
@@ -361,6 +363,8 @@ def test_stream_info_then_decode_decodes_a_standard_stream_once(monkeypatch, tmp
 
 def test_a_neural_header_that_would_hold_too_many_frames_is_refused_up_front(stream, tiny_model):
     from workers.bitstream import FRAME_INTRA
+    from workers.decoder import checked_model
+    from workers.video_codec import decode_sequence
 
     head, _ = split_bitstream(stream)
     fields = json.loads(head) | {"width": 1024, "height": 1024, "frame_count": 800, "intra_period": 1}
@@ -369,20 +373,16 @@ def test_a_neural_header_that_would_hold_too_many_frames_is_refused_up_front(str
     records = [FrameRecord(FRAME_INTRA, [bytes(60), bytes(4)])] * 800
     data = frame_bitstream(json.dumps(fields).encode(), records)
     asked = []
-    action = decode_stream_action(data, tiny_model)
+
+    def model_for(header):
+        asked.append(header)
+        return checked_model(tiny_model, header, "case.bits")
+
     started = time.perf_counter()
-    message = refusal(lambda: decode_sequence_spying(data, tiny_model, asked), BitstreamError)
+    message = refusal(lambda: decode_sequence(data, model_for, "case.bits"), BitstreamError)
     assert time.perf_counter() - started < 2 and not asked  # refused before the model is even looked at
-    assert "would hold 9.38 GiB of decoded frames (800 frames of 1024x1024, float32 RGB), more than the 8 GiB limit" \
-        in message
-    assert judge(action) == "refused"
-
-
-def decode_sequence_spying(data: bytes, loaded, asked: list):
-    from workers.decoder import checked_model
-    from workers.video_codec import decode_sequence
-
-    return decode_sequence(data, lambda h: (asked.append(h), checked_model(loaded, h, "case.bits"))[1], "case.bits")
+    assert message == ("case.bits: would hold 9.38 GiB of decoded frames (800 frames of 1024x1024, float32 RGB), "
+                       "more than the 8 GiB limit")
 
 
 def test_the_neural_budget_counts_padded_float32_frames(stream, tiny_model, monkeypatch):
