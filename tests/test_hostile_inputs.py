@@ -396,3 +396,22 @@ def test_the_neural_budget_counts_padded_float32_frames(stream, tiny_model, monk
     assert judge(decode_stream_action(stream, tiny_model)) == "ok"  # exactly at the limit: decoded
     monkeypatch.setattr("workers.limits.MAX_DECODED_FRAME_BYTES", held - 1)
     assert "GiB of decoded frames" in refusal(decode_stream_action(stream, tiny_model), BitstreamError)
+
+
+@pytest.mark.parametrize("codec", ["x264", "x265"])
+def test_parsing_a_stream_a_few_bytes_at_a_time_decodes_the_same_frames(codec, monkeypatch):
+    import numpy as np
+
+    import workers.standard.encoder as encoder
+
+    rng = np.random.default_rng(11)
+    clip = [(rng.integers(0, 256, (48, 64), np.uint8), rng.integers(0, 256, (24, 32), np.uint8),
+             rng.integers(0, 256, (24, 32), np.uint8)) for _ in range(6)]
+    data = encoder.encode_planes(clip, 64, 48, Fraction(25), codec, 27, 4)
+    monkeypatch.setattr(encoder, "PARSE_CHUNK_BYTES", len(data))  # the whole stream at once
+    whole = encoder.decode_stream_and_rate(data, codec)
+    monkeypatch.setattr(encoder, "PARSE_CHUNK_BYTES", 7)  # start codes split across chunks
+    pieces = encoder.decode_stream_and_rate(data, codec)
+    assert encoder.count_access_units(data, codec) == len(whole[0]) == len(pieces[0]) == 6
+    assert whole[1] == pieces[1] == Fraction(25)
+    assert all(np.array_equal(p, q) for a, b in zip(whole[0], pieces[0]) for p, q in zip(a, b))
