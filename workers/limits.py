@@ -14,6 +14,13 @@ bytes cannot ask for gigabytes or hours (issue 11). The numbers, and why:
   16,384 pixels per byte present.
 - ``I_FRAME_FRAMING_BYTES`` / ``P_FRAME_FRAMING_BYTES``: a frame record has a type, a count, one u32
   length per stream and a CRC, so ``frame_count`` is bounded by the bytes present before any frame is read.
+- ``MAX_DECODED_FRAME_BYTES`` (8 GiB): the decoded frames one decoder may hold. The bytes-present checks
+  do not bound it for x264/x265: a flat 1280x720 x264 frame costs ~45 bytes of stream (13,366 bytes for
+  300 frames) and 1.38 MB decoded, so 1 MB of such a stream would hold ~30 GB of 4:2:0 planes (issue 11's
+  long fuzz). 8 GiB keeps 300 frames of 1080p float32 RGB (the neural codec's frames, padded to 1920x1088:
+  300 x 1920 x 1088 x 3 x 4 bytes = 7.0 GiB) or 2,762 frames of 1080p 4:2:0, and is half of a 16 GB
+  machine's memory. Checked from the header up front (neural codec) or as FFmpeg hands out frames
+  (x264/x265: the access units times the first frame's size, then every frame before it is kept).
 """
 
 from __future__ import annotations
