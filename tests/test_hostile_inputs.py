@@ -8,7 +8,9 @@ import json
 import os
 import signal
 import time
+import tracemalloc
 from contextlib import contextmanager
+from fractions import Fraction
 from pathlib import Path
 
 import pytest
@@ -290,3 +292,126 @@ def test_input_errors_are_one_line_whatever_the_cause_or_path_holds():
     error = InputError("dir/a\nb.mp4", "first line\n  second line\r\nthird")
     assert "\n" not in str(error) and "\r" not in str(error)
     assert str(error) == "dir/a\\nb.mp4: first line / second line / third"
+
+
+# ---------------------------------------------------------------- decoded frame memory (issue 11, long fuzz)
+def flat_stream(width: int, height: int, frames: int, codec: str = "x264") -> bytes:
+    """A flat grey x264/x265 stream: a few dozen bytes per frame, a whole frame of planes each once decoded."""
+    import numpy as np
+
+    from workers.standard.encoder import encode_planes
+
+    planes = (np.full((height, width), 128, np.uint8), np.full((height // 2, width // 2), 128, np.uint8),
+              np.full((height // 2, width // 2), 128, np.uint8))
+    return encode_planes([planes] * frames, width, height, Fraction(25), codec, 32, 0)
+
+
+@pytest.fixture
+def conversions(monkeypatch) -> list:
+    """Counts the frames FFmpeg hands out that are turned into planes (each one is then held)."""
+    import workers.video_io
+
+    seen, real = [], workers.video_io.yuv420_planes
+    monkeypatch.setattr(workers.video_io, "yuv420_planes", lambda frame: (seen.append(1), real(frame))[1])
+    return seen
+
+
+@pytest.mark.parametrize("codec", ["x264", "x265"])
+def test_a_flat_stream_that_would_hold_too_many_frames_is_refused_at_its_first_frame(codec, monkeypatch, conversions):
+    from workers.codecs.standard import X264Codec, X265Codec
+
+    data = flat_stream(320, 240, 30, codec)  # the long fuzz's 300 flat 720p frames, scaled down
+    assert len(data) < 30 * 200
+    monkeypatch.setattr("workers.limits.MAX_DECODED_FRAME_BYTES", 10 * 320 * 240 * 3 // 2)
+    decoder = {"x264": X264Codec, "x265": X265Codec}[codec](None)
+    message = refusal(lambda: decoder.decode(data, "flat.stream"), BitstreamError)
+    assert message.startswith("flat.stream: would hold ") and "(30 access units of 320x240)" in message
+    assert message.endswith(" GiB limit") and "GiB of decoded frames" in message
+    assert len(conversions) == 1  # refused from the first frame's size, before decoding the rest
+
+
+def test_frames_that_grow_midway_are_refused_at_the_first_that_would_cross_the_limit(monkeypatch, conversions):
+    from workers.codecs.standard import X264Codec
+
+    small, large = 64 * 48 * 3 // 2, 320 * 240 * 3 // 2
+    data = flat_stream(64, 48, 10) + flat_stream(320, 240, 10)  # a new SPS and IDR: the size changes midway
+    budget = 20 * small + 3 * large  # fits the first frame's estimate (20 small frames), not 4 large ones
+    monkeypatch.setattr("workers.limits.MAX_DECODED_FRAME_BYTES", budget)
+    tracemalloc.start()
+    try:
+        message = refusal(lambda: X264Codec(None).decode(data, "grows.h264"), BitstreamError)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert "(frame 13 is 320x240)" in message and len(conversions) == 14
+    assert peak < budget + 2 * large + len(data) * 4  # what was held, one frame in hand, the packets
+
+
+def test_stream_info_then_decode_decodes_a_standard_stream_once(monkeypatch, tmp_path):
+    import workers.standard.encoder as encoder
+    from workers.encode_job import decode_file
+
+    data = flat_stream(64, 48, 5)
+    calls, real = [], encoder.decode_stream_and_rate
+    monkeypatch.setattr(encoder, "decode_stream_and_rate", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
+    info = decode_file(write(tmp_path, "flat.h264", data), tmp_path / "out.y4m")
+    assert len(calls) == 1 and info["frames"] == 5
+    frames = encoder.decode_stream(data, "x264")
+    body = (tmp_path / "out.y4m").read_bytes().split(b"\n", 1)[1]
+    assert body == b"".join(b"FRAME\n" + y.tobytes() + u.tobytes() + v.tobytes() for y, u, v in frames)
+
+
+def test_a_neural_header_that_would_hold_too_many_frames_is_refused_up_front(stream, tiny_model):
+    from workers.bitstream import FRAME_INTRA
+    from workers.decoder import checked_model
+    from workers.video_codec import decode_sequence
+
+    head, _ = split_bitstream(stream)
+    fields = json.loads(head) | {"width": 1024, "height": 1024, "frame_count": 800, "intra_period": 1}
+    # each record carries the 64 bytes a 1024x1024 frame needs: the bytes-present checks pass (62 KB for
+    # 800 frames) but the frames would take 800 x 1024 x 1024 x 3 x 4 bytes = 9.4 GiB
+    records = [FrameRecord(FRAME_INTRA, [bytes(60), bytes(4)])] * 800
+    data = frame_bitstream(json.dumps(fields).encode(), records)
+    asked = []
+
+    def model_for(header):
+        asked.append(header)
+        return checked_model(tiny_model, header, "case.bits")
+
+    started = time.perf_counter()
+    message = refusal(lambda: decode_sequence(data, model_for, "case.bits"), BitstreamError)
+    assert time.perf_counter() - started < 2 and not asked  # refused before the model is even looked at
+    assert message == ("case.bits: would hold 9.38 GiB of decoded frames (800 frames of 1024x1024, float32 RGB), "
+                       "more than the 8 GiB limit")
+
+
+def test_the_neural_budget_counts_padded_float32_frames(stream, tiny_model, monkeypatch):
+    from workers.bitstream import unpack_header
+    from workers.codec.ssf import FramePadding
+
+    header, _ = unpack_header(stream)
+    height, width = FramePadding.of(header.padding, header.height, header.width).padded
+    held = header.frame_count * 3 * height * width * 4
+    monkeypatch.setattr("workers.limits.MAX_DECODED_FRAME_BYTES", held)
+    assert judge(decode_stream_action(stream, tiny_model)) == "ok"  # exactly at the limit: decoded
+    monkeypatch.setattr("workers.limits.MAX_DECODED_FRAME_BYTES", held - 1)
+    assert "GiB of decoded frames" in refusal(decode_stream_action(stream, tiny_model), BitstreamError)
+
+
+@pytest.mark.parametrize("codec", ["x264", "x265"])
+def test_parsing_a_stream_a_few_bytes_at_a_time_decodes_the_same_frames(codec, monkeypatch):
+    import numpy as np
+
+    import workers.standard.encoder as encoder
+
+    rng = np.random.default_rng(11)
+    clip = [(rng.integers(0, 256, (48, 64), np.uint8), rng.integers(0, 256, (24, 32), np.uint8),
+             rng.integers(0, 256, (24, 32), np.uint8)) for _ in range(6)]
+    data = encoder.encode_planes(clip, 64, 48, Fraction(25), codec, 27, 4)
+    monkeypatch.setattr(encoder, "PARSE_CHUNK_BYTES", len(data))  # the whole stream at once
+    whole = encoder.decode_stream_and_rate(data, codec)
+    monkeypatch.setattr(encoder, "PARSE_CHUNK_BYTES", 7)  # start codes split across chunks
+    pieces = encoder.decode_stream_and_rate(data, codec)
+    assert encoder.count_access_units(data, codec) == len(whole[0]) == len(pieces[0]) == 6
+    assert whole[1] == pieces[1] == Fraction(25)
+    assert all(np.array_equal(p, q) for a, b in zip(whole[0], pieces[0]) for p, q in zip(a, b))

@@ -14,6 +14,13 @@ bytes cannot ask for gigabytes or hours (issue 11). The numbers, and why:
   16,384 pixels per byte present.
 - ``I_FRAME_FRAMING_BYTES`` / ``P_FRAME_FRAMING_BYTES``: a frame record has a type, a count, one u32
   length per stream and a CRC, so ``frame_count`` is bounded by the bytes present before any frame is read.
+- ``MAX_DECODED_FRAME_BYTES`` (8 GiB): the decoded frames one decoder may hold. The bytes-present checks
+  do not bound it for x264/x265: a flat 1280x720 x264 frame costs ~45 bytes of stream (13,366 bytes for
+  300 frames) and 1.38 MB decoded, so 1 MB of such a stream would hold ~30 GB of 4:2:0 planes (issue 11's
+  long fuzz). 8 GiB keeps 300 frames of 1080p float32 RGB (the neural codec's frames, padded to 1920x1088:
+  300 x 1920 x 1088 x 3 x 4 bytes = 7.0 GiB) or 2,762 frames of 1080p 4:2:0, and is half of a 16 GB
+  machine's memory. Checked from the header up front (neural codec) or as FFmpeg hands out frames
+  (x264/x265: the access units times the first frame's size, then every frame before it is kept).
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ import stat
 from pathlib import Path
 
 from schemas.bitstream import MAX_FRAME_PIXELS, MAX_FRAMES, MAX_FPS_TERM, MAX_SIDE  # noqa: F401 (re-exported)
-from workers.errors import InputError
+from workers.errors import BitstreamError, InputError
 
 MAX_HEADER_BYTES = 64 * 1024  # our JSON headers are ~300 bytes
 MAX_PIXELS_PER_FRAME_BYTE = 16384
@@ -35,6 +42,8 @@ MAX_STRUCTURE_ITEMS = 64
 MAX_BITSTREAM_BYTES = 4 << 30
 MAX_PAYLOAD_BYTES = 1 << 30
 MAX_CHECKPOINT_BYTES = 4 << 30
+MAX_DECODED_FRAME_BYTES = 8 << 30
+GIB = 1 << 30
 
 
 def check_frame_size(source: str | Path | None, width: int, height: int) -> None:
@@ -42,6 +51,17 @@ def check_frame_size(source: str | Path | None, width: int, height: int) -> None
     if width > MAX_SIDE or height > MAX_SIDE or width * height > MAX_FRAME_PIXELS:
         raise InputError(source, f"frame size {width}x{height} is beyond the limit "
                                  f"(each side <= {MAX_SIDE}, <= {MAX_FRAME_PIXELS} pixels)")
+
+
+def check_decoded_frame_bytes(source: str | Path | None, held_bytes: int, detail: str = "") -> None:
+    """Refuse (BitstreamError) when a decoder would hold ``held_bytes`` of decoded frames, more than
+    MAX_DECODED_FRAME_BYTES. Read at call time, so a test can scale the budget down with monkeypatch.
+    ``detail``: what the count is made of (e.g. "300 frames of 1280x720"), put in the message."""
+    budget = MAX_DECODED_FRAME_BYTES
+    if held_bytes > budget:
+        made_of = f" ({detail})" if detail else ""
+        raise BitstreamError(source, f"would hold {held_bytes / GIB:.3g} GiB of decoded frames{made_of}, "
+                                     f"more than the {budget / GIB:.3g} GiB limit")
 
 
 def available_cores() -> int:

@@ -32,7 +32,7 @@ from workers.codec.hyperprior import CodedLatent
 from workers.codec.ssf import EntropyTables, FramePadding, ScaleSpaceFlow
 from workers.device import PARSE_THREADS_ON_ACCELERATOR, device_kind, module_device
 from workers.errors import BitstreamError
-from workers.limits import capped_threads
+from workers.limits import capped_threads, check_decoded_frame_bytes
 
 LOG = logging.getLogger(__name__)
 
@@ -110,12 +110,15 @@ def decode_sequence(data: bytes, model_for: Callable[[BitstreamHeader], tuple[Sc
                     source: str | Path | None = None) -> tuple[BitstreamHeader, list[torch.Tensor]]:
     """Decode a bitstream. ``model_for(header)`` returns the model (already checked against
     ``header.weights_sha256``) and its tables. Returns the header and the frames (3, H, W)."""
-    header, chunks = unpack(data, source)
+    header, chunks = unpack(data, source)  # refuses frame counts and sizes the bytes present cannot carry
+    padding = FramePadding.of(header.padding, header.height, header.width)
+    padded = padding.padded
+    # issue 11: the frames this decode will hold, float32 RGB, counted at their padded size (an upper bound)
+    check_decoded_frame_bytes(source, header.frame_count * 3 * padded[0] * padded[1] * 4,
+                              f"{header.frame_count} frames of {header.width}x{header.height}, float32 RGB")
     model, tables = model_for(header)
     if not latents_escaped(data):  # formats 2 and 3 clamped out-of-range latents; decode what they meant
         tables = replace(tables, latents=gaussian_table(escapes=False))
-    padding = FramePadding.of(header.padding, header.height, header.width)
-    padded = padding.padded
     frames, x_ref = [], None
     with torch_threads(capped_threads(header.threads, torch.get_num_threads())):  # issue 11: never > cores
         for index, chunk in enumerate(chunks):

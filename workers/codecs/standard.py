@@ -48,6 +48,8 @@ class StandardCodec(BaseCodec):
         self.weights_sha256 = None
         self.user_filter = postfilter
         self._plain: tuple[tuple, Encoded] | None = None  # the last plain encode, shared by a unit's candidates
+        # the frames stream_info decoded, handed once to the decode of the same bytes (decode them once)
+        self._decoded: tuple[bytes, list, Fraction | None] | None = None
 
     # ---------------------------------------------------------------- opening
     @classmethod
@@ -164,18 +166,22 @@ class StandardCodec(BaseCodec):
         if payload is not None:
             raise BitstreamError(payload_source, f"{source} is a {self.name} stream; it takes no payload")
         side = read_side_info(data, self.encoder_name, source)  # a damaged record is refused before decoding
-        frames = self._plain_frames(data, source)
+        frames, _ = self._plain_frames_and_rate(data, source)
+        self._decoded = None  # handed out: the caller owns them now (decode_filtered replaces them in place)
         return decode_filtered(frames, side, self.encoder_name, self.user_filter, source)
 
-    def _plain_frames(self, data: bytes, source) -> list:
-        return self._plain_frames_and_rate(data, source)[0]
-
     def _plain_frames_and_rate(self, data: bytes, source) -> tuple[list, Fraction | None]:
+        """FFmpeg's frames of ``data`` and its frame rate. Kept for the next call with the same bytes object
+        (`decode_file` asks stream_info, then decode: one decode, not two; the frames were held anyway)."""
         from workers.standard.encoder import decode_stream_and_rate
 
+        if self._decoded is not None and self._decoded[0] is data:
+            return self._decoded[1], self._decoded[2]
+        self._decoded = None  # drop another stream's frames before decoding this one
         frames, rate = decode_stream_and_rate(data, self.encoder_name, source, max_frames=MAX_STREAM_FRAMES)
         if not frames:
             raise BitstreamError(source, f"holds no decodable {self.name} frame")
+        self._decoded = (data, frames, rate)
         return frames, rate
 
     def stream_info(self, data: bytes, source: str | Path | None = None) -> dict:
@@ -206,8 +212,9 @@ class StandardCodec(BaseCodec):
         return len(a) == len(b) and all(np.array_equal(p, q) for x, y in zip(a, b) for p, q in zip(x, y))
 
     def write_reconstruction(self, path: str | Path, frames: list, fps: Fraction) -> None:
-        """.y4m: the planes as they are; anything else (a PNG folder): through RGB."""
-        from workers.atomic import atomic_write_bytes
+        """.y4m: the planes as they are, written frame by frame (no second copy of the clip in memory);
+        anything else (a PNG folder): through RGB."""
+        from workers.atomic import atomic_write
         from workers.video_io import write_reconstruction
 
         path = Path(path)
@@ -216,8 +223,16 @@ class StandardCodec(BaseCodec):
             return
         height, width = frames[0][0].shape
         head = f"YUV4MPEG2 W{width} H{height} F{fps.numerator}:{fps.denominator} Ip A1:1 C420jpeg\n".encode()
-        body = b"".join(b"FRAME\n" + y.tobytes() + u.tobytes() + v.tobytes() for y, u, v in frames)
-        atomic_write_bytes(path, head + body)
+
+        def write_y4m(tmp: Path) -> None:
+            with open(tmp, "wb") as handle:
+                handle.write(head)
+                for planes in frames:
+                    handle.write(b"FRAME\n")
+                    for plane in planes:
+                        handle.write(np.ascontiguousarray(plane).data)
+
+        atomic_write(path, write_y4m)
 
 
 class _AsRgb(Sequence):

@@ -109,6 +109,17 @@ def filter_frames(model: PostFilter, frames: Sequence[Planes], crf: float, codec
         return [filter_planes(model, planes, crf, codec) for planes in frames]
 
 
+def filter_frames_in_place(model: PostFilter, frames: list[Planes], crf: float, codec: str, threads: int) -> list[Planes]:
+    """:func:`filter_frames`, each filtered frame replacing its decoded one in ``frames`` (returned): the
+    decoder holds one copy of the clip, not two (workers.limits.MAX_DECODED_FRAME_BYTES counts one)."""
+    from workers.video_codec import torch_threads
+
+    with torch_threads(threads):
+        for index, planes in enumerate(frames):
+            frames[index] = filter_planes(model, planes, crf, codec)
+    return frames
+
+
 def encoder_threads() -> int:
     """The torch thread count the encoder filters with and records."""
     return torch.get_num_threads()
@@ -116,7 +127,8 @@ def encoder_threads() -> int:
 
 def decode_filtered(frames: list[Planes], side: tuple[StandardSideInfo, bytes] | None, codec: str,
                     user: LoadedFilter | None, source: str | Path | None) -> list[Planes]:
-    """What a decoder shows for decoded ``frames`` and the stream's side info (None: a plain stream)."""
+    """What a decoder shows for decoded ``frames`` and the stream's side info (None: a plain stream).
+    ``frames`` is the caller's to give away: filtered frames replace the decoded ones in it."""
     if side is None or not side[0].filter_enabled:
         return frames
     from workers.limits import capped_threads
@@ -126,7 +138,7 @@ def decode_filtered(frames: list[Planes], side: tuple[StandardSideInfo, bytes] |
     # the record's count, capped to the cores (as BitstreamHeader.threads: a record saying 4096 started 4096
     # OpenMP threads, 5.3 s instead of 0.05 s for 2 frames of 64x48; workers.limits.capped_threads has the
     # bit-exactness caveat)
-    return filter_frames(model, frames, info.crf, codec, capped_threads(info.threads, torch.get_num_threads()))
+    return filter_frames_in_place(model, frames, info.crf, codec, capped_threads(info.threads, torch.get_num_threads()))
 
 
 def describe_side_info(side: tuple[StandardSideInfo, bytes] | None) -> dict | str:

@@ -22,9 +22,10 @@ Planes are 8-bit 4:2:0 numpy arrays ``(Y (H, W), U (H/2, W/2), V (H/2, W/2))``, 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
+from itertools import chain
 
 import numpy as np
 
@@ -49,6 +50,7 @@ CODECS: dict[str, StandardCodecInfo] = {
 }
 DEFAULT_CRFS = (22.0, 27.0, 32.0, 37.0, 42.0, 47.0, 51.0)  # wide, so that low-rate curves overlap
 DEFAULT_PRESET = "medium"
+PARSE_CHUNK_BYTES = 1 << 20  # Annex B bytes handed to FFmpeg's parser at a time (see access_units)
 # keys of x264-params / x265-params that adaptjobs sets or lets users set
 _PARAM_KEYS = {"keyint", "min-keyint", "scenecut", "bframes", "log-level", "ref", "rc-lookahead", "aq-mode",
                "psy-rd", "psy-rdoq", "deblock", "me", "subme", "qcomp", "ipratio", "no-scenecut", "open-gop", "info",
@@ -135,31 +137,73 @@ def encode_planes(frames: Iterable[Planes], width: int, height: int, fps: Fracti
 
 def decode_stream(data: bytes, codec: str, source: str | None = None, max_frames: int | None = None) -> list[Planes]:
     """Decode an Annex B elementary stream with FFmpeg into 8-bit 4:2:0 planes, in display order
-    (no B-frames: the same as coding order). ``max_frames`` bounds the work on untrusted input."""
+    (no B-frames: the same as coding order). ``max_frames`` bounds the work on untrusted input; the frames
+    held are bounded by workers.limits.MAX_DECODED_FRAME_BYTES (see :func:`decode_stream_and_rate`)."""
     return decode_stream_and_rate(data, codec, source, max_frames)[0]
 
 
 def decode_stream_and_rate(data: bytes, codec: str, source: str | None = None,
                            max_frames: int | None = None) -> tuple[list[Planes], Fraction | None]:
     """:func:`decode_stream` plus the frame rate the stream's VUI timing gives (x264 and x265 write the
-    encoder's; None when the stream has none), so a decoded .y4m carries the source's rate."""
+    encoder's; None when the stream has none), so a decoded .y4m carries the source's rate.
+
+    Memory is bounded frame by frame, because a few bytes of stream can stand for a whole frame (a flat
+    720p x264 frame: ~45 bytes, 1.4 MB decoded). At the first frame, the stream's access units times that
+    frame's size must fit MAX_DECODED_FRAME_BYTES (a stream that cannot fit is refused before any more
+    decoding: one frame per access unit, no B-frames); then every frame is counted before it is kept,
+    so a stream whose frames grow midway is refused at the first frame that would cross the limit."""
     import av
 
-    from workers.video_io import yuv420_planes
+    from workers.limits import check_decoded_frame_bytes
 
     decoder = av.CodecContext.create(codec_info(codec).decoder, "r")
     decoder.thread_count = 1
     frames: list[Planes] = []
+    held = 0
     try:
-        for packet in [*decoder.parse(data), *decoder.parse(None), None]:  # parse(None) flushes the parser
-            for frame in decoder.decode(packet):
-                frames.append(yuv420_planes(frame))
-                if max_frames is not None and len(frames) > max_frames:
-                    raise InputError(source, f"the {codec} stream holds more than the {max_frames} frames it declares")
+        units = count_access_units(data, codec)
+        for planes in _decoded_planes(decoder, access_units(decoder, data)):
+            size = sum(plane.nbytes for plane in planes)
+            shape = f"{planes[0].shape[1]}x{planes[0].shape[0]}"
+            if not frames:
+                check_decoded_frame_bytes(source, size * units, f"{units} access units of {shape}")
+            held += size
+            check_decoded_frame_bytes(source, held, f"frame {len(frames)} is {shape}")
+            frames.append(planes)
+            if max_frames is not None and len(frames) > max_frames:
+                raise InputError(source, f"the {codec} stream holds more than the {max_frames} frames it declares")
     except av.FFmpegError as exc:
         raise InputError(source, f"not a decodable {codec} stream ({exc.__class__.__name__})") from None
     rate = decoder.framerate
     return frames, (Fraction(rate.numerator, rate.denominator) if rate and rate.numerator > 0 else None)
+
+
+def access_units(context, data: bytes) -> Iterator:
+    """The Annex B stream's access units as PyAV packets, split by ``context``'s parser PARSE_CHUNK_BYTES
+    at a time, then flushed: never all at once, because a packet costs ~580 bytes of memory for a ~45-byte
+    access unit (measured: 140,000 packets of a flat 720p stream, 5.9 MB of stream, 81 MB of packets)."""
+    for start in range(0, len(data), PARSE_CHUNK_BYTES):
+        yield from context.parse(data[start: start + PARSE_CHUNK_BYTES])
+    yield from context.parse(None)  # parse(None) flushes the parser
+
+
+def count_access_units(data: bytes, codec: str) -> int:
+    """How many access units (one frame each: no B-frames) ``data`` holds, found by a parser of its own
+    (cheap: no decoding), so a decoder can refuse a stream that cannot fit before holding its frames."""
+    import av
+
+    parser = av.CodecContext.create(codec_info(codec).decoder, "r")
+    return sum(1 for _ in access_units(parser, data))
+
+
+def _decoded_planes(decoder, packets: Iterable) -> Iterator[Planes]:
+    """Each frame FFmpeg decodes from ``packets`` (then the flush), as planes, one at a time: a frame is
+    converted only when the caller asks for it, so nothing is materialised before the caller's checks."""
+    from workers.video_io import yuv420_planes
+
+    for packet in chain(packets, [None]):
+        for frame in decoder.decode(packet):
+            yield yuv420_planes(frame)
 
 
 def x264_settings(data: bytes) -> str | None:
