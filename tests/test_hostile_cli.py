@@ -182,9 +182,9 @@ def test_a_bad_video_does_not_stop_the_good_ones_from_being_scheduled(bad_videos
     assert summary.failed == 2 and set(summary.failures) == {"units/crasher/x264/none/q32", "units/truncated/x264/none/q32"}
 
 
-# ----------------------------------------------------------------------------- 5. status == report
-def test_status_counts_done_only_with_a_valid_result(tmp_path, carphone_path, capsys):
-    from adaptjobs.report_data import collect_run
+def _done_x264_run(tmp_path, carphone_path):
+    """A run of carphone on x264 at CRFs 32 and 40 (method none) whose two units ran to DONE in process.
+    Returns (spec, store, units)."""
     from adaptjobs.spec import build_spec, parse_codec_choices
     from workers.task import run_task
 
@@ -197,6 +197,14 @@ def test_status_counts_done_only_with_a_valid_result(tmp_path, carphone_path, ca
     units = store.units(spec)
     for unit in units:
         assert run_task(store.video_task(spec, unit, 1)).state == "done"
+    return spec, store, units
+
+
+# ----------------------------------------------------------------------------- 5. status == report
+def test_status_counts_done_only_with_a_valid_result(tmp_path, carphone_path, capsys):
+    from adaptjobs.report_data import collect_run
+
+    spec, store, units = _done_x264_run(tmp_path, carphone_path)
 
     def states() -> tuple[dict, dict]:
         capsys.readouterr()
@@ -224,19 +232,10 @@ def test_retry_failed_selects_a_done_unit_without_a_valid_result(tmp_path, carph
     """The runner's selection (no Ray): a DONE unit whose result.json is missing or broken is skipped as
     failed by a plain resume and redone by --retry-failed, whose task then really runs (DONE removed)."""
     from adaptjobs.runner import RunSummary, select_units
-    from adaptjobs.spec import build_spec, parse_codec_choices
     from schemas.adapt import AdaptResult
     from workers.task import run_task
 
-    videos = tmp_path / "videos"
-    videos.mkdir()
-    shutil.copy(carphone_path, videos / "car.mp4")
-    spec = build_spec(videos, ["none"], [], parse_codec_choices(["x264:32,40"], None, [], "none"), None, 1, 12)
-    store = RunStore(tmp_path / "run")
-    store.write_spec_once(spec)
-    good, broken = store.units(spec)
-    for unit in (good, broken):
-        assert run_task(store.video_task(spec, unit, 1)).state == "done"
+    spec, store, (good, broken) = _done_x264_run(tmp_path, carphone_path)
     (store.unit_dir(broken) / "result.json").unlink()
 
     plain = RunSummary()
