@@ -70,12 +70,15 @@ def test_threads_beyond_the_cores_are_a_usage_error_before_torch_sees_them(tmp_p
         assert usage.value.code == 2
         assert "--threads" in capsys.readouterr().err
         assert torch.get_num_threads() == before
-    assert main(["--threads", str(available_cores()), "status", str(tmp_path)]) == EXIT_INPUT_ERROR  # accepted
-    with pytest.raises(SystemExit) as usage:  # the segfault: `--threads 100000 encode ...`
-        main(["--threads", "100000", "encode", str(tmp_path / "clip.y4m"), "-o", str(tmp_path / "out")])
-    assert usage.value.code == 2 and torch.get_num_threads() == before
-    assert "--threads" in capsys.readouterr().err
-    torch.set_num_threads(before)
+    try:
+        assert main(["--threads", str(available_cores()), "status", str(tmp_path)]) == EXIT_INPUT_ERROR  # accepted
+        accepted = torch.get_num_threads()  # the accepted value is now torch's; the refusal below must not move it
+        with pytest.raises(SystemExit) as usage:  # the segfault: `--threads 100000 encode ...`
+            main(["--threads", "100000", "encode", str(tmp_path / "clip.y4m"), "-o", str(tmp_path / "out")])
+        assert usage.value.code == 2 and torch.get_num_threads() == accepted
+        assert "--threads" in capsys.readouterr().err
+    finally:
+        torch.set_num_threads(before)
 
 
 # ----------------------------------------------------------------------------- 4. --set values
