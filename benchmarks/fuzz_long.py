@@ -454,7 +454,7 @@ def _postfilter_case(kind: str, m: Material, rng: np.random.Generator) -> tuple[
 
 def make_case(kind: str, index: int, m: Material, seed: int):
     """(what, bytes): what is 'bits', 'payload', 'video:<suffix>' or 'pf:<codec>' (an x264/x265 stream)."""
-    from workers.fuzz_cases import frame_bitstream, frame_payload
+    from workers.fuzz_cases import frame_bitstream, frame_payload, mutated_payload_fields
 
     rng = np.random.Generator(np.random.PCG64([seed, zlib.crc32(kind.encode()), index]))
     if kind == "bits-header":
@@ -464,7 +464,8 @@ def make_case(kind: str, index: int, m: Material, seed: int):
     if kind == "bits-raw":
         return "bits", _damaged(m.stream, rng)
     if kind == "payload-header":
-        return "payload", frame_payload(_mutated_json(m.payload_head, rng), m.payload_body)
+        return "payload", frame_payload(mutated_payload_fields(m.payload_head, lambda n: int(rng.integers(n))),
+                                        m.payload_body)  # format 4: binary fields
     if kind == "payload-body":
         body = _flip(m.payload_body, rng, int(rng.integers(1, 9))) if rng.integers(2) else \
             bytes(rng.integers(0, 256, rng.integers(0, 256), dtype=np.uint8))

@@ -21,7 +21,8 @@ from schemas.results import EncodeResult
 
 __all__ = ["METHOD_CONFIGS", "MethodConfig", "MethodName", "SEND_UPDATE_HELP", "DecoderTraining", "SendUpdate",
            "WeightPrior", "DecoderLoraConfig", "FullDecoderConfig", "GopAdaptersConfig",
-           "GopAdaptersDecoderLoraConfig", "NoneConfig", "EncodeResult", "AdaptResult", "PayloadHeader"]
+           "GopAdaptersDecoderLoraConfig", "NoneConfig", "EncodeResult", "AdaptResult", "PayloadHeader",
+           "JsonPayloadHeader"]
 
 
 class AdaptResult(EncodeResult):
@@ -61,23 +62,49 @@ class AdaptResult(EncodeResult):
 
 
 class PayloadHeader(BaseModel):
-    """What a decoder needs, besides the base model, to rebuild the adapted weights from the coded indices.
+    """What a decoder needs, besides the base model, to rebuild the adapted weights from the coded indices
+    (the parsed header of any payload format; workers/adapt/payload.py gives the byte layouts).
 
-    Only what the decoder cannot rebuild travels: the base model's hash, the method and the options that fix
-    the update's tensors (``structure``, e.g. LoRA variant, ranks and the seed of A's initialisation), the
+    Only what the decoder cannot rebuild travels: the base model's identity, the method and the options that
+    fix the update's tensors (``structure``, e.g. LoRA variant, ranks and the seed of A's initialisation), the
     prior and the table bound. The tensor list itself (names, shapes, order) is rebuilt by the decoder from
-    the base model and ``structure``; ``tensors_sha256`` fingerprints it so a mismatch is refused. (Sending
-    the list and the full training config cost 1.9 KB per payload, more than the coded weights of a
-    decoder-lora update at low rates.) The coded symbols are the grid indices of every tensor, flattened
-    row-major in that order, shifted by ``bound`` into 0..2*bound.
+    the base model and ``structure``; ``tensors_fingerprint`` fingerprints it so a mismatch is refused.
+    (Sending the list and the full training config cost 1.9 KB per payload, more than the coded weights of a
+    decoder-lora update at low rates; format 3's JSON of this header cost ~300 bytes, format 4's binary
+    fields 33 for decoder-lora.) The coded symbols are the grid indices of every tensor, flattened row-major
+    in that order, shifted by ``bound`` into 0..2*bound.
     """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    base_id: str = Field(pattern="^([0-9a-f]{16}|[0-9a-f]{64})$", description=(
+        "the base model's weights sha256 in hex: whole (formats 2, 3) or its first 8 bytes (format 4; 64 bits "
+        "tell the few models adaptjobs ever ships apart, see schemas/side_info.py filter_id)"))
+    method: str = Field(min_length=1, max_length=64)
+    structure: dict = Field(description="the method options that fix the update's tensors (the method's STRUCTURE_FIELDS)")
+    prior: WeightPrior
+    bound: int = Field(ge=1, le=1 << 20, description="K: the table covers grid indices -K..K")
+    tensors_fingerprint: str = Field(pattern="^([0-9a-f]{8}|[0-9a-f]{16})$", description=(
+        "first hex digits of the sha256 of the (name, shape) list in coding order (format 3 on: with the method "
+        "and structure): 16 in formats 2 and 3, 8 in format 4"))
+
+    def made_for(self, weights_sha256: str) -> bool:
+        """Whether this payload names the base model whose weights hash to ``weights_sha256`` (hex)."""
+        return weights_sha256.startswith(self.base_id)
+
+
+class JsonPayloadHeader(BaseModel):
+    """The header of payload formats 2 and 3 as it was written: UTF-8 JSON (keys sorted); read, never written."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     base_weights_sha256: str = Field(pattern="^[0-9a-f]{64}$")
     method: str = Field(min_length=1, max_length=64)
-    structure: dict = Field(description="the method options that fix the update's tensors (the method's STRUCTURE_FIELDS)")
+    structure: dict
     prior: WeightPrior
-    bound: int = Field(ge=1, le=1 << 20, description="K: the table covers grid indices -K..K")
-    tensors_sha256: str = Field(pattern="^[0-9a-f]{16}$",
-                                description="first 16 hex digits of the sha256 of the (name, shape) list, in coding order")
+    bound: int = Field(ge=1, le=1 << 20)
+    tensors_sha256: str = Field(pattern="^[0-9a-f]{16}$")
+
+    def parsed(self) -> PayloadHeader:
+        return PayloadHeader(base_id=self.base_weights_sha256, method=self.method, structure=self.structure,
+                             prior=self.prior, bound=self.bound, tensors_fingerprint=self.tensors_sha256)

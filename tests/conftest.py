@@ -94,3 +94,10 @@ def payload(tiny_model) -> bytes:
     from workers.fuzz_cases import sample_payload
 
     return sample_payload(tiny_model)
+
+
+@pytest.fixture(scope="session")
+def json_payload() -> bytes:
+    """A format-3 payload (JSON header) of the tiny model, written by the format-3 encoder: what the old-format
+    reader's hostile-input tests corrupt."""
+    return (Path(__file__).parent / "data" / "golden-format3-tiny-lora.payload").read_bytes()

@@ -68,7 +68,7 @@ def sample_indices(prior: WeightPrior, count: int, seed: int) -> torch.Tensor:
 
 
 def payload_for(indices: dict[str, torch.Tensor], sha: str = "a" * 64, prior: WeightPrior = WeightPrior()) -> WeightUpdate:
-    header = make_header(sha, "decoder-lora", {}, prior, indices)
+    header = make_header(sha, "full-decoder", {}, prior, indices)  # full-decoder: no structure to choose
     return WeightUpdate(header, indices)
 
 

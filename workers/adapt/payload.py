@@ -1,22 +1,26 @@
 """The weight payload: grid indices of a weight update, entropy-coded under the spike-and-slab prior.
 
-Byte layout (integers little-endian)::
+Format 4 (written; integers little-endian)::
 
-    magic    4 bytes  b"AJWP"
-    version  u8       FORMAT_VERSION
-    hlen     u32      length of the header
-    header   hlen     UTF-8 JSON of schemas.adapt.PayloadHeader (keys sorted, no spaces; ~300 bytes)
-    slen     u32      length of the constriction stream
-    stream   slen     ANS words (uint32, little-endian) of all grid indices, one Categorical table
+    magic    2 bytes  b"AW"
+    header   33 bytes for decoder-lora: version u8 = 4, then binary fields (workers/adapt/payload_header.py):
+                      base id (8 bytes of sha256), method id, structure, prior (preset id or 4 x f32),
+                      bound, tensor fingerprint (4 bytes)
+    stream   the rest ANS words (uint32, little-endian) of all grid indices, one Categorical table; the
+                      last word's trailing zero bytes are left out (the decoder puts them back: 1.5
+                      bytes saved on average, the top word of an ANS state is small more often than not)
     crc      u32      CRC32 of everything from version to the end of the stream
 
+The stream's length is what lies between the header and the CRC: no length field. Formats 2 and 3 (magic
+``AJWP``, a ~300-byte JSON header; workers/adapt/payload_json.py) still decode (READABLE_VERSIONS).
+
 The header carries no tensor names or shapes: the decoder rebuilds the list from the base model and the
-header's ``structure`` and checks it against ``tensors_sha256``, which (format 3) fingerprints the method
-and the structure options too, so a payload whose ``init_seed`` was changed is refused, not decoded into
-other weights. The decoder refuses another base model (sha256), another tensor list, truncation,
-trailing bytes and CRC mismatches before it decodes a single symbol. The header is strict JSON (no
-duplicate keys, no NaN/Infinity) and its ``structure`` is checked (:func:`check_structure`: ranks
-positive and bounded, every integer a non-negative int32) before any tensor is built. Nothing is pickled.
+header's ``structure`` and checks it against the fingerprint, which covers the method and the structure
+options too, so a payload whose ``init_seed`` was changed is refused, not decoded into other weights. The
+decoder refuses another base model, another tensor list, truncation, trailing bytes and CRC mismatches
+before it decodes a single symbol, and every header field is bounded before anything is built from it
+(ranks 1..MAX_LORA_RANK, counts, seeds, bound, a positive finite prior). Nothing is pickled. The same
+update gives the same bytes.
 """
 
 from __future__ import annotations
@@ -32,19 +36,18 @@ from pathlib import Path
 import constriction
 import numpy as np
 import torch
-from pydantic import ValidationError
 
 from schemas.adapt import PayloadHeader, WeightPrior
+from workers.adapt import payload_header, payload_json
 from workers.adapt.prior import coding_probabilities
 from workers.codec.entropy_coding import bytes_to_words, words_to_bytes
-from workers.errors import BitstreamError, InputError, exception_line, validation_line
-from workers.limits import MAX_HEADER_BYTES, MAX_LORA_RANK, MAX_STRUCTURE_ITEMS
-from workers.strict_json import StrictJsonError, loads_strict
+from workers.errors import BitstreamError, InputError, exception_line
 
-MAGIC = b"AJWP"
-FORMAT_VERSION = 3  # 3: the fingerprint covers method and structure; 2: tensor list fingerprinted, not sent
-READABLE_VERSIONS = (2, 3)  # 2 differs only by what the fingerprint covers
-MAX_STRUCTURE_STRING = 64
+MAGIC = b"AW"
+LEGACY_MAGIC = payload_json.MAGIC  # b"AJWP": formats 2 and 3
+FORMAT_VERSION = payload_header.VERSION  # 4: binary header; 3: JSON, fingerprint covers method and structure
+READABLE_VERSIONS = (*payload_json.VERSIONS, FORMAT_VERSION)
+CRC_BYTES = 4
 
 
 @dataclass
@@ -63,7 +66,7 @@ def tensor_list_sha256(shapes: dict[str, tuple[int, ...]], method: str | None = 
                        structure: dict | None = None) -> str:
     """Fingerprint of the coded tensors' names and shapes in coding order (16 hex digits); from format 3
     on (``method`` given) it also covers the method and its structure options (e.g. LoRA's init_seed,
-    which changes the decoded weights without changing any shape)."""
+    which changes the decoded weights without changing any shape). Format 4 sends its first 8 digits."""
     tensors = [[name, list(shape)] for name, shape in shapes.items()]
     content = tensors if method is None else {"method": method, "structure": structure or {}, "tensors": tensors}
     canonical = json.dumps(content, sort_keys=True, separators=(",", ":"))
@@ -73,42 +76,20 @@ def tensor_list_sha256(shapes: dict[str, tuple[int, ...]], method: str | None = 
 def _fingerprint(header: PayloadHeader, shapes: dict[str, tuple[int, ...]], version: int = FORMAT_VERSION) -> str:
     if version == 2:
         return tensor_list_sha256(shapes)
-    return tensor_list_sha256(shapes, header.method, header.structure)
-
-
-def check_structure(structure: dict, source: str | Path | None = None) -> None:
-    """Refuse structure options that could not come from a method config, before anything is built from
-    them: at most MAX_STRUCTURE_ITEMS keys and list items, short strings, every integer a non-negative
-    int32 (sizes, seeds), every rank in 1..MAX_LORA_RANK (issue 11: ``ranks: [-1]`` crashed tensor
-    construction). Nested objects are refused: no method's structure has them."""
-    if len(structure) > MAX_STRUCTURE_ITEMS:
-        raise BitstreamError(source, f"invalid payload header (structure has {len(structure)} options)")
-    for key, value in structure.items():
-        items = value if isinstance(value, list) else [value]
-        if len(key) > MAX_STRUCTURE_STRING or len(items) > MAX_STRUCTURE_ITEMS:
-            raise BitstreamError(source, "invalid payload header (structure option too long)")
-        for item in items:
-            _check_structure_item(key, item, source)
-
-
-def _check_structure_item(key: str, item: object, source: str | Path | None) -> None:
-    what = f"invalid payload header (structure.{key[:MAX_STRUCTURE_STRING]}"
-    if isinstance(item, bool) or (isinstance(item, str) and len(item) <= MAX_STRUCTURE_STRING):
-        return
-    if not isinstance(item, int):
-        raise BitstreamError(source, f"{what} holds a {type(item).__name__}, not a number, string or flag)")
-    if not 0 <= item < 2**31:
-        raise BitstreamError(source, f"{what} = {item} is outside 0..2^31-1)")
-    if key == "ranks" and not 1 <= item <= MAX_LORA_RANK:
-        raise BitstreamError(source, f"{what}: rank {item} is outside 1..{MAX_LORA_RANK})")
+    full = tensor_list_sha256(shapes, header.method, header.structure)
+    return full if version == 3 else full[: 2 * payload_header.FINGERPRINT_BYTES]
 
 
 def make_header(base_weights_sha256: str, method: str, structure: dict, prior: WeightPrior,
                 indices: dict[str, torch.Tensor]) -> PayloadHeader:
+    """The format-4 header of ``indices``: the base's 8-byte id, the prior as it travels
+    (payload_header.transmitted_prior: a preset, or float32 values both sides build the same table from)."""
     bound = max([1] + [int(k.abs().max()) for k in indices.values() if k.numel()])
     shapes = {n: tuple(k.shape) for n, k in indices.items()}
-    return PayloadHeader(base_weights_sha256=base_weights_sha256, method=method, structure=structure, prior=prior,
-                         bound=bound, tensors_sha256=tensor_list_sha256(shapes, method, structure))
+    header = PayloadHeader(base_id=base_weights_sha256[: 2 * payload_header.BASE_ID_BYTES], method=method,
+                           structure=structure, prior=payload_header.transmitted_prior(prior), bound=bound,
+                           tensors_fingerprint="0" * 2 * payload_header.FINGERPRINT_BYTES)
+    return header.model_copy(update={"tensors_fingerprint": _fingerprint(header, shapes)})
 
 
 def _table(header: PayloadHeader):
@@ -116,8 +97,9 @@ def _table(header: PayloadHeader):
 
 
 def encode_payload(update: WeightUpdate) -> bytes:
+    """Format-4 bytes of ``update`` (its header from :func:`make_header`)."""
     header = update.header
-    if header.tensors_sha256 != _fingerprint(header, {n: tuple(k.shape) for n, k in update.indices.items()}):
+    if header.tensors_fingerprint != _fingerprint(header, {n: tuple(k.shape) for n, k in update.indices.items()}):
         raise ValueError("the header's tensor fingerprint does not match the indices")
     flat = torch.cat([k.reshape(-1) for k in update.indices.values()]) if update.indices else torch.zeros(0, dtype=torch.int64)
     if flat.numel() and int(flat.abs().max()) > header.bound:
@@ -125,10 +107,16 @@ def encode_payload(update: WeightUpdate) -> bytes:
     coder = constriction.stream.stack.AnsCoder()
     if flat.numel():
         coder.encode_reverse((flat + header.bound).numpy().astype(np.int32), _table(header))
-    stream = words_to_bytes(coder.get_compressed())
-    head = json.dumps(header.model_dump(mode="json"), sort_keys=True, separators=(",", ":")).encode("utf-8")
-    body = struct.pack("<BI", FORMAT_VERSION, len(head)) + head + struct.pack("<I", len(stream)) + stream
+    body = payload_header.pack_header(header) + _strip_last_word(words_to_bytes(coder.get_compressed()))
     return MAGIC + body + struct.pack("<I", zlib.crc32(body))
+
+
+def _strip_last_word(stream: bytes) -> bytes:
+    """Drop the trailing zero bytes of the last 32-bit word (at most 3: whole words keep their count)."""
+    keep = len(stream)
+    while keep > max(0, len(stream) - 3) and stream[keep - 1] == 0:
+        keep -= 1
+    return stream[:keep]
 
 
 def read_payload_header(data: bytes, source: str | Path | None = None) -> PayloadHeader:
@@ -136,38 +124,36 @@ def read_payload_header(data: bytes, source: str | Path | None = None) -> Payloa
     return _split(data, source)[0]
 
 
+def payload_layout(data: bytes, source: str | Path | None = None) -> dict[str, int]:
+    """Where a payload's bytes go: {"version", "header" (magic, fields, CRC: what a payload costs besides
+    the coded weights), "stream"}, after every framing check."""
+    _, stream, version = _split(data, source)
+    return {"version": version, "header": len(data) - len(stream), "stream": len(stream)}
+
+
 def _split(data: bytes, source: str | Path | None) -> tuple[PayloadHeader, bytes, int]:
     """(header, stream bytes, format version) after every framing check."""
-    if len(data) < 4 or data[:4] != MAGIC:
+    if data[: len(LEGACY_MAGIC)] == LEGACY_MAGIC:
+        if len(data) > len(LEGACY_MAGIC) and data[len(LEGACY_MAGIC)] not in payload_json.VERSIONS:
+            _refuse_version(data[len(LEGACY_MAGIC)], LEGACY_MAGIC, payload_json.VERSIONS, source)
+        return payload_json.split_json_payload(data, source)
+    if data[: len(MAGIC)] != MAGIC:
         raise BitstreamError(source, "not an adaptjobs weight payload (wrong magic bytes)")
-    if len(data) < 4 + 5 + 4 + 4:
-        raise BitstreamError(source, "truncated payload (shorter than its fixed fields)")
-    version, hlen = struct.unpack_from("<BI", data, 4)
-    if version not in READABLE_VERSIONS:
-        readable = ", ".join(map(str, READABLE_VERSIONS))
-        raise BitstreamError(source, f"payload format version {version} is not supported (this adaptjobs reads {readable})")
-    if hlen > MAX_HEADER_BYTES:
-        raise BitstreamError(source, f"the payload header claims {hlen} bytes, more than the limit of {MAX_HEADER_BYTES}")
-    header_end = 9 + hlen
-    if len(data) < header_end + 4:
-        raise BitstreamError(source, "truncated payload (header cut off)")
-    (slen,) = struct.unpack_from("<I", data, header_end)
-    stream_end = header_end + 4 + slen
-    if len(data) < stream_end + 4:
-        raise BitstreamError(source, f"truncated payload ({len(data)} bytes, the header announces {stream_end + 4})")
-    if len(data) > stream_end + 4:
-        raise BitstreamError(source, f"{len(data) - stream_end - 4} unexpected bytes after the payload")
-    (crc,) = struct.unpack_from("<I", data, stream_end)
-    if zlib.crc32(data[4:stream_end]) != crc:
-        raise BitstreamError(source, "payload CRC mismatch (corrupted)")
-    try:
-        header = PayloadHeader.model_validate(loads_strict(data[9:header_end]))
-    except StrictJsonError as exc:
-        raise BitstreamError(source, f"invalid payload header ({exc})") from None
-    except ValidationError as exc:
-        raise BitstreamError(source, f"invalid payload header ({validation_line(exc)})") from None
-    check_structure(header.structure, source)
-    return header, data[header_end + 4: stream_end], version
+    if len(data) > len(MAGIC) and data[len(MAGIC)] != FORMAT_VERSION:
+        _refuse_version(data[len(MAGIC)], MAGIC, (FORMAT_VERSION,), source)
+    if len(data) < len(MAGIC) + 1 + CRC_BYTES:
+        raise BitstreamError(source, f"truncated payload ({len(data)} bytes)")
+    (crc,) = struct.unpack_from("<I", data, len(data) - CRC_BYTES)
+    if zlib.crc32(data[len(MAGIC): -CRC_BYTES]) != crc:
+        raise BitstreamError(source, "payload CRC mismatch (corrupted, truncated or extended)")
+    header, stream_start = payload_header.unpack_header(data[:-CRC_BYTES], len(MAGIC), source)
+    return header, data[stream_start: -CRC_BYTES], FORMAT_VERSION
+
+
+def _refuse_version(version: int, magic: bytes, versions: tuple[int, ...], source: str | Path | None):
+    readable = ", ".join(map(str, versions))
+    raise BitstreamError(source, f"payload format version {version} is not supported (this adaptjobs reads {readable} "
+                                 f"after the magic {magic.decode()}, versions {', '.join(map(str, READABLE_VERSIONS))} in all)")
 
 
 def decode_payload(data: bytes, base_weights_sha256: str,
@@ -178,15 +164,26 @@ def decode_payload(data: bytes, base_weights_sha256: str,
     ``shapes_for(header)`` rebuilds the coded tensors' names and shapes (in coding order) from the base
     model and ``header.structure``; it is called only after the base model and the framing are checked."""
     header, stream, version = _split(data, source)
-    if header.base_weights_sha256 != base_weights_sha256:
-        raise BitstreamError(source, f"payload was made for another base model (sha256 {header.base_weights_sha256[:12]}), "
-                                     f"not for sha256 {base_weights_sha256[:12]}")
+    if not header.made_for(base_weights_sha256):
+        raise BitstreamError(source, f"payload was made for another base model (sha256 {header.base_id[:12]}...), "
+                                     f"not for sha256 {base_weights_sha256[:12]}...")
     shapes = shapes_for(header)
-    if _fingerprint(header, shapes, version) != header.tensors_sha256:
+    if _fingerprint(header, shapes, version) != header.tensors_fingerprint:
         raise BitstreamError(source, f"payload tensors do not match the {header.method} update this base model gives "
                                      f"for {json.dumps(header.structure, sort_keys=True)}")
     counts = [int(np.prod(shape, dtype=np.int64)) for shape in shapes.values()]
-    total = sum(counts)
+    if version == FORMAT_VERSION:
+        stream += bytes(-len(stream) % 4)  # the zero bytes the writer left out
+    symbols = _decode_symbols(stream, header, sum(counts), source)
+    flat = torch.from_numpy(np.asarray(symbols, dtype=np.int64)) - header.bound
+    indices, offset = {}, 0
+    for (name, shape), count in zip(shapes.items(), counts):
+        indices[name] = flat[offset: offset + count].reshape(shape).clone()
+        offset += count
+    return WeightUpdate(header, indices)
+
+
+def _decode_symbols(stream: bytes, header: PayloadHeader, total: int, source) -> np.ndarray:
     try:
         words = bytes_to_words(stream, "payload stream")
     except InputError as exc:
@@ -201,9 +198,4 @@ def decode_payload(data: bytes, base_weights_sha256: str,
         raise BitstreamError(source, f"payload stream does not decode ({exception_line(exc, 160)})") from None
     if leftover:
         raise BitstreamError(source, "payload stream has data left over after decoding (corrupted)")
-    flat = torch.from_numpy(np.asarray(symbols, dtype=np.int64)) - header.bound
-    indices, offset = {}, 0
-    for (name, shape), count in zip(shapes.items(), counts):
-        indices[name] = flat[offset: offset + count].reshape(shape).clone()
-        offset += count
-    return WeightUpdate(header, indices)
+    return symbols
