@@ -48,11 +48,7 @@ def measure_sequence(path: Path, loaded, crfs, parameterisations, args, done: se
         todo = [p for p in parameterisations if (video.name, crf, p) not in done]
         if not todo:
             continue
-        data = encode_planes(originals, video.width, video.height, video.fps, args.codec, crf, args.intra_period)
-        decoded = decode_stream(data, args.codec)
-        began = time.perf_counter()
-        generic = filter_all(loaded.model, decoded, crf, args.codec)
-        filter_seconds = time.perf_counter() - began
+        data, decoded, generic, filter_seconds = coded_unit(video, originals, loaded, crf, args)
         for parameterisation in todo:
             config = FilterAdaptConfig(**{"parameterisation": parameterisation, **json.loads(args.config),
                                           "training": UpdateTraining(**json.loads(args.training))})
@@ -62,8 +58,47 @@ def measure_sequence(path: Path, loaded, crfs, parameterisations, args, done: se
                    "pixels": pixels, "stream_bytes": len(data), "wmse_none": mean_wmse(originals, decoded),
                    "wmse_generic": mean_wmse(originals, generic),
                    "wmse_adapted": mean_wmse(originals, result.planes) if result.blob is not None else None,
-                   "filter_seconds_per_frame": filter_seconds / len(video),
+                   "filter_seconds_per_frame": filter_seconds,
                    **result.decision.to_dict(), **result.stats})
+
+
+def _stack(frames) -> dict[str, np.ndarray]:
+    return {name: np.stack([f[i] for f in frames]) for i, name in enumerate("yuv")}
+
+
+def _unstack(arrays, prefix: str) -> list:
+    y, u, v = (arrays[f"{prefix}{name}"] for name in "yuv")
+    return [(y[i], u[i], v[i]) for i in range(len(y))]
+
+
+def coded_unit(video, originals, loaded, crf: float, args) -> tuple[bytes, list, list, float]:
+    """(stream, decoded frames, generic filter's output, generic filter seconds per frame) of one (sequence,
+    codec, CRF). With --cache DIR they are kept in DIR/<codec>-<sequence>-<crf>-<filter sha>.npz (written
+    atomically), so comparing parameterisations, or a resumed run, encodes and filters each unit once; the
+    arrays are ours (np.load with allow_pickle off)."""
+    from workers.atomic import atomic_write_bytes
+
+    name = f"{args.codec}-{video.name}-{crf:g}-ip{args.intra_period}-{loaded.metadata.weights_sha256[:12]}.npz"
+    path = None if args.cache is None else args.cache / name
+    if path is not None and path.exists():
+        with np.load(path, allow_pickle=False) as arrays:
+            return (arrays["stream"].tobytes(), _unstack(arrays, "decoded_"), _unstack(arrays, "generic_"),
+                    float(arrays["filter_seconds"]))
+    data = encode_planes(originals, video.width, video.height, video.fps, args.codec, crf, args.intra_period)
+    decoded = decode_stream(data, args.codec)
+    began = time.perf_counter()
+    generic = filter_all(loaded.model, decoded, crf, args.codec)
+    filter_seconds = (time.perf_counter() - began) / len(decoded)
+    if path is not None:
+        import io
+
+        buffer = io.BytesIO()
+        np.savez(buffer, stream=np.frombuffer(data, np.uint8), filter_seconds=np.float64(filter_seconds),
+                 **{f"decoded_{k}": v for k, v in _stack(decoded).items()},
+                 **{f"generic_{k}": v for k, v in _stack(generic).items()})
+        args.cache.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(path, buffer.getvalue())
+    return data, decoded, generic, filter_seconds
 
 
 def runner_decision(r: dict) -> tuple[str, int]:
@@ -155,6 +190,7 @@ def main() -> None:
     parser.add_argument("--config", default="{}", help="other FilterAdaptConfig fields as JSON, e.g. "
                                                         "'{\"rd_measure\": \"wmse\"}' (default: the defaults)")
     parser.add_argument("--units", type=Path, required=True, help="JSON lines of measured units (resumable)")
+    parser.add_argument("--cache", type=Path, default=None, help="folder of encoded + generic-filtered units (reused)")
     parser.add_argument("--out", type=Path, default=None, help="RESULTS.md to update")
     parser.add_argument("--section", default="postfilter-adapt", help="the RESULTS.md section (marker) to replace")
     parser.add_argument("--title", default="", help="added to the section's heading")

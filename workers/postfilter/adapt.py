@@ -66,8 +66,9 @@ DEFAULT_PRIORS = {
     "last-layer": WeightPrior(grid=0.002, slab_std=0.05),
     "cross-linear": WeightPrior(grid=0.004, slab_std=0.05),  # grids 0.002..0.016: foreman CRF 37 picked <= 0.008 of 0.001..0.008
     "cross-linear-tied": WeightPrior(grid=0.004, slab_std=0.05),
+    "classified-linear": WeightPrior(grid=0.004, slab_std=0.05),
 }
-LEAST_SQUARES = ("last-layer", "cross-linear", "cross-linear-tied")  # solved in closed form, not trained
+LEAST_SQUARES = ("last-layer", "cross-linear", "cross-linear-tied", "classified-linear")  # closed form, not trained
 
 
 class UpdateTraining(BaseModel):
@@ -82,6 +83,22 @@ class UpdateTraining(BaseModel):
     eval_every: int = Field(10, ge=1, description="steps between RD measurements that pick the best state")
     eval_frames: int = Field(4, ge=1, description="evenly spaced whole frames the RD measurement uses")
     checkpoint_every: int = Field(10, ge=1)
+
+
+class ClassifiedSearch(BaseModel):
+    """The RD search of classified-linear (workers/postfilter/classified_solve.py): a pruned form of cross-linear's."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    groups: tuple[int, ...] = Field((1, 2, 3, 4, 6, 8), min_length=1, description=(
+        "numbers of filter groups tried (1..8), each the greedy merge of adjacent activity classes"))
+    masks: tuple[Literal["all", "luma-from-luma", "luma-from-luma,chroma-from-own"], ...] = Field(
+        ("all", "luma-from-luma"), min_length=1, description="tap masks tried per group (adapt.tap_masks)")
+    ridge: tuple[float, ...] = Field((1e-5, 1e-4, 1e-3), min_length=1, description="ridge strengths tried per group")
+    merge_ridge: float = Field(1e-3, gt=0, description="ridge strength of the gains that order the class merges")
+    grid_scales: tuple[float, ...] = Field((0.25, 0.5, 1.0), min_length=1,
+                                           description="multiples of the prior's grid (and spike) tried")
+    slab_scales: tuple[float, ...] = Field((1.0,), min_length=1, description="multiples of the prior's slab std tried")
+    spike_weights: tuple[float, ...] = Field((0.1, 0.3, 3.0), min_length=1, description="the prior's alpha values tried")
 
 
 class FilterAdaptConfig(BaseModel):
@@ -116,10 +133,15 @@ class FilterAdaptConfig(BaseModel):
     log_rate_per_db: float = Field(0.2, gt=0, description=(
         "psnr-yuv: d ln(rate) / d PSNR-YUV of the codec's own curve; 0.16-0.25 on every x264 CRF step 22..51 of "
         "foreman, carphone and mobile, 0.24-0.34 on calendar (benchmarks/RESULTS.md, section postfilter-adapt)"))
+    classified: ClassifiedSearch = ClassifiedSearch()
     send_update: Literal["if-better", "always"] = "if-better"
     seed: int = Field(0, ge=0)
 
     def structure(self) -> UpdateStructure:
+        if self.parameterisation == "classified-linear":  # the solve picks groups and form per unit
+            from workers.postfilter.update import classified_structure
+
+            return classified_structure((), False)
         lora = self.parameterisation == "lora"
         return UpdateStructure(self.parameterisation, self.rank if lora else 0, self.init_seed if lora else 0)
 
@@ -783,7 +805,11 @@ def adapt_filter(base, base_sha256: str, originals: Sequence[Planes], decoded: S
     state_path = None if checkpoint_dir is None else Path(checkpoint_dir) / f"postfilter-{config.parameterisation}.safetensors"
     unit.generic = generic_planes
     fit_began = time.perf_counter()  # adaptation time excludes the generic pass every choice needs
-    if config.parameterisation in LEAST_SQUARES:
+    if config.parameterisation == "classified-linear":
+        from workers.postfilter.classified_solve import fit_classified
+
+        progress, update = fit_classified(unit, state_path, config_json, log)
+    elif config.parameterisation in LEAST_SQUARES:
         progress, update = fit_least_squares(unit, state_path, config_json, log)
     else:
         update = make_filter_update(unit.base, config.structure())
@@ -796,7 +822,10 @@ def adapt_filter(base, base_sha256: str, originals: Sequence[Planes], decoded: S
                       unit.lmbda, lambda_source, config.send_update, psnr_rd)
     planes = {"none": list(decoded), "generic": list(generic_planes), "adapted": adapted_planes}[decision.decision]
     frames = len(decoded)
-    stats = {"parameterisation": config.parameterisation, "structure": unit.structure.parameterisation, "steps": progress.step, "resumed_from": progress.resumed_from,
+    stats = {"parameterisation": config.parameterisation, "structure": unit.structure.parameterisation,
+             "groups": unit.structure.rank if config.parameterisation == "classified-linear" else None,
+             "tied": unit.structure.tied if config.parameterisation == "classified-linear" else None,
+             "steps": progress.step, "resumed_from": progress.resumed_from,
              "best_step": progress.best_step, "update_bytes": 0 if blob is None else len(blob),
              "coded_numbers": sum(p.numel() for p in update.coded.values()),
              "nonzero_numbers": sum(int(grid_indices(p, unit.prior.grid).count_nonzero()) for p in update.coded.values()),
