@@ -150,8 +150,9 @@ def slope_table(rows: list[dict]) -> list[str]:
 
 def summary(rows: list[dict], parameterisations) -> str:
     table = curves(rows)
-    lines = ["| parameterisation | sequence | BD-rate vs none | BD-rate vs postfilter | units sent (tied) | update bytes (mean when sent) "
-             "| share of stream (mean when sent) | adapt s/frame | adapted, not sent by the unit loop |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| parameterisation | sequence | BD-rate vs none | BD-rate vs postfilter | units sent (tied) | groups per sent unit "
+             "| update bytes (mean when sent) | share of stream (mean when sent) | adapt s/frame | adapted, not sent by the unit "
+             "loop |", "|---|---|---|---|---|---|---|---|---|---|"]
     for p in parameterisations:
         vs_none, vs_generic = [], []
         for seq in sorted(table):
@@ -167,12 +168,14 @@ def summary(rows: list[dict], parameterisations) -> str:
             sent = [r for r in mine if r["decision"] == "adapted"]
             size = np.mean([r["blob_bytes"] for r in sent]) if sent else 0
             share = np.mean([r["blob_bytes"] / (r["stream_bytes"] + r["blob_bytes"]) for r in sent]) if sent else 0
-            tied = sum(r.get("structure") == "cross-linear-tied" for r in sent)
-            lines.append(f"| {p} | {seq} | {a:+.2f}% | {b:+.2f}% | {len(sent)}/{len(mine)} ({tied}) | {size:.0f} | {100 * share:.2f}% "
+            tied = sum(r.get("structure") == "cross-linear-tied" or bool(r.get("tied")) for r in sent)
+            groups = [r["groups"] for r in sent if r.get("groups")]
+            lines.append(f"| {p} | {seq} | {a:+.2f}% | {b:+.2f}% | {len(sent)}/{len(mine)} ({tied}) | "
+                         f"{' '.join(str(g) for g in groups) or '-'} | {size:.0f} | {100 * share:.2f}% "
                          f"| {np.mean([r['adapt_seconds_per_frame'] for r in mine]):.2f} | {vetoed} |")
-        lines.append(f"| {p} | **average** | **{np.mean(vs_none):+.2f}%** | **{np.mean(vs_generic):+.2f}%** | | | | | |")
+        lines.append(f"| {p} | **average** | **{np.mean(vs_none):+.2f}%** | **{np.mean(vs_generic):+.2f}%** | | | | | | |")
     generic = [bd_rate(table[s]["none"], table[s]["postfilter"]).percent for s in sorted(table) if len(table[s]["none"]) >= 4]
-    lines.append(f"| postfilter (generic, reference) | average | {np.mean(generic):+.2f}% | | | | | | |")
+    lines.append(f"| postfilter (generic, reference) | average | {np.mean(generic):+.2f}% | | | | | | | |")
     return "\n".join(lines)
 
 

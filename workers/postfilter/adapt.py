@@ -696,7 +696,10 @@ def fit_least_squares(unit: _Unit, state_path: Path | None, config_json: str,
         scales = _channel_weights(unit.plane_weights) * unit.lmbda * 255.0**2 / positions
         systems = [LinearSystem.build(name, make_filter_update(unit.base, UpdateStructure(name)).tap_map(), gram, cross,
                                       scales) for name in least_squares_structures(unit.config.parameterisation)]
-        structure, indices, info = solve_least_squares(unit, systems)
+        from workers.video_codec import torch_threads
+
+        with torch_threads(1):  # thousands of small float64 ops: see classified_solve.fit_classified
+            structure, indices, info = solve_least_squares(unit, systems)
         progress = _Progress(1, info["predicted_cost_change"], prior=info["prior"], structure=structure)
         if state_path is not None:
             save_state(state_path, {"best.indices": indices}, {"config": config_json, "step": 1, "best_cost": progress.best_cost,
