@@ -227,7 +227,8 @@ def test_resumed_adaptation_equals_uninterrupted(base, frames, tmp_path, paramet
     def interrupt(record):
         if record["step"] == (4 if parameterisation == "scale-bias" else 1):
             raise _Interrupt
-    config = FilterAdaptConfig(parameterisation=parameterisation, training=FAST, send_update="always")
+    config = FilterAdaptConfig(parameterisation=parameterisation, training=FAST, send_update="always",
+                               classified=QUICK_SEARCH)
     with pytest.raises(_Interrupt):
         adapt_filter(base, base.metadata.weights_sha256, *frames, CRF, "x264", config, tmp_path / "b", log=interrupt,
                      lmbda=1.0)

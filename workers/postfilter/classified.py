@@ -21,7 +21,7 @@ from torch.nn import functional as F
 from workers.adapt.decoder_updates import DecoderUpdate
 from workers.postfilter.classes import activity_classes, class_groups
 from workers.postfilter.network import INPUT_PLANES
-from workers.postfilter.update import UpdateStructure, coded_offsets, dense_tap_map, tied_luma_tap_map
+from workers.postfilter.linear_taps import coded_offsets, dense_tap_map, tied_luma_tap_map
 
 _TIED_SHAPES = {"luma__kernel": (5, 5), "luma__chroma": (2, 3, 3), "luma__bias": (1,),
                 "chroma__weight": (2, INPUT_PLANES, 3, 3), "chroma__bias": (2,)}
@@ -42,12 +42,12 @@ def group_tap_map(tied: bool) -> torch.Tensor:
 
 
 class ClassifiedLinearUpdate(DecoderUpdate):
-    """K groups' filters: coded tensors g{j}__<name> of :func:`group_shapes`, group 0 first. ``weights`` gives
+    """``structure``: a classified-linear workers.postfilter.update.UpdateStructure. K groups' filters: coded tensors g{j}__<name> of :func:`group_shapes`, group 0 first. ``weights`` gives
     the stacked weight (K, 6, 6, 3, 3) and bias (K, 6) (exact copies of the coded numbers, zero where unmapped)."""
 
     classified = True
 
-    def __init__(self, structure: UpdateStructure):
+    def __init__(self, structure):
         super().__init__()
         if structure.parameterisation != "classified-linear":
             raise ValueError(f"not a classified-linear structure: {structure}")

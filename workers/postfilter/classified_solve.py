@@ -29,6 +29,7 @@ from workers.adapt.prior import coding_probabilities
 from workers.adapt.state import load_state, save_state
 from workers.postfilter.classes import ACTIVITY_CLASSES, activity_classes
 from workers.postfilter.classified import group_tap_map
+from workers.postfilter.linear_system import LinearSystem, _channel_weights, _unshuffled, ridge_solution, tap_masks
 from workers.postfilter.update import MAX_GROUPS, classified_structure, make_filter_update
 from workers.postfilter.update_payload import FIXED_BYTES, transmitted_prior
 
@@ -38,8 +39,6 @@ def class_statistics(unit, frames: Sequence[int]) -> tuple[torch.Tensor, torch.T
     """Per activity class c the normal equations of a cross-linear filter (adapt.linear_statistics'): G (16, 55,
     55) and H (16, 55, 6), float64, over the positions of class c in ``frames``; and the number of positions of
     all classes (the distortion is a mean over all of them). Classes from the decoded luma, as the decoder's."""
-    from workers.postfilter.adapt import _unshuffled
-
     dim = 55
     gram = torch.zeros(ACTIVITY_CLASSES, dim, dim, dtype=torch.float64)
     cross = torch.zeros(ACTIVITY_CLASSES, dim, 6, dtype=torch.float64)
@@ -145,8 +144,6 @@ def _best_for_group(unit, system, solutions: Sequence[torch.Tensor], prior: Weig
 
 def _group_solutions(unit, system, masks: dict[str, torch.Tensor]) -> list[torch.Tensor]:
     """Ridge solutions of one group's system for every (tap mask, ridge) of the search."""
-    from workers.postfilter.adapt import ridge_solution
-
     return [ridge_solution(system, rho, system.allowed(mask)) for mask in masks.values()
             for rho in unit.config.classified.ridge]
 
@@ -154,8 +151,6 @@ def _group_solutions(unit, system, masks: dict[str, torch.Tensor]) -> list[torch
 def solve_classified(unit, gram: torch.Tensor, cross: torch.Tensor, positions: int):
     """(structure, flat grid indices in coding order, info) of the classified update with the least predicted RD
     cost over the search (module docstring); the zero update scores 0 (then indices are all zero)."""
-    from workers.postfilter.adapt import LinearSystem, _channel_weights, tap_masks
-
     search = unit.config.classified
     scales = _channel_weights(unit.plane_weights) * unit.lmbda * 255.0**2 / positions
     paths = merge_path(gram, cross, scales, search.merge_ridge)
@@ -187,39 +182,28 @@ def solve_classified(unit, gram: torch.Tensor, cross: torch.Tensor, positions: i
                           "scores": scores}
 
 
-def fit_classified(unit, state_path: Path | None, config_json: str, log: Callable[[dict], None] | None = None):
-    """(progress, update) of classified-linear, as adapt.fit_least_squares: the solved update (index * grid
-    in its coded tensors); the result (indices, structure, prior) is checkpointed, so a resumed unit does not
-    solve again."""
-    from workers.postfilter.adapt import _Progress, _split_coded
-    from workers.postfilter.update import UpdateStructure
-
+def fit_classified(unit, state_path: Path | None, config_json: str,
+                   log: Callable[[dict], None] | None = None) -> tuple[torch.Tensor, dict, bool]:
+    """(flat grid indices, info, resumed) of classified-linear for ``unit`` (an adapt._Unit): solved by
+    :func:`solve_classified` on :func:`class_statistics`, or read back from ``state_path`` (a resumed unit does
+    not solve again). info holds the chosen prior, groups and layout (UpdateStructure.rank, .init_seed)."""
     saved = None if state_path is None else load_state(state_path, config_json)
     if saved is not None:
         tensors, info = saved
-        indices = tensors["best.indices"]
-    else:
-        from workers.video_codec import torch_threads
+        return tensors["best.indices"], info, True
+    from workers.video_codec import torch_threads
 
-        gram, cross, positions = class_statistics(unit, range(len(unit.decoded)))
-        # one thread: the search is thousands of small float64 ops, which a busy 2-core machine ran 35x slower
-        # with 2 OpenMP threads (foreman x264 CRF 32: 140 s against 4.0 s, same choice); it also makes the
-        # choice independent of the caller's thread count
-        with torch_threads(1):
-            structure, indices, info = solve_classified(unit, gram, cross, positions)
-        info = {**info, "step": 1, "best_cost": info["predicted_cost_change"]}
-        if state_path is not None:
-            save_state(state_path, {"best.indices": indices},
-                       {"config": config_json, **{key: info[key] for key in ("step", "best_cost", "prior", "structure",
-                                                                              "groups", "layout")}})
-        if log is not None:
-            log({"step": 1, **info})
-    progress = _Progress(1, info["best_cost"], resumed_from=1 if saved is not None else 0, prior=info["prior"],
-                         structure=info["structure"])
-    unit.chosen_prior = WeightPrior(**info["prior"])
-    unit.chosen_structure = UpdateStructure("classified-linear", info["groups"], info["layout"])
-    update = make_filter_update(unit.base, unit.chosen_structure)
-    with torch.no_grad():
-        for name, value in _split_coded(update, indices.to(torch.float32) * unit.prior.grid).items():
-            update.coded[name].copy_(value)
-    return progress, update
+    gram, cross, positions = class_statistics(unit, range(len(unit.decoded)))
+    # one thread: the search is thousands of small float64 ops, which a busy 2-core machine ran 35x slower
+    # with 2 OpenMP threads (foreman x264 CRF 32: 140 s against 4.0 s, same choice); it also makes the
+    # choice independent of the caller's thread count
+    with torch_threads(1):
+        structure, indices, info = solve_classified(unit, gram, cross, positions)
+    info = {**info, "step": 1, "best_cost": info["predicted_cost_change"]}
+    if state_path is not None:
+        save_state(state_path, {"best.indices": indices},
+                   {"config": config_json, **{key: info[key] for key in ("step", "best_cost", "prior", "structure",
+                                                                          "groups", "layout")}})
+    if log is not None:
+        log({"step": 1, **info})
+    return indices, info, False

@@ -43,6 +43,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from workers.adapt.decoder_updates import DecoderUpdate, apply_update
+from workers.postfilter.linear_taps import LINEAR_TAPS, coded_offsets, dense_tap_map, tied_luma_tap_map  # noqa: F401
 from workers.postfilter.network import INPUT_PLANES, PostFilter
 
 Parameterisation = Literal["scale-bias", "lora", "last-layer", "cross-linear", "cross-linear-tied",
@@ -50,7 +51,6 @@ Parameterisation = Literal["scale-bias", "lora", "last-layer", "cross-linear", "
 # payload ids, by hand: the next free number for a new one, never reused (schemas.side_info.UpdateMethod agrees)
 PARAMETERISATION_IDS: dict[str, int] = {"scale-bias": 1, "lora": 2, "last-layer": 3, "cross-linear": 4,
                                         "cross-linear-tied": 5, "classified-linear": 6}
-LINEAR_TAPS = INPUT_PLANES * 9 + 1  # one row of L: 6 planes x 3x3 taps (unfold order) and the bias
 MAX_GROUPS = 8  # classified-linear: at most 8 filters (7 boundaries of 4 bits fit init_seed's 28 low bits)
 _TIED_BIT = 1 << 31
 _BOUNDARY_BITS = 4
@@ -199,49 +199,6 @@ class CrossLinearUpdate(DecoderUpdate):
 
     def tap_map(self) -> torch.Tensor:
         return dense_tap_map(self.coded, "linear__weight", "linear__bias")
-
-
-def coded_offsets(coded: nn.ParameterDict) -> dict[str, int]:
-    """Where each coded tensor starts in the flat concatenation of the coded tensors, in coding order (the
-    ParameterDict's iteration order, which the payload follows)."""
-    offsets, offset = {}, 0
-    for name, p in coded.items():
-        offsets[name] = offset
-        offset += p.numel()
-    return offsets
-
-
-def dense_tap_map(coded: nn.ParameterDict, weight: str, bias: str) -> torch.Tensor:
-    """(rows, taps + 1) tap map of a dense [weight | bias] pair: entry (c, t < taps) is weight row c's tap t
-    (unfold order), the last column bias c; as flat coded numbers."""
-    offsets = coded_offsets(coded)
-    rows = coded[weight].shape[0]
-    taps = coded[weight][0].numel()
-    weights = offsets[weight] + torch.arange(rows * taps).reshape(rows, taps)
-    return torch.cat([weights, offsets[bias] + torch.arange(rows)[:, None]], dim=1)
-
-
-def tied_luma_tap_map(offsets: dict[str, int]) -> torch.Tensor:
-    """(6, 55) tap map of cross-linear-tied (module docstring), ``offsets`` from :func:`coded_offsets`: luma
-    offset (oy, ox) is luma__kernel[oy + 2, ox + 2]. Luma phase p = (py, px) reads input phase q = (qy, qx) at
-    chroma offset (dy, dx) from luma offset (2 dy + qy - py, 2 dx + qx - px); those outside -2..2 are zero."""
-    kernel, chroma, bias = offsets["luma__kernel"], offsets["luma__chroma"], offsets["luma__bias"]
-    table = torch.full((INPUT_PLANES, LINEAR_TAPS), -1, dtype=torch.int64)
-    for p in range(4):
-        py, px = divmod(p, 2)
-        for q in range(4):
-            qy, qx = divmod(q, 2)
-            for dy in range(3):
-                for dx in range(3):
-                    oy, ox = 2 * (dy - 1) + qy - py, 2 * (dx - 1) + qx - px
-                    if -2 <= oy <= 2 and -2 <= ox <= 2:
-                        table[p, 9 * q + 3 * dy + dx] = kernel + 5 * (oy + 2) + ox + 2
-        table[p, 36:54] = chroma + torch.arange(18)
-        table[p, 54] = bias
-    for row in range(2):
-        table[4 + row, :54] = offsets["chroma__weight"] + 54 * row + torch.arange(54)
-        table[4 + row, 54] = offsets["chroma__bias"] + row
-    return table
 
 
 class CrossLinearTiedUpdate(DecoderUpdate):
