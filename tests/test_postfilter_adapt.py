@@ -114,13 +114,14 @@ def test_tied_luma_rows_are_one_full_resolution_kernel(base):
     assert sorted(table[table >= 44].tolist()) == list(range(44, 154))
 
 
-def test_solve_predicts_the_measured_cost(base, frames):
+@pytest.mark.parametrize("parameterisation", ("cross-linear", "classified-linear"))
+def test_solve_predicts_the_measured_cost(base, frames, parameterisation):
     """The least-squares solve's predicted RD change (normal equations + ideal bits + fixed bytes) is what the
     decoder's rebuilt filter measures on the frames, bytes of the real payload counted."""
     originals, decoded = frames
     lmbda = 0.05
     logged = []
-    config = FilterAdaptConfig(send_update="always")
+    config = FilterAdaptConfig(parameterisation=parameterisation, send_update="always", classified=QUICK_SEARCH)
     result = adapt_filter(base, base.metadata.weights_sha256, originals, decoded, CRF, "x264", config, lmbda=lmbda,
                           log=logged.append)
     assert result.blob is not None

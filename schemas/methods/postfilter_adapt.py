@@ -52,12 +52,13 @@ class PostFilterAdaptConfig(BaseModel):
     send_update: SendUpdate = Field("if-better", description=SEND_UPDATE_HELP)
     parameterisation: Literal["scale-bias", "lora", "last-layer", "cross-linear", "cross-linear-tied",
                               "classified-linear"] = Field(
-        "cross-linear", description="cross-linear (default, the one that paid on eval-dev): a 3x3 cross-component "
+        "classified-linear", description="classified-linear (default, the best on eval-dev): one cross-linear filter "
+                                    "per group of ALF-style luma activity classes (1..8 groups, merged by RD); "
+                                    "cross-linear: a 3x3 cross-component "
                                     "linear filter on the decoded planes solved by least squares, its 4 luma rows "
                                     "free or tied to one 5x5 luma kernel, whichever costs less per unit; "
                                     "cross-linear-tied: always tied; last-layer: the filter's last conv solved the "
-                                    "same way; scale-bias, lora: trained by Adam; classified-linear: one such "
-                                    "filter per group of ALF-style luma activity classes (1..8 groups)")
+                                    "same way; scale-bias, lora: trained by Adam")
     rank: int = Field(2, ge=1, lt=256, description="LoRA rank per conv (lora only)")
     init_seed: int = Field(0, ge=0, lt=2**32, description="seed of LoRA's A initialisation (lora only)")
     prior: WeightPrior | None = Field(None, description="default: the parameterisation's default prior")

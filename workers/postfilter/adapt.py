@@ -108,9 +108,10 @@ class FilterAdaptConfig(BaseModel):
     """How ``postfilter-adapt`` updates the shipped filter for one (video, codec, CRF)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-    # the default: the only parameterisation that paid on eval-dev (x264 -4.27% BD-rate vs none on average, the
-    # others ~0; benchmarks/RESULTS.md, section postfilter-adapt-cross-linear)
-    parameterisation: Parameterisation = "cross-linear"
+    # the default: classified-linear, x264 -6.27% BD-rate vs none on eval-dev's average against -5.59% for
+    # cross-linear (one filter), the best before it (scale-bias, lora, last-layer ~0; benchmarks/RESULTS.md, sections
+    # postfilter-adapt-classified and postfilter-adapt-cross-linear)
+    parameterisation: Parameterisation = "classified-linear"
     rank: int = Field(2, ge=1, lt=256, description="LoRA rank per conv (lora only)")
     init_seed: int = Field(0, ge=0, lt=2**32, description="seed of LoRA's A initialisation (lora only)")
     prior: WeightPrior | None = Field(None, description="default: DEFAULT_PRIORS[parameterisation]")
