@@ -156,7 +156,7 @@ def solve_classified(unit, gram: torch.Tensor, cross: torch.Tensor, positions: i
     paths = merge_path(gram, cross, scales, search.merge_ridge)
     priors, tables = candidate_priors(unit), _BitTables()
     fixed = 8.0 * FIXED_BYTES / unit.pixels
-    best = (None, None, 0.0, None)
+    best = (None, None, 0.0, None, None)
     scores = {}
     for tied in (False, True):
         table = group_tap_map(tied)
@@ -172,9 +172,13 @@ def solve_classified(unit, gram: torch.Tensor, cross: torch.Tensor, positions: i
                 cost = fixed + sum(c for c, _ in chosen)
                 scores[f"{'tied' if tied else 'full'}:K{groups}:{prior.grid:g}x{prior.slab_std:g}x{prior.alpha:g}"] = cost
                 if cost < best[2] and any(bool(k.any()) for _, k in chosen):
-                    best = (classified_structure(boundaries, tied), torch.cat([k for _, k in chosen]), cost, prior)
-    structure, k, cost, prior = best
-    if structure is None:
+                    best = (classified_structure(boundaries, tied), [k for _, k in chosen], cost, prior, systems)
+    structure, k, cost, prior = best[:4]
+    if structure is not None:  # the chosen update scored again under the one table the coder uses (bound of all groups)
+        k, systems = torch.cat(k), best[4]
+        distortion = sum(s.distortion(q.to(torch.float64) * prior.grid) for s, q in zip(systems, best[1]))
+        cost = fixed + distortion + float(tables.bits(prior, k).sum()) / unit.pixels
+    else:
         structure, prior = classified_structure((), False), unit.config.coding_prior()
         k = torch.zeros(sum(p.numel() for p in make_filter_update(unit.base, structure).coded.values()), dtype=torch.int64)
     return structure, k, {"structure": structure.parameterisation, "groups": structure.rank,
