@@ -169,7 +169,7 @@ def summary(rows: list[dict], parameterisations) -> str:
             size = np.mean([r["blob_bytes"] for r in sent]) if sent else 0
             share = np.mean([r["blob_bytes"] / (r["stream_bytes"] + r["blob_bytes"]) for r in sent]) if sent else 0
             tied = sum(r.get("structure") == "cross-linear-tied" or bool(r.get("tied")) for r in sent)
-            groups = [r["groups"] for r in sent if r.get("groups")]
+            groups = [r["groups"] for r in sorted(sent, key=lambda r: r["crf"]) if r.get("groups")]  # by CRF
             lines.append(f"| {p} | {seq} | {a:+.2f}% | {b:+.2f}% | {len(sent)}/{len(mine)} ({tied}) | "
                          f"{' '.join(str(g) for g in groups) or '-'} | {size:.0f} | {100 * share:.2f}% "
                          f"| {np.mean([r['adapt_seconds_per_frame'] for r in mine]):.2f} | {vetoed} |")
