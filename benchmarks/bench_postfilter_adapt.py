@@ -48,11 +48,7 @@ def measure_sequence(path: Path, loaded, crfs, parameterisations, args, done: se
         todo = [p for p in parameterisations if (video.name, crf, p) not in done]
         if not todo:
             continue
-        data = encode_planes(originals, video.width, video.height, video.fps, args.codec, crf, args.intra_period)
-        decoded = decode_stream(data, args.codec)
-        began = time.perf_counter()
-        generic = filter_all(loaded.model, decoded, crf, args.codec)
-        filter_seconds = time.perf_counter() - began
+        data, decoded, generic, filter_seconds = coded_unit(video, originals, loaded, crf, args)
         for parameterisation in todo:
             config = FilterAdaptConfig(**{"parameterisation": parameterisation, **json.loads(args.config),
                                           "training": UpdateTraining(**json.loads(args.training))})
@@ -62,8 +58,47 @@ def measure_sequence(path: Path, loaded, crfs, parameterisations, args, done: se
                    "pixels": pixels, "stream_bytes": len(data), "wmse_none": mean_wmse(originals, decoded),
                    "wmse_generic": mean_wmse(originals, generic),
                    "wmse_adapted": mean_wmse(originals, result.planes) if result.blob is not None else None,
-                   "filter_seconds_per_frame": filter_seconds / len(video),
+                   "filter_seconds_per_frame": filter_seconds,
                    **result.decision.to_dict(), **result.stats})
+
+
+def _stack(frames) -> dict[str, np.ndarray]:
+    return {name: np.stack([f[i] for f in frames]) for i, name in enumerate("yuv")}
+
+
+def _unstack(arrays, prefix: str) -> list:
+    y, u, v = (arrays[f"{prefix}{name}"] for name in "yuv")
+    return [(y[i], u[i], v[i]) for i in range(len(y))]
+
+
+def coded_unit(video, originals, loaded, crf: float, args) -> tuple[bytes, list, list, float]:
+    """(stream, decoded frames, generic filter's output, generic filter seconds per frame) of one (sequence,
+    codec, CRF). With --cache DIR they are kept in DIR/<codec>-<sequence>-<crf>-<filter sha>.npz (written
+    atomically), so comparing parameterisations, or a resumed run, encodes and filters each unit once; the
+    arrays are ours (np.load with allow_pickle off)."""
+    from workers.atomic import atomic_write_bytes
+
+    name = f"{args.codec}-{video.name}-{crf:g}-ip{args.intra_period}-{loaded.metadata.weights_sha256[:12]}.npz"
+    path = None if args.cache is None else args.cache / name
+    if path is not None and path.exists():
+        with np.load(path, allow_pickle=False) as arrays:
+            return (arrays["stream"].tobytes(), _unstack(arrays, "decoded_"), _unstack(arrays, "generic_"),
+                    float(arrays["filter_seconds"]))
+    data = encode_planes(originals, video.width, video.height, video.fps, args.codec, crf, args.intra_period)
+    decoded = decode_stream(data, args.codec)
+    began = time.perf_counter()
+    generic = filter_all(loaded.model, decoded, crf, args.codec)
+    filter_seconds = (time.perf_counter() - began) / len(decoded)
+    if path is not None:
+        import io
+
+        buffer = io.BytesIO()
+        np.savez(buffer, stream=np.frombuffer(data, np.uint8), filter_seconds=np.float64(filter_seconds),
+                 **{f"decoded_{k}": v for k, v in _stack(decoded).items()},
+                 **{f"generic_{k}": v for k, v in _stack(generic).items()})
+        args.cache.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(path, buffer.getvalue())
+    return data, decoded, generic, filter_seconds
 
 
 def runner_decision(r: dict) -> tuple[str, int]:
@@ -115,8 +150,9 @@ def slope_table(rows: list[dict]) -> list[str]:
 
 def summary(rows: list[dict], parameterisations) -> str:
     table = curves(rows)
-    lines = ["| parameterisation | sequence | BD-rate vs none | BD-rate vs postfilter | units sent (tied) | update bytes (mean when sent) "
-             "| share of stream (mean when sent) | adapt s/frame | adapted, not sent by the unit loop |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| parameterisation | sequence | BD-rate vs none | BD-rate vs postfilter | units sent (tied) | groups per sent unit "
+             "| update bytes (mean when sent) | share of stream (mean when sent) | adapt s/frame | adapted, not sent by the unit "
+             "loop |", "|---|---|---|---|---|---|---|---|---|---|"]
     for p in parameterisations:
         vs_none, vs_generic = [], []
         for seq in sorted(table):
@@ -132,12 +168,14 @@ def summary(rows: list[dict], parameterisations) -> str:
             sent = [r for r in mine if r["decision"] == "adapted"]
             size = np.mean([r["blob_bytes"] for r in sent]) if sent else 0
             share = np.mean([r["blob_bytes"] / (r["stream_bytes"] + r["blob_bytes"]) for r in sent]) if sent else 0
-            tied = sum(r.get("structure") == "cross-linear-tied" for r in sent)
-            lines.append(f"| {p} | {seq} | {a:+.2f}% | {b:+.2f}% | {len(sent)}/{len(mine)} ({tied}) | {size:.0f} | {100 * share:.2f}% "
+            tied = sum(r.get("structure") == "cross-linear-tied" or bool(r.get("tied")) for r in sent)
+            groups = [r["groups"] for r in sorted(sent, key=lambda r: r["crf"]) if r.get("groups")]  # by CRF
+            lines.append(f"| {p} | {seq} | {a:+.2f}% | {b:+.2f}% | {len(sent)}/{len(mine)} ({tied}) | "
+                         f"{' '.join(str(g) for g in groups) or '-'} | {size:.0f} | {100 * share:.2f}% "
                          f"| {np.mean([r['adapt_seconds_per_frame'] for r in mine]):.2f} | {vetoed} |")
-        lines.append(f"| {p} | **average** | **{np.mean(vs_none):+.2f}%** | **{np.mean(vs_generic):+.2f}%** | | | | | |")
+        lines.append(f"| {p} | **average** | **{np.mean(vs_none):+.2f}%** | **{np.mean(vs_generic):+.2f}%** | | | | | | |")
     generic = [bd_rate(table[s]["none"], table[s]["postfilter"]).percent for s in sorted(table) if len(table[s]["none"]) >= 4]
-    lines.append(f"| postfilter (generic, reference) | average | {np.mean(generic):+.2f}% | | | | | | |")
+    lines.append(f"| postfilter (generic, reference) | average | {np.mean(generic):+.2f}% | | | | | | | |")
     return "\n".join(lines)
 
 
@@ -147,7 +185,8 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=EVAL_DEV)
     parser.add_argument("--codec", default="x264")
     parser.add_argument("--crfs", type=float, nargs="+", default=list(DEFAULT_CRFS))
-    parser.add_argument("--parameterisations", nargs="+", default=["scale-bias", "lora", "last-layer", "cross-linear"])
+    parser.add_argument("--parameterisations", nargs="+", default=["scale-bias", "lora", "last-layer", "cross-linear",
+                                                                   "classified-linear"])
     parser.add_argument("--intra-period", type=int, default=12)
     parser.add_argument("--frames", type=int, default=None, help="default: all frames")
     parser.add_argument("--sequences", nargs="*", default=None, help="names under --data (default: all)")
@@ -155,6 +194,7 @@ def main() -> None:
     parser.add_argument("--config", default="{}", help="other FilterAdaptConfig fields as JSON, e.g. "
                                                         "'{\"rd_measure\": \"wmse\"}' (default: the defaults)")
     parser.add_argument("--units", type=Path, required=True, help="JSON lines of measured units (resumable)")
+    parser.add_argument("--cache", type=Path, default=None, help="folder of encoded + generic-filtered units (reused)")
     parser.add_argument("--out", type=Path, default=None, help="RESULTS.md to update")
     parser.add_argument("--section", default="postfilter-adapt", help="the RESULTS.md section (marker) to replace")
     parser.add_argument("--title", default="", help="added to the section's heading")

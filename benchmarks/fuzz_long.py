@@ -86,7 +86,7 @@ class Material:
 
 # the update parameterisations and their wire ids (schemas.side_info.UpdateMethod); "lora-wide" is a dense LoRA
 # update over CHUNK_BYTES, so its record is split over several SEI messages
-PF_METHODS = {"scale-bias": 1, "lora": 2, "last-layer": 3, "cross-linear": 4, "lora-wide": 2}
+PF_METHODS = {"scale-bias": 1, "lora": 2, "last-layer": 3, "cross-linear": 4, "classified-linear": 6, "lora-wide": 2}
 EDGE_F32 = [float("nan"), float("inf"), -float("inf"), 0.0, -0.0, 1e-45, 1e-38, 3.4e38, -1.0, 0.004, 1e-6, 1e6]
 
 
@@ -267,11 +267,11 @@ def _pf_update_blob(pm: PostfilterMaterial, rng: np.random.Generator) -> tuple[b
         if action == 0:
             fields["version"] = int(rng.choice([0, 2, 255]))
         elif action == 1:
-            fields["parameterisation"] = int(rng.choice([0, 1, 2, 3, 4, 5, 255]))
+            fields["parameterisation"] = int(rng.choice([0, 1, 2, 3, 4, 5, 6, 7, 255]))
         elif action == 2:
-            fields["rank"] = int(rng.choice([0, 1, 2, 31, 32, 33, 255]))
-        elif action == 3:
-            fields["init_seed"] = int(rng.choice([0, 1, 2**32 - 1]))
+            fields["rank"] = int(rng.choice([0, 1, 2, 3, 8, 9, 31, 32, 33, 255]))
+        elif action == 3:  # classified-linear layouts: valid, unordered, beyond the groups, tied bit
+            fields["init_seed"] = int(rng.choice([0, 1, 2**32 - 1, 0x94, 0x49, 0x80000094, 0x7654321, 0x10]))
         elif action == 4:
             fields["base"] = bytes(rng.integers(0, 256, 8, dtype=np.uint8))  # an update for another base filter
         elif action == 5:

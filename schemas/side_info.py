@@ -37,6 +37,7 @@ class UpdateMethod(IntEnum):
     LAST_LAYER = 3  # the tail conv's weights and biases replaced
     CROSS_LINEAR = 4  # a 3x3 linear filter 6 -> 6 (luma phases, U, V) added to the filter's output
     CROSS_LINEAR_TIED = 5  # the same with its 4 luma rows tied to one 5x5 full-resolution luma kernel
+    CLASSIFIED_LINEAR = 6  # K of those filters (full or tied), one per group of ALF-style luma activity classes
 
 
 def filter_id(weights_sha256: str) -> bytes:

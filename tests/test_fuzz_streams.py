@@ -225,7 +225,7 @@ def test_fuzzed_video_files_read_or_are_refused_in_one_line(video_seeds, tmp_pat
 # What `adaptjobs decode case.h264 -o out.y4m` reads from an x264/x265 stream: our record in the first access
 # unit's user_data_unregistered SEI (workers/standard/side_info.py) and the coded filter update inside it
 # (workers/postfilter/update_payload.py). Records and updates are framed with their CRCs recomputed.
-PF_METHOD_IDS = {"scale-bias": 1, "lora": 2, "last-layer": 3, "cross-linear": 4}
+PF_METHOD_IDS = {"scale-bias": 1, "lora": 2, "last-layer": 3, "cross-linear": 4, "classified-linear": 6}
 EDGE_F32 = [float("nan"), float("inf"), -float("inf"), 0.0, -0.0, 1e-45, 1e-38, 3.4e38, -1.0, 0.004]
 escape_patterns = st.lists(st.sampled_from([b"\x00\x00\x03", b"\x00\x00\x01", b"\x00\x00\x00", b"\x00\x00\x02",
                                             b"\x00", b"\x80"]), max_size=120).map(b"".join)
@@ -257,7 +257,7 @@ def carried(pf_seeds, codec: str, record: bytes, step: int | None = None, units:
        crf=st.one_of(st.sampled_from([0, 3200, 5100, 5101, 65535]), st.integers(0, 65535)),
        threads=st.sampled_from([0, 1, 2, 4096, 4097, 65535]),
        filter_id=st.one_of(st.none(), st.binary(min_size=8, max_size=8)),
-       method=st.one_of(st.none(), st.sampled_from([0, 1, 2, 3, 4, 5, 255])),
+       method=st.one_of(st.none(), st.sampled_from([0, 1, 2, 3, 4, 5, 6, 7, 255])),
        length=st.one_of(st.none(), st.sampled_from([0, 1, 146, 148, 1 << 20, (1 << 20) + 1, 2**32 - 1])),
        blob=st.one_of(st.none(), st.binary(max_size=64), escape_patterns), cut=st.one_of(st.none(), st.integers(0, 2000)))
 def test_fuzzed_side_info_records_decode_or_are_refused_in_one_line(pf_seeds, codec, name, flags, crf, threads,
@@ -273,9 +273,9 @@ def test_fuzzed_side_info_records_decode_or_are_refused_in_one_line(pf_seeds, co
 
 @quick(100)
 @given(codec=st.sampled_from(["x264", "x265"]), name=st.sampled_from(list(PF_METHOD_IDS)),
-       number=st.one_of(st.none(), st.sampled_from([0, 1, 2, 3, 4, 5, 255])),
-       rank=st.one_of(st.none(), st.sampled_from([0, 1, 32, 33, 255])),
-       seed=st.one_of(st.none(), st.sampled_from([0, 1, 2**32 - 1])), other_base=st.booleans(),
+       number=st.one_of(st.none(), st.sampled_from([0, 1, 2, 3, 4, 5, 6, 7, 255])),
+       rank=st.one_of(st.none(), st.sampled_from([0, 1, 3, 8, 9, 32, 33, 255])),
+       seed=st.one_of(st.none(), st.sampled_from([0, 1, 2**32 - 1, 0x94, 0x49, 0x80000094, 0x10])), other_base=st.booleans(),
        prior=st.lists(st.one_of(st.sampled_from(EDGE_F32), st.floats(width=32)), min_size=4, max_size=4),
        bound=st.one_of(st.none(), st.sampled_from([0, 1, 2, 3, 1 << 16, (1 << 16) + 1, 2**32 - 1])),
        words=st.one_of(st.none(), st.binary(max_size=96)), keep_prior=st.booleans(), method_agrees=st.booleans())

@@ -114,6 +114,29 @@ def test_absurd_record_fields_behind_a_valid_crc_are_refused(seeds, codec, field
 
 
 @pytest.mark.parametrize("codec", CODECS)
+@pytest.mark.parametrize("rank, layout, cause", [
+    (9, 0x94, "1..8 groups"),  # group count beyond the bound
+    (0, 0, "1..8 groups"),
+    (3, 0x49, "not increasing"),  # class boundaries out of order
+    (2, 0x10, "bits set beyond"),  # a boundary of 0 and stray bits
+    (3, 0x7654394, "bits set beyond"),
+])
+def test_hostile_classified_layouts_are_refused(seeds, codec, rank, layout, cause):
+    """classified-linear (wire id 6): group count and class boundaries behind valid CRCs, one line each."""
+    from workers.postfilter.update_payload import _FIELDS
+
+    update = sample_filter_update(seeds["loaded"], "classified-linear")
+    version, number, _, _, base, *prior, bound = _FIELDS.unpack_from(update, 4)
+    assert number == 6
+    crafted = frame_filter_update(update[4 + _FIELDS.size: -4], number, rank, layout, base, tuple(prior), bound)
+    record = side_info_record(flags=3, filter_id=seeds["filter_id"], method=6, blob=crafted)
+    message = refusal(with_record(seeds, codec, record), codec)
+    assert "invalid post-filter update header" in message and cause in message
+    valid = side_info_record(flags=3, filter_id=seeds["filter_id"], method=6, blob=update)
+    assert len(decode_standard_action(with_record(seeds, codec, valid), codec)()) == 2  # the unchanged one decodes
+
+
+@pytest.mark.parametrize("codec", CODECS)
 def test_annex_b_damage_around_the_sei(seeds, codec):
     """Two of our SEIs are refused (chunks do not match); an SEI in a later access unit is not read (plain
     frames); a stream cut inside the SEI, or with its escapes removed, is refused in one line."""

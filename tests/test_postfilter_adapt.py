@@ -14,22 +14,24 @@ from schemas.adapt import WeightPrior
 from workers.adapt.payload import WeightUpdate, encode_payload, make_header
 from workers.adapt.prior import ideal_bits
 from workers.errors import BitstreamError, InputError
-from workers.postfilter.adapt import (FilterAdaptConfig, LinearSystem, UpdateTraining, adapt_filter, codec_lambda,
+from workers.postfilter.adapt import (ClassifiedSearch, FilterAdaptConfig, LinearSystem, UpdateTraining, adapt_filter, codec_lambda,
                                       lambda_from_slope, local_slope_lambda, mean_psnr_yuv, mean_wmse, psnr_rd_weights,
                                       rebuild_filter, ridge_solution, tap_masks)
 from workers.postfilter.checkpoint import LoadedFilter, make_metadata
 from workers.postfilter.network import FilterArchitecture, PostFilter, filter_planes, planes_to_tensors
-from workers.postfilter.update import (CrossLinearUpdate, UpdateStructure, adapted_filter, coded_shapes,
-                                       make_filter_update, tied_luma_tap_map)
+from workers.postfilter.update import (CrossLinearUpdate, UpdateStructure, adapted_filter, classified_structure,
+                                       coded_shapes, make_filter_update, tied_luma_tap_map)
 from workers.postfilter.update_payload import FIXED_BYTES, CodedUpdate, decode_update, encode_update, transmitted_prior
 from workers.standard.encoder import decode_stream, encode_planes
 
-PARAMETERISATIONS = ("scale-bias", "lora", "last-layer", "cross-linear", "cross-linear-tied")
+PARAMETERISATIONS = ("scale-bias", "lora", "last-layer", "cross-linear", "cross-linear-tied", "classified-linear")
 STRUCTURES = {"scale-bias": UpdateStructure("scale-bias"), "lora": UpdateStructure("lora", 2, 5),
               "last-layer": UpdateStructure("last-layer"), "cross-linear": UpdateStructure("cross-linear"),
-              "cross-linear-tied": UpdateStructure("cross-linear-tied")}
+              "cross-linear-tied": UpdateStructure("cross-linear-tied"),
+              "classified-linear": classified_structure((3, 8), True)}
 CRF = 37.0
 FAST = UpdateTraining(steps=6, batch=2, crop=32, eval_every=3, eval_frames=2, checkpoint_every=2)
+QUICK_SEARCH = ClassifiedSearch(groups=(1, 3), ridge=(1e-4,), grid_scales=(0.5,), spike_weights=(0.3,))  # seconds
 
 
 def tiny_filter(seed: int) -> LoadedFilter:
@@ -60,7 +62,8 @@ def frames(carphone):
 def _adapt(base, frames, parameterisation, tmp_path=None, **kwargs):
     """An adaptation whose update is sent: lambda 1 (x264's own is ~0.004 at CRF 37) makes distortion
     dominate, so a few steps on 4 frames pay for their bytes."""
-    config = FilterAdaptConfig(parameterisation=parameterisation, training=FAST, send_update="always", **kwargs)
+    config = FilterAdaptConfig(parameterisation=parameterisation, training=FAST, send_update="always",
+                               classified=QUICK_SEARCH, **kwargs)
     return adapt_filter(base, base.metadata.weights_sha256, *frames, CRF, "x264", config, tmp_path, lmbda=1.0)
 
 
@@ -111,13 +114,14 @@ def test_tied_luma_rows_are_one_full_resolution_kernel(base):
     assert sorted(table[table >= 44].tolist()) == list(range(44, 154))
 
 
-def test_solve_predicts_the_measured_cost(base, frames):
+@pytest.mark.parametrize("parameterisation", ("cross-linear", "classified-linear"))
+def test_solve_predicts_the_measured_cost(base, frames, parameterisation):
     """The least-squares solve's predicted RD change (normal equations + ideal bits + fixed bytes) is what the
     decoder's rebuilt filter measures on the frames, bytes of the real payload counted."""
     originals, decoded = frames
     lmbda = 0.05
     logged = []
-    config = FilterAdaptConfig(send_update="always")
+    config = FilterAdaptConfig(parameterisation=parameterisation, send_update="always", classified=QUICK_SEARCH)
     result = adapt_filter(base, base.metadata.weights_sha256, originals, decoded, CRF, "x264", config, lmbda=lmbda,
                           log=logged.append)
     assert result.blob is not None
@@ -222,7 +226,8 @@ def test_resumed_adaptation_equals_uninterrupted(base, frames, tmp_path, paramet
     def interrupt(record):
         if record["step"] == (4 if parameterisation == "scale-bias" else 1):
             raise _Interrupt
-    config = FilterAdaptConfig(parameterisation=parameterisation, training=FAST, send_update="always")
+    config = FilterAdaptConfig(parameterisation=parameterisation, training=FAST, send_update="always",
+                               classified=QUICK_SEARCH)
     with pytest.raises(_Interrupt):
         adapt_filter(base, base.metadata.weights_sha256, *frames, CRF, "x264", config, tmp_path / "b", log=interrupt,
                      lmbda=1.0)
@@ -251,7 +256,7 @@ def test_an_update_that_does_not_pay_is_not_sent(base, frames):
 @pytest.mark.parametrize("stream_bytes", (None, 3000))
 def test_decision_is_never_costlier_than_generic_or_none(base, frames, parameterisation, stream_bytes):
     """In wMSE at the QP relation (no stream size given) and in PSNR-YUV (the stream's size given)."""
-    config = FilterAdaptConfig(parameterisation=parameterisation, training=FAST)
+    config = FilterAdaptConfig(parameterisation=parameterisation, training=FAST, classified=QUICK_SEARCH)
     result = adapt_filter(base, base.metadata.weights_sha256, *frames, CRF, "x264", config, stream_bytes=stream_bytes)
     d = result.decision
     assert d.lambda_source.startswith("qp-relation" if stream_bytes is None else "psnr-yuv")

@@ -89,15 +89,21 @@ def test_decode_equals_recon_byte_for_byte(units, filters, tmp_path, codec, meth
 
 
 @pytest.mark.parametrize("codec", SUFFIX)
-def test_tied_cross_linear_update_decodes_to_the_recon(clip, filters, tmp_path, codec):
-    """The tied structure travels under its own wire id and decodes byte for byte like the others."""
+@pytest.mark.parametrize("parameterisation, extra", [
+    ("cross-linear-tied", []),
+    ("classified-linear", ["--set", "classified.groups=[1,3]", "--set", "classified.ridge=[0.0001]"]),
+])
+def test_linear_updates_decode_to_the_recon(clip, filters, tmp_path, codec, parameterisation, extra):
+    """The tied and the classified structures travel under their own wire ids and decode byte for byte like
+    the others (classified: the decoder rebuilds the class map from the decoded luma)."""
     out = tmp_path / "unit"
     result = adapt(clip, out, codec, "postfilter-adapt", filters[0], "--set", 'send_update="always"',
-                   "--set", 'parameterisation="cross-linear-tied"')
+                   "--set", f'parameterisation="{parameterisation}"', *extra)
     stream = out / f"clip{SUFFIX[codec]}"
     info, blob = read_side_info(stream.read_bytes(), codec)
-    assert info.update is not None and info.update.method.name == "CROSS_LINEAR_TIED" and len(blob) == info.update.bytes
-    assert result.method_details["structure"] == "cross-linear-tied" and result.decision == "sent"
+    assert info.update is not None and info.update.method.name == parameterisation.upper().replace("-", "_")
+    assert len(blob) == info.update.bytes
+    assert result.method_details["structure"] == parameterisation and result.decision == "sent"
     assert cli(["decode", str(stream), "-o", str(tmp_path / "d.y4m"), "--model", str(filters[0])]) == 0
     assert (tmp_path / "d.y4m").read_bytes() == (out / "recon.y4m").read_bytes()
 
@@ -119,7 +125,7 @@ def test_info_shows_the_side_info(units, clip, tmp_path, capsys):
     shown = json.loads(capsys.readouterr().out)["side_info"]
     info, _ = read_side_info(stream.read_bytes(), "x264")
     assert shown["filter_id"] == info.filter_id.hex() and shown["crf"] == 32.0 and shown["threads"] == info.threads
-    assert shown["update"] == {"method": "cross-linear", "bytes": info.update.bytes}
+    assert shown["update"] == {"method": "classified-linear", "bytes": info.update.bytes}
     plain = tmp_path / "plain.h264"
     assert cli(["encode", str(clip), "-o", str(plain), "--codec", "x264"]) == 0
     assert cli(["info", str(plain)]) == 0

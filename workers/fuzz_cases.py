@@ -321,11 +321,14 @@ def sample_filter_update(loaded_filter, parameterisation: str = "cross-linear", 
     import torch
 
     from schemas.adapt import WeightPrior
-    from workers.postfilter.update import UpdateStructure, coded_shapes, make_filter_update
+    from workers.postfilter.update import UpdateStructure, classified_structure, coded_shapes, make_filter_update
     from workers.postfilter.update_payload import CodedUpdate, encode_update, transmitted_prior
 
-    structure = UpdateStructure(parameterisation, rank if parameterisation == "lora" else 0,
-                                seed if parameterisation == "lora" else 0)
+    if parameterisation == "classified-linear":  # 3 groups of activity classes, full form
+        structure = classified_structure((4, 9), False)
+    else:
+        structure = UpdateStructure(parameterisation, rank if parameterisation == "lora" else 0,
+                                    seed if parameterisation == "lora" else 0)
     generator = torch.Generator().manual_seed(seed)
     indices = {}
     for name, shape in coded_shapes(make_filter_update(loaded_filter.model, structure)).items():

@@ -26,6 +26,22 @@ class UpdateTrainingOptions(BaseModel):
     checkpoint_every: int = Field(10, ge=1)
 
 
+class ClassifiedSearchOptions(BaseModel):
+    """The RD search of classified-linear: a pruned form of cross-linear's."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    groups: tuple[int, ...] = Field((1, 2, 3, 4, 6, 8), min_length=1, description=(
+        "numbers of filter groups tried (1..8), each the greedy merge of adjacent activity classes"))
+    masks: tuple[Literal["all", "luma-from-luma", "luma-from-luma,chroma-from-own"], ...] = Field(
+        ("all", "luma-from-luma"), min_length=1, description="tap masks tried per group")
+    ridge: tuple[float, ...] = Field((1e-5, 1e-4, 1e-3), min_length=1, description="ridge strengths tried per group")
+    merge_ridge: float = Field(1e-3, gt=0, description="ridge strength of the gains that order the class merges")
+    grid_scales: tuple[float, ...] = Field((0.25, 0.5, 1.0), min_length=1,
+                                           description="multiples of the prior's grid (and spike) tried")
+    slab_scales: tuple[float, ...] = Field((1.0,), min_length=1, description="multiples of the prior's slab std tried")
+    spike_weights: tuple[float, ...] = Field((0.1, 0.3, 3.0), min_length=1, description="the prior's alpha values tried")
+
+
 @register_method_config
 class PostFilterAdaptConfig(BaseModel):
     """x264/x265 plus the shipped post-filter with a per-video update coded into the SEI; none, the generic
@@ -34,8 +50,11 @@ class PostFilterAdaptConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     method: Literal["postfilter-adapt"] = "postfilter-adapt"
     send_update: SendUpdate = Field("if-better", description=SEND_UPDATE_HELP)
-    parameterisation: Literal["scale-bias", "lora", "last-layer", "cross-linear", "cross-linear-tied"] = Field(
-        "cross-linear", description="cross-linear (default, the one that paid on eval-dev): a 3x3 cross-component "
+    parameterisation: Literal["scale-bias", "lora", "last-layer", "cross-linear", "cross-linear-tied",
+                              "classified-linear"] = Field(
+        "classified-linear", description="classified-linear (default, the best on eval-dev): one cross-linear filter "
+                                    "per group of ALF-style luma activity classes (1..8 groups, merged by RD); "
+                                    "cross-linear: a 3x3 cross-component "
                                     "linear filter on the decoded planes solved by least squares, its 4 luma rows "
                                     "free or tied to one 5x5 luma kernel, whichever costs less per unit; "
                                     "cross-linear-tied: always tied; last-layer: the filter's last conv solved the "
@@ -58,4 +77,5 @@ class PostFilterAdaptConfig(BaseModel):
         "(BD-rate's own trade-off), and the unit loop then checks it at the codec's lambda; wmse: the codec's "
         "QP-lambda relation on wMSE alone"))
     log_rate_per_db: float = Field(0.2, gt=0, description="psnr-yuv: d ln(rate) / d PSNR-YUV of the codec's curve")
+    classified: ClassifiedSearchOptions = ClassifiedSearchOptions()
     seed: int = Field(0, ge=0)

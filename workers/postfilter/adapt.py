@@ -6,6 +6,8 @@
         |  last-layer: least squares for the tail conv on this video's features
         |  cross-linear: least squares for L in base(x) + L(x - 0.5) on every frame, L's 4 luma rows free or
         |      tied to one 5x5 luma kernel (cross-linear-tied); structure x taps x ridge x prior by RD cost
+        |  classified-linear: one such L per group of ALF-style activity classes of the decoded luma, classes
+        |      merged greedily into 1..8 groups, each group solved alone (workers/postfilter/classified_solve.py)
         v
     grid indices --encode_update--> blob --rebuild_filter (what the decoder runs)--> adapted filter
         v
@@ -49,13 +51,14 @@ from schemas.adapt import WeightPrior
 from workers.adapt.prior import coding_probabilities, grid_indices, quantize_ste, weight_bits
 from workers.adapt.state import load_state, optimizer_tensors, restore_optimizer, save_state
 from workers.metrics import psnr_yuv
+from workers.postfilter.linear_system import (PLANE_WEIGHTS, LinearSystem, _channel_weights, _split_coded,  # noqa: F401
+                                              _unshuffled, ridge_solution, tap_masks)
 from workers.postfilter.network import INPUT_PLANES, PostFilter, filter_planes
 from workers.postfilter.update import (CrossLinearUpdate, Parameterisation, UpdateStructure, adapted_filter,
                                        coded_shapes, make_filter_update)
 from workers.postfilter.update_payload import FIXED_BYTES, CodedUpdate, decode_update, encode_update, transmitted_prior
 
 Planes = tuple[np.ndarray, np.ndarray, np.ndarray]
-PLANE_WEIGHTS = (6.0 / 8.0, 1.0 / 8.0, 1.0 / 8.0)  # PSNR-YUV's (6Y + U + V) / 8
 QP_LAMBDA_FACTOR = {"x264": 0.85, "x265": 0.57}  # JM (H.264) and HM (HEVC) lambda = f * 2^((QP - 12) / 3)
 # Grids: first choices, lightly checked on one train/ clip (imageio_realshort_320x240, 12 frames, x264 CRF 37,
 # a barely trained base): scale-bias at 0.004 cost 0.10033 vs 0.10037 at 0.002 (lambda * wMSE + bpp). The
@@ -66,8 +69,9 @@ DEFAULT_PRIORS = {
     "last-layer": WeightPrior(grid=0.002, slab_std=0.05),
     "cross-linear": WeightPrior(grid=0.004, slab_std=0.05),  # grids 0.002..0.016: foreman CRF 37 picked <= 0.008 of 0.001..0.008
     "cross-linear-tied": WeightPrior(grid=0.004, slab_std=0.05),
+    "classified-linear": WeightPrior(grid=0.004, slab_std=0.05),
 }
-LEAST_SQUARES = ("last-layer", "cross-linear", "cross-linear-tied")  # solved in closed form, not trained
+LEAST_SQUARES = ("last-layer", "cross-linear", "cross-linear-tied", "classified-linear")  # closed form, not trained
 
 
 class UpdateTraining(BaseModel):
@@ -84,13 +88,30 @@ class UpdateTraining(BaseModel):
     checkpoint_every: int = Field(10, ge=1)
 
 
+class ClassifiedSearch(BaseModel):
+    """The RD search of classified-linear (workers/postfilter/classified_solve.py): a pruned form of cross-linear's."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    groups: tuple[int, ...] = Field((1, 2, 3, 4, 6, 8), min_length=1, description=(
+        "numbers of filter groups tried (1..8), each the greedy merge of adjacent activity classes"))
+    masks: tuple[Literal["all", "luma-from-luma", "luma-from-luma,chroma-from-own"], ...] = Field(
+        ("all", "luma-from-luma"), min_length=1, description="tap masks tried per group (adapt.tap_masks)")
+    ridge: tuple[float, ...] = Field((1e-5, 1e-4, 1e-3), min_length=1, description="ridge strengths tried per group")
+    merge_ridge: float = Field(1e-3, gt=0, description="ridge strength of the gains that order the class merges")
+    grid_scales: tuple[float, ...] = Field((0.25, 0.5, 1.0), min_length=1,
+                                           description="multiples of the prior's grid (and spike) tried")
+    slab_scales: tuple[float, ...] = Field((1.0,), min_length=1, description="multiples of the prior's slab std tried")
+    spike_weights: tuple[float, ...] = Field((0.1, 0.3, 3.0), min_length=1, description="the prior's alpha values tried")
+
+
 class FilterAdaptConfig(BaseModel):
     """How ``postfilter-adapt`` updates the shipped filter for one (video, codec, CRF)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-    # the default: the only parameterisation that paid on eval-dev (x264 -4.27% BD-rate vs none on average, the
-    # others ~0; benchmarks/RESULTS.md, section postfilter-adapt-cross-linear)
-    parameterisation: Parameterisation = "cross-linear"
+    # the default: classified-linear, x264 -6.27% BD-rate vs none on eval-dev's average against -5.59% for
+    # cross-linear (one filter), the best before it (scale-bias, lora, last-layer ~0; benchmarks/RESULTS.md, sections
+    # postfilter-adapt-classified and postfilter-adapt-cross-linear)
+    parameterisation: Parameterisation = "classified-linear"
     rank: int = Field(2, ge=1, lt=256, description="LoRA rank per conv (lora only)")
     init_seed: int = Field(0, ge=0, lt=2**32, description="seed of LoRA's A initialisation (lora only)")
     prior: WeightPrior | None = Field(None, description="default: DEFAULT_PRIORS[parameterisation]")
@@ -116,10 +137,15 @@ class FilterAdaptConfig(BaseModel):
     log_rate_per_db: float = Field(0.2, gt=0, description=(
         "psnr-yuv: d ln(rate) / d PSNR-YUV of the codec's own curve; 0.16-0.25 on every x264 CRF step 22..51 of "
         "foreman, carphone and mobile, 0.24-0.34 on calendar (benchmarks/RESULTS.md, section postfilter-adapt)"))
+    classified: ClassifiedSearch = ClassifiedSearch()
     send_update: Literal["if-better", "always"] = "if-better"
     seed: int = Field(0, ge=0)
 
     def structure(self) -> UpdateStructure:
+        if self.parameterisation == "classified-linear":  # the solve picks groups and form per unit
+            from workers.postfilter.update import classified_structure
+
+            return classified_structure((), False)
         lora = self.parameterisation == "lora"
         return UpdateStructure(self.parameterisation, self.rank if lora else 0, self.init_seed if lora else 0)
 
@@ -439,12 +465,6 @@ def train_update(unit: _Unit, update, state_path: Path | None, config_json: str,
 
 
 # ------------------------------------------------------------------ last layer by least squares
-def _unshuffled(planes: Planes) -> torch.Tensor:
-    """(1, 6, H/2, W/2): the filter's working representation (4 luma phases, U, V) in [0, 1]."""
-    y, u, v = (_tensor(p) for p in planes)
-    return torch.cat([F.pixel_unshuffle(y, 2), u, v], dim=1)
-
-
 @torch.no_grad()
 def tail_statistics(unit: _Unit, frames: Sequence[int], chunk: int = 16384) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Normal equations of the tail conv on this video: G = sum p p^T (D x D) and H = sum p r^T (D x 6),
@@ -491,90 +511,6 @@ def linear_statistics(unit: _Unit, frames: Sequence[int]) -> tuple[torch.Tensor,
         cross += patches @ residual.t().to(torch.float64)
         positions += patches.shape[1]
     return gram, cross, positions
-
-
-def _channel_weights(weights: Sequence[float] = PLANE_WEIGHTS) -> torch.Tensor:
-    """Distortion weight of each of the 6 working channels: Y's weight shared by its 4 phases, then U and V."""
-    return torch.tensor([weights[0] / 4] * 4 + [weights[1], weights[2]], dtype=torch.float64)
-
-
-def tap_masks(parameterisation: str, dim: int) -> dict[str, torch.Tensor]:
-    """Which taps (columns of the (6, D) [weight | bias] rows of L or of the tail) each output channel may use,
-    by name. The cross-linear filters also try sparser patterns, coded as exact zeros (a zero costs a fraction
-    of a bit under the spike), so fewer coefficients need no other payload: luma phases from luma taps only
-    (36 + bias), and in addition each chroma plane from luma and its own taps (45 + bias)."""
-    every = torch.ones(6, dim, dtype=torch.bool)
-    if not parameterisation.startswith("cross-linear"):
-        return {"all": every}
-    luma_only = every.clone()
-    luma_only[:4, 36:54] = False
-    own_chroma = luma_only.clone()
-    own_chroma[4, 45:54] = False
-    own_chroma[5, 36:45] = False
-    return {"all": every, "luma-from-luma": luma_only, "luma-from-luma,chroma-from-own": own_chroma}
-
-
-@dataclass
-class LinearSystem:
-    """The RD cost's distortion term as a quadratic in the flat coded numbers q of one structure (its tap map):
-    lambda * change of wMSE = q^T A q - 2 q^T b, A = sum_c s_c M_c^T G M_c, b = sum_c s_c M_c^T H_c, where M_c is
-    the one-hot (D, n) matrix of row c's tap map and s_c = lambda w_c 255^2 / positions (w_c: :func:`_channel_weights`).
-    ``groups``: the coded numbers of each set of rows that share numbers (each row alone, the tied luma rows
-    together); they are solved, and kept or dropped, together. float64."""
-
-    structure: str
-    table: torch.Tensor  # (6, D) int64 tap map
-    a: torch.Tensor  # (n, n)
-    b: torch.Tensor  # (n,)
-    groups: list[torch.Tensor]  # int64 indices into q
-
-    @classmethod
-    def build(cls, structure: str, table: torch.Tensor, gram: torch.Tensor, cross: torch.Tensor,
-              scales: torch.Tensor) -> "LinearSystem":
-        count = int(table.max()) + 1
-        a, b = torch.zeros(count, count, dtype=torch.float64), torch.zeros(count, dtype=torch.float64)
-        for c, s in enumerate(scales):
-            used = (table[c] >= 0).nonzero().flatten()
-            m = torch.zeros(len(table[c]), count, dtype=torch.float64)
-            m[used, table[c, used]] = 1.0
-            a += s * (m.t() @ gram @ m)
-            b += s * (m.t() @ cross[:, c])
-        return cls(structure, table, a, b, _row_groups(table))
-
-    def allowed(self, mask: torch.Tensor) -> torch.Tensor:
-        """(n,) bool: the coded numbers every one of whose taps the (6, D) ``mask`` allows."""
-        ok = torch.ones(self.a.shape[0], dtype=torch.bool)
-        ok[self.table[(self.table >= 0) & ~mask]] = False
-        return ok
-
-    def distortion(self, q: torch.Tensor) -> float:
-        return float(q @ self.a @ q - 2 * q @ self.b)
-
-
-def _row_groups(table: torch.Tensor) -> list[torch.Tensor]:
-    """Coded-number sets of the rows of ``table``, rows that share a number merged (in row order)."""
-    groups: list[set] = []
-    for row in table:
-        numbers = set(row[row >= 0].tolist())
-        for group in [g for g in groups if g & numbers]:
-            numbers |= group
-            groups.remove(group)
-        groups.append(numbers)
-    return [torch.tensor(sorted(g), dtype=torch.int64) for g in groups]
-
-
-def ridge_solution(system: LinearSystem, rho: float, allowed: torch.Tensor) -> torch.Tensor:
-    """(n,) float64: per group, (A_g + mu_g I)^-1 b_g on its allowed numbers (zero elsewhere), mu_g = rho
-    trace(A_g) / |g|: the ridge stands in for the prior's rate."""
-    q = torch.zeros(system.a.shape[0], dtype=torch.float64)
-    for group in system.groups:
-        taps = group[allowed[group]]
-        if len(taps) == 0:
-            continue
-        a = system.a[taps][:, taps]
-        a = a + rho * float(torch.trace(a)) / len(taps) * torch.eye(len(taps), dtype=torch.float64)
-        q[taps] = torch.linalg.solve(a, system.b[taps])
-    return q
 
 
 def _index_bits(prior: WeightPrior, k: torch.Tensor) -> torch.Tensor:
@@ -646,15 +582,6 @@ def least_squares_structures(parameterisation: str) -> list[str]:
     return ["cross-linear", "cross-linear-tied"] if parameterisation == "cross-linear" else [parameterisation]
 
 
-def _split_coded(update, flat: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Flat coded numbers (coding order) -> the update's coded tensors."""
-    out, offset = {}, 0
-    for name, p in update.coded.items():
-        out[name] = flat[offset: offset + p.numel()].reshape(p.shape).contiguous()
-        offset += p.numel()
-    return out
-
-
 def fit_least_squares(unit: _Unit, state_path: Path | None, config_json: str,
                       log: Callable[[dict], None] | None = None) -> tuple[_Progress, object]:
     """(progress, update) for last-layer and the cross-linear parameterisations: the update of the structure
@@ -674,7 +601,10 @@ def fit_least_squares(unit: _Unit, state_path: Path | None, config_json: str,
         scales = _channel_weights(unit.plane_weights) * unit.lmbda * 255.0**2 / positions
         systems = [LinearSystem.build(name, make_filter_update(unit.base, UpdateStructure(name)).tap_map(), gram, cross,
                                       scales) for name in least_squares_structures(unit.config.parameterisation)]
-        structure, indices, info = solve_least_squares(unit, systems)
+        from workers.video_codec import torch_threads
+
+        with torch_threads(1):  # thousands of small float64 ops: see classified_solve.fit_classified
+            structure, indices, info = solve_least_squares(unit, systems)
         progress = _Progress(1, info["predicted_cost_change"], prior=info["prior"], structure=structure)
         if state_path is not None:
             save_state(state_path, {"best.indices": indices}, {"config": config_json, "step": 1, "best_cost": progress.best_cost,
@@ -682,6 +612,23 @@ def fit_least_squares(unit: _Unit, state_path: Path | None, config_json: str,
         if log is not None:
             log({"step": 1, **info})
     unit.chosen_prior, unit.chosen_structure = WeightPrior(**progress.prior), UpdateStructure(progress.structure)
+    update = make_filter_update(unit.base, unit.chosen_structure)
+    with torch.no_grad():
+        for name, value in _split_coded(update, indices.to(torch.float32) * unit.prior.grid).items():
+            update.coded[name].copy_(value)
+    return progress, update
+
+
+def _fit_classified(unit: _Unit, state_path: Path | None, config_json: str,
+                    log: Callable[[dict], None] | None = None) -> tuple[_Progress, object]:
+    """(progress, update) of classified-linear (workers/postfilter/classified_solve.py), as :func:`fit_least_squares`."""
+    from workers.postfilter.classified_solve import fit_classified
+
+    indices, info, resumed = fit_classified(unit, state_path, config_json, log)
+    progress = _Progress(1, info["best_cost"], resumed_from=1 if resumed else 0, prior=info["prior"],
+                         structure=info["structure"])
+    unit.chosen_prior = WeightPrior(**info["prior"])
+    unit.chosen_structure = UpdateStructure("classified-linear", info["groups"], info["layout"])
     update = make_filter_update(unit.base, unit.chosen_structure)
     with torch.no_grad():
         for name, value in _split_coded(update, indices.to(torch.float32) * unit.prior.grid).items():
@@ -783,7 +730,9 @@ def adapt_filter(base, base_sha256: str, originals: Sequence[Planes], decoded: S
     state_path = None if checkpoint_dir is None else Path(checkpoint_dir) / f"postfilter-{config.parameterisation}.safetensors"
     unit.generic = generic_planes
     fit_began = time.perf_counter()  # adaptation time excludes the generic pass every choice needs
-    if config.parameterisation in LEAST_SQUARES:
+    if config.parameterisation == "classified-linear":
+        progress, update = _fit_classified(unit, state_path, config_json, log)
+    elif config.parameterisation in LEAST_SQUARES:
         progress, update = fit_least_squares(unit, state_path, config_json, log)
     else:
         update = make_filter_update(unit.base, config.structure())
@@ -796,7 +745,10 @@ def adapt_filter(base, base_sha256: str, originals: Sequence[Planes], decoded: S
                       unit.lmbda, lambda_source, config.send_update, psnr_rd)
     planes = {"none": list(decoded), "generic": list(generic_planes), "adapted": adapted_planes}[decision.decision]
     frames = len(decoded)
-    stats = {"parameterisation": config.parameterisation, "structure": unit.structure.parameterisation, "steps": progress.step, "resumed_from": progress.resumed_from,
+    stats = {"parameterisation": config.parameterisation, "structure": unit.structure.parameterisation,
+             "groups": unit.structure.rank if config.parameterisation == "classified-linear" else None,
+             "tied": unit.structure.tied if config.parameterisation == "classified-linear" else None,
+             "steps": progress.step, "resumed_from": progress.resumed_from,
              "best_step": progress.best_step, "update_bytes": 0 if blob is None else len(blob),
              "coded_numbers": sum(p.numel() for p in update.coded.values()),
              "nonzero_numbers": sum(int(grid_indices(p, unit.prior.grid).count_nonzero()) for p in update.coded.values()),

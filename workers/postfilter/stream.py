@@ -37,7 +37,8 @@ Planes = tuple[np.ndarray, np.ndarray, np.ndarray]
 # the wire id of each parameterisation's update: by hand, both registries assign the same numbers
 UPDATE_METHODS: dict[str, UpdateMethod] = {"scale-bias": UpdateMethod.SCALE_BIAS, "lora": UpdateMethod.LORA,
                                            "last-layer": UpdateMethod.LAST_LAYER, "cross-linear": UpdateMethod.CROSS_LINEAR,
-                                           "cross-linear-tied": UpdateMethod.CROSS_LINEAR_TIED}
+                                           "cross-linear-tied": UpdateMethod.CROSS_LINEAR_TIED,
+                                           "classified-linear": UpdateMethod.CLASSIFIED_LINEAR}
 assert all(PARAMETERISATION_IDS[name] == int(method) for name, method in UPDATE_METHODS.items())
 
 

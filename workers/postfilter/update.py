@@ -17,6 +17,9 @@ evaluated. With every coded tensor zero, ``weights`` returns the base filter's p
                 6 -> 6 with bias on the decoded planes at chroma resolution (4 luma phases, U, V), so luma
                 guides chroma and vice versa; 6 x (54 + 1) = 330 numbers solved in closed form by least
                 squares against original - base output (it composes with any base; zero L = the base).
+    classified-linear  K of those L (full or tied form), one per group of ALF-style activity classes of 4x4 luma
+                blocks (workers/postfilter/classes.py, workers/postfilter/classified.py): each position gets the
+                filter of its block's group; the groups' class boundaries travel in the header.
     cross-linear-tied  the same L with its 4 luma rows tied: they are one 5x5 kernel on the full-resolution
                 luma (each phase row of L holds every offset -2..2 exactly once), one 3x3 filter per chroma
                 plane and one bias shared by the 4 phases; the chroma rows stay free. 25 + 18 + 1 + 2 x 55
@@ -40,19 +43,26 @@ from torch import nn
 from torch.nn import functional as F
 
 from workers.adapt.decoder_updates import DecoderUpdate, apply_update
+from workers.postfilter.linear_taps import LINEAR_TAPS, coded_offsets, dense_tap_map, tied_luma_tap_map  # noqa: F401
 from workers.postfilter.network import INPUT_PLANES, PostFilter
 
-Parameterisation = Literal["scale-bias", "lora", "last-layer", "cross-linear", "cross-linear-tied"]
+Parameterisation = Literal["scale-bias", "lora", "last-layer", "cross-linear", "cross-linear-tied",
+                           "classified-linear"]
 # payload ids, by hand: the next free number for a new one, never reused (schemas.side_info.UpdateMethod agrees)
 PARAMETERISATION_IDS: dict[str, int] = {"scale-bias": 1, "lora": 2, "last-layer": 3, "cross-linear": 4,
-                                        "cross-linear-tied": 5}
-LINEAR_TAPS = INPUT_PLANES * 9 + 1  # one row of L: 6 planes x 3x3 taps (unfold order) and the bias
+                                        "cross-linear-tied": 5, "classified-linear": 6}
+MAX_GROUPS = 8  # classified-linear: at most 8 filters (7 boundaries of 4 bits fit init_seed's 28 low bits)
+_TIED_BIT = 1 << 31
+_BOUNDARY_BITS = 4
 
 
 @dataclass(frozen=True)
 class UpdateStructure:
     """What fixes the update's tensors (sent in the payload): the parameterisation, LoRA's rank and the seed
-    of its A initialisation (both 0 and unused for the other parameterisations)."""
+    of its A initialisation (both 0 and unused for the other parameterisations). classified-linear reuses the
+    two fields (no extra header bytes): ``rank`` = number of filter groups K (1..MAX_GROUPS), ``init_seed`` =
+    the layout: bit 31 set if every group uses the tied form, bits 4j..4j+3 the first activity class of group
+    j + 1 (j < K - 1, strictly increasing in 1..15), every other bit zero. Use :func:`classified_structure`."""
 
     parameterisation: Parameterisation
     rank: int = 0
@@ -65,6 +75,42 @@ class UpdateStructure:
             raise ValueError("a LoRA update needs rank >= 1")
         if not (0 <= self.rank < 256 and 0 <= self.init_seed < 2**32):
             raise ValueError("rank must fit a byte and init_seed 32 bits")
+        if self.parameterisation == "classified-linear":
+            _check_layout(self.rank, self.init_seed)
+
+    @property
+    def boundaries(self) -> tuple[int, ...]:
+        """classified-linear: the first activity class of groups 1..K-1."""
+        mask = (1 << _BOUNDARY_BITS) - 1
+        return tuple((self.init_seed >> (_BOUNDARY_BITS * j)) & mask for j in range(self.rank - 1))
+
+    @property
+    def tied(self) -> bool:
+        """classified-linear: every group's filter in the tied form (cross-linear-tied) instead of the full one."""
+        return bool(self.init_seed & _TIED_BIT)
+
+
+def _check_layout(groups: int, layout: int) -> None:
+    """ValueError unless (groups, layout) is a valid classified-linear layout (UpdateStructure's docstring)."""
+    from workers.postfilter.classes import ACTIVITY_CLASSES
+
+    if not 1 <= groups <= MAX_GROUPS:
+        raise ValueError(f"classified-linear needs 1..{MAX_GROUPS} groups, got {groups}")
+    mask = (1 << _BOUNDARY_BITS) - 1
+    boundaries = [(layout >> (_BOUNDARY_BITS * j)) & mask for j in range(groups - 1)]
+    if (layout & ~_TIED_BIT) >> (_BOUNDARY_BITS * (groups - 1)):
+        raise ValueError(f"classified-linear layout {layout:#010x} has bits set beyond its {groups - 1} boundaries")
+    previous = 0
+    for boundary in boundaries:
+        if not previous < boundary < ACTIVITY_CLASSES:
+            raise ValueError(f"classified-linear class boundaries {boundaries} are not increasing in 1..{ACTIVITY_CLASSES - 1}")
+        previous = boundary
+
+
+def classified_structure(boundaries: tuple[int, ...], tied: bool) -> UpdateStructure:
+    """The classified-linear structure of K = len(boundaries) + 1 groups (validated)."""
+    layout = (_TIED_BIT if tied else 0) | sum(b << (_BOUNDARY_BITS * j) for j, b in enumerate(boundaries))
+    return UpdateStructure("classified-linear", len(boundaries) + 1, layout)
 
 
 def filter_convs(model: PostFilter) -> list[tuple[str, nn.Conv2d]]:
@@ -155,49 +201,6 @@ class CrossLinearUpdate(DecoderUpdate):
         return dense_tap_map(self.coded, "linear__weight", "linear__bias")
 
 
-def coded_offsets(coded: nn.ParameterDict) -> dict[str, int]:
-    """Where each coded tensor starts in the flat concatenation of the coded tensors, in coding order (the
-    ParameterDict's iteration order, which the payload follows)."""
-    offsets, offset = {}, 0
-    for name, p in coded.items():
-        offsets[name] = offset
-        offset += p.numel()
-    return offsets
-
-
-def dense_tap_map(coded: nn.ParameterDict, weight: str, bias: str) -> torch.Tensor:
-    """(rows, taps + 1) tap map of a dense [weight | bias] pair: entry (c, t < taps) is weight row c's tap t
-    (unfold order), the last column bias c; as flat coded numbers."""
-    offsets = coded_offsets(coded)
-    rows = coded[weight].shape[0]
-    taps = coded[weight][0].numel()
-    weights = offsets[weight] + torch.arange(rows * taps).reshape(rows, taps)
-    return torch.cat([weights, offsets[bias] + torch.arange(rows)[:, None]], dim=1)
-
-
-def tied_luma_tap_map(offsets: dict[str, int]) -> torch.Tensor:
-    """(6, 55) tap map of cross-linear-tied (module docstring), ``offsets`` from :func:`coded_offsets`: luma
-    offset (oy, ox) is luma__kernel[oy + 2, ox + 2]. Luma phase p = (py, px) reads input phase q = (qy, qx) at
-    chroma offset (dy, dx) from luma offset (2 dy + qy - py, 2 dx + qx - px); those outside -2..2 are zero."""
-    kernel, chroma, bias = offsets["luma__kernel"], offsets["luma__chroma"], offsets["luma__bias"]
-    table = torch.full((INPUT_PLANES, LINEAR_TAPS), -1, dtype=torch.int64)
-    for p in range(4):
-        py, px = divmod(p, 2)
-        for q in range(4):
-            qy, qx = divmod(q, 2)
-            for dy in range(3):
-                for dx in range(3):
-                    oy, ox = 2 * (dy - 1) + qy - py, 2 * (dx - 1) + qx - px
-                    if -2 <= oy <= 2 and -2 <= ox <= 2:
-                        table[p, 9 * q + 3 * dy + dx] = kernel + 5 * (oy + 2) + ox + 2
-        table[p, 36:54] = chroma + torch.arange(18)
-        table[p, 54] = bias
-    for row in range(2):
-        table[4 + row, :54] = offsets["chroma__weight"] + 54 * row + torch.arange(54)
-        table[4 + row, 54] = offsets["chroma__bias"] + row
-    return table
-
-
 class CrossLinearTiedUpdate(DecoderUpdate):
     """cross-linear with the 4 luma rows tied (module docstring): coded luma__kernel (5, 5), luma__chroma
     (2, 3, 3), luma__bias (1,), chroma__weight (2, 6, 3, 3), chroma__bias (2,), in this (coding) order."""
@@ -241,6 +244,10 @@ class CrossLinearFilter(nn.Module):
 
 def make_filter_update(model: PostFilter, structure: UpdateStructure) -> DecoderUpdate:
     """The zero update of ``structure`` for the base filter ``model`` (its tensors in coding order)."""
+    if structure.parameterisation == "classified-linear":
+        from workers.postfilter.classified import ClassifiedLinearUpdate
+
+        return ClassifiedLinearUpdate(structure)
     if structure.parameterisation == "cross-linear":
         return CrossLinearUpdate(model)
     if structure.parameterisation == "cross-linear-tied":
@@ -259,7 +266,13 @@ def coded_shapes(update: DecoderUpdate) -> dict[str, tuple[int, ...]]:
 
 def adapted_filter(base: PostFilter, update: DecoderUpdate, values: dict[str, torch.Tensor]) -> PostFilter:
     """A copy of ``base`` with the parameters ``values`` (coded tensor values, e.g. index * grid) produce;
-    for cross-linear, ``base`` followed by the linear filter (same forward signature)."""
+    for cross-linear, ``base`` followed by the linear filter (same forward signature); for classified-linear,
+    ``base`` followed by one linear filter per group of block classes."""
+    if getattr(update, "classified", False):
+        from workers.postfilter.classified import ClassifiedLinearFilter
+
+        weights = update.weights(values)
+        return ClassifiedLinearFilter(base, weights["weight"], weights["bias"], update.structure.boundaries).eval()
     if isinstance(update, (CrossLinearUpdate, CrossLinearTiedUpdate)):
         weights = update.weights(values)
         return CrossLinearFilter(base, weights["weight"], weights["bias"]).eval()

@@ -1,0 +1,100 @@
+"""classified-linear: ALF's classified linear filters on top of the post-filter's output.
+
+    decoded Y --activity_classes--> class (0..15) per chroma position --class_groups(boundaries)--> group g
+    x = cat(pixel_unshuffle(Y), U, V) - 0.5 --K convs 3x3 6->6 (one per group)--> (K, 6, H/2, W/2)
+    out = base(Y, U, V) + the correction of each position's own group
+
+The update codes K cross-linear filters (each full, 330 numbers, or tied, 154: workers/postfilter/update.py),
+group after group in coding order; K and the class boundaries are in the payload's structure fields
+(UpdateStructure.rank and .init_seed), so the decoder rebuilds the class map from the decoded luma it holds.
+Why classes: one linear filter averages what flat areas, edges and texture need; VVC's ALF gets most of its
+gain by giving each activity (and direction) class its own filter, with adjacent classes merged into groups
+when a separate filter does not pay for its bits.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from workers.adapt.decoder_updates import DecoderUpdate
+from workers.postfilter.classes import activity_classes, class_groups
+from workers.postfilter.network import INPUT_PLANES
+from workers.postfilter.linear_taps import coded_offsets, dense_tap_map, tied_luma_tap_map
+
+_TIED_SHAPES = {"luma__kernel": (5, 5), "luma__chroma": (2, 3, 3), "luma__bias": (1,),
+                "chroma__weight": (2, INPUT_PLANES, 3, 3), "chroma__bias": (2,)}
+_FULL_SHAPES = {"linear__weight": (INPUT_PLANES, INPUT_PLANES, 3, 3), "linear__bias": (INPUT_PLANES,)}
+
+
+def group_shapes(tied: bool) -> dict[str, tuple[int, ...]]:
+    """Coded tensors of one group's filter, in coding order (the cross-linear or cross-linear-tied ones)."""
+    return _TIED_SHAPES if tied else _FULL_SHAPES
+
+
+def group_tap_map(tied: bool) -> torch.Tensor:
+    """(6, 55) tap map of one group's filter into that group's own flat coded numbers (offsets from 0)."""
+    coded = nn.ParameterDict({name: nn.Parameter(torch.zeros(shape)) for name, shape in group_shapes(tied).items()})
+    if tied:
+        return tied_luma_tap_map(coded_offsets(coded))
+    return dense_tap_map(coded, "linear__weight", "linear__bias")
+
+
+class ClassifiedLinearUpdate(DecoderUpdate):
+    """``structure``: a classified-linear workers.postfilter.update.UpdateStructure. K groups' filters: coded tensors g{j}__<name> of :func:`group_shapes`, group 0 first. ``weights`` gives
+    the stacked weight (K, 6, 6, 3, 3) and bias (K, 6) (exact copies of the coded numbers, zero where unmapped)."""
+
+    classified = True
+
+    def __init__(self, structure):
+        super().__init__()
+        if structure.parameterisation != "classified-linear":
+            raise ValueError(f"not a classified-linear structure: {structure}")
+        self.structure = structure
+        shapes = group_shapes(structure.tied)
+        self.coded = nn.ParameterDict({f"g{j}__{name}": nn.Parameter(torch.zeros(shape))
+                                       for j in range(structure.rank) for name, shape in shapes.items()})
+        self.table = group_tap_map(structure.tied)  # (6, 55) into one group's numbers
+        self.per_group = sum(torch.Size(shape).numel() for shape in shapes.values())
+
+    def tap_map(self) -> torch.Tensor:
+        """(K, 6, 55): group j's tap map into the update's flat coded numbers."""
+        return torch.stack([torch.where(self.table < 0, -1, self.table + j * self.per_group)
+                            for j in range(self.structure.rank)])
+
+    def weights(self, values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        flat = torch.cat([values[name].reshape(-1) for name in self.coded] + [torch.zeros(1)])
+        table = self.tap_map()
+        full = flat[torch.where(table < 0, flat.numel() - 1, table)]  # (K, 6, 55)
+        k = self.structure.rank
+        return {"weight": full[..., :-1].reshape(k, INPUT_PLANES, INPUT_PLANES, 3, 3).contiguous(),
+                "bias": full[..., -1].contiguous()}
+
+
+class ClassifiedLinearFilter(nn.Module):
+    """base(y, u, v) + the correction L_g(x - 0.5) of each position's group g (module docstring): the same
+    forward signature as PostFilter. ``weight`` (K, 6, 6, 3, 3), ``bias`` (K, 6), ``boundaries`` as in
+    workers.postfilter.classes.class_groups. The K convs run as one conv with 6 K outputs (K <= 8)."""
+
+    def __init__(self, base: nn.Module, weight: torch.Tensor, bias: torch.Tensor, boundaries: tuple[int, ...]):
+        super().__init__()
+        self.base = base
+        self.groups = weight.shape[0]
+        self.linear = nn.Conv2d(INPUT_PLANES, INPUT_PLANES * self.groups, 3, padding=1)
+        with torch.no_grad():
+            self.linear.weight.copy_(weight.reshape(-1, INPUT_PLANES, 3, 3))
+            self.linear.bias.copy_(bias.reshape(-1))
+        self.register_buffer("group_of_class", class_groups(boundaries))
+        self.requires_grad_(False)
+
+    def forward(self, y: torch.Tensor, u: torch.Tensor, v: torch.Tensor, crf, codec: str):
+        yb, ub, vb = self.base(y, u, v, crf, codec)
+        samples = torch.round(y[:, 0] * 255.0).to(torch.int32)  # y = uint8 / 255 exactly: the decoded samples
+        groups = self.group_of_class[activity_classes(samples)]  # (B, H/2, W/2)
+        x = torch.cat([F.pixel_unshuffle(y, 2), u, v], dim=1) - 0.5
+        every = self.linear(x).unflatten(1, (self.groups, INPUT_PLANES))  # (B, K, 6, H/2, W/2)
+        index = groups[:, None, None].expand(-1, 1, INPUT_PLANES, -1, -1)
+        correction = torch.gather(every, 1, index)[:, 0]
+        return yb + F.pixel_shuffle(correction[:, :4], 2), ub + correction[:, 4:5], vb + correction[:, 5:6]
+
