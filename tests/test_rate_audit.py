@@ -42,9 +42,9 @@ def test_info_rates_accounts_for_every_coded_bit(tmp_path, carphone_path, tiny_c
     assert "frame    2 residual z" in text and "total   motion y" in text
 
 
-def test_info_rates_reads_a_unit_folder_and_a_format3_stream(tmp_path, capsys):
-    """The committed format-3 stream (clamping tables) is audited with its own tables: the coded bits are
-    within the coder's bound of the table bits."""
+def _golden_unit(tmp_path, capsys, files: dict[str, str]):
+    """(checkpoint, unit folder): the seeded tiny model the committed goldens were made with, and a unit
+    folder holding the committed files of ``files`` (suffix -> name under tests/data) as golden.<suffix>."""
     from pathlib import Path
 
     folder = Path(__file__).parent / "data"
@@ -53,7 +53,15 @@ def test_info_rates_reads_a_unit_folder_and_a_format3_stream(tmp_path, capsys):
     capsys.readouterr()
     unit = tmp_path / "unit"
     unit.mkdir()
-    (unit / "golden.bits").write_bytes((folder / "golden-format3-tiny.bits").read_bytes())
+    for suffix, name in files.items():
+        (unit / f"golden.{suffix}").write_bytes((folder / name).read_bytes())
+    return checkpoint, unit
+
+
+def test_info_rates_reads_a_unit_folder_and_a_format3_stream(tmp_path, capsys):
+    """The committed format-3 stream (clamping tables) is audited with its own tables: the coded bits are
+    within the coder's bound of the table bits."""
+    checkpoint, unit = _golden_unit(tmp_path, capsys, {"bits": "golden-format3-tiny.bits"})
     assert main(["info", "--rates", str(unit), "--model", str(checkpoint), "--json"]) == 0
     rows, _ = _rows(capsys.readouterr().out)
     assert len(rows) == 2 + 4 * 2
@@ -71,16 +79,8 @@ def test_info_rates_refuses_a_standard_codec_stream_in_one_line(tmp_path, capsys
 def test_info_rates_accounts_for_the_payload_and_its_binding(tmp_path, capsys):
     """A unit with a decoder-lora payload (the committed format-3 golden): the totals split the payload into its
     header and its coded weights and, with the stream's header and framing, add up to every byte sent."""
-    from pathlib import Path
-
-    folder = Path(__file__).parent / "data"
-    checkpoint = tmp_path / "golden-tiny.safetensors"
-    assert main(["init-model", str(checkpoint), "--arch", "tiny", "--quality", "2", "--seed", "0"]) == 0
-    capsys.readouterr()
-    unit = tmp_path / "unit"
-    unit.mkdir()
-    for suffix in ("bits", "payload"):
-        (unit / f"golden.{suffix}").write_bytes((folder / f"golden-format3-tiny-lora.{suffix}").read_bytes())
+    checkpoint, unit = _golden_unit(tmp_path, capsys, {suffix: f"golden-format3-tiny-lora.{suffix}"
+                                                       for suffix in ("bits", "payload")})
     assert main(["info", "--rates", str(unit), "--model", str(checkpoint), "--json"]) == 0
     _, totals = _rows(capsys.readouterr().out)
     assert (totals["payload header"]["coded"], totals["payload weights"]["coded"]) == (8 * 316, 8 * 756)
