@@ -10,7 +10,9 @@ over the x264 they already have, then the neural codec, and checks a decoder rep
     4. `adaptjobs decode` of one postfilter-adapt stream, checked against what the unit measured.
 
 Sized to take a few minutes on a 2-core laptop (frames, CRFs and training steps; measured time in the README).
-Running it again resumes the same run: finished units are not recomputed. Without a shipped post-filter
+Running it again resumes the same run: finished units are not recomputed. A run left by another version of
+adaptjobs (whose method options differ, so `submit` would refuse it) is moved aside to ``run-previous-N``
+first, never deleted. Without a shipped post-filter
 (workers/models/postfilter/), step 1 keeps method none only and says so.
 """
 
@@ -61,10 +63,44 @@ def submit_args(videos: Path, run_dir: Path, args) -> list[str]:
             "--frames", str(args.frames), "--set", f"postfilter-adapt:training.steps={args.filter_steps}"]
 
 
+def spec_of(command: list[str]):
+    """The JobSpec `adaptjobs submit` builds from ``command`` (the same parser and spec builder)."""
+    from adaptjobs.cli import build_parser
+    from adaptjobs.spec import build_spec, parse_codec_choices
+
+    args = build_parser().parse_args(command)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    codecs = parse_codec_choices(args.codec, args.qualities, args.codec_set, args.anchors)
+    return build_spec(args.videos, methods, args.set, codecs, args.model, args.frames, args.intra_period)
+
+
+def set_aside_stale_run(run_dir: Path, command: list[str]) -> None:
+    """Move ``run_dir`` to the first free ``run-previous-N`` beside it when its job.json is not what ``command``
+    would write (an older demo, another adaptjobs version): the demo then starts afresh instead of failing on
+    `submit`'s "holds a run with another spec", and the old results stay on disk."""
+    from adaptjobs.run_store import RunStore
+    from workers.errors import InputError
+
+    store = RunStore(run_dir)
+    if not store.exists():
+        return
+    try:
+        if store.read_spec() == spec_of(command):
+            return
+    except InputError:
+        pass  # unreadable or from another schema: stale as well
+    number = 1
+    while (aside := run_dir.with_name(f"{run_dir.name}-previous-{number}")).exists():
+        number += 1
+    run_dir.rename(aside)
+    print(f"note: {run_dir} holds a run with another spec (an older demo or adaptjobs version); moved to {aside}")
+
+
 def run(out: Path, args) -> int:
     videos = link_samples(out / "videos")
     run_dir = out / "run"
     command = submit_args(videos, run_dir, args)
+    set_aside_stale_run(run_dir, command)
     print("adaptjobs " + " ".join(command))
     code = cli(command)
     print()
