@@ -542,14 +542,20 @@ def _drive(store, spec, execution, retry_failed: bool) -> int:
     return 0 if counts["done"] == counts["total"] else EXIT_RUN_INCOMPLETE
 
 
-def _cmd_submit(args) -> int:
-    from adaptjobs.run_store import RunStore
+def submit_spec(args):
+    """The JobSpec `adaptjobs submit` writes for its parsed ``args`` (also how the demo tells a stale run)."""
     from adaptjobs.spec import build_spec, parse_codec_choices
 
-    execution = _execution(args)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     codecs = parse_codec_choices(args.codec, args.qualities, args.codec_set, args.anchors)
-    spec = build_spec(args.videos, methods, args.set, codecs, args.model, args.frames, args.intra_period)
+    return build_spec(args.videos, methods, args.set, codecs, args.model, args.frames, args.intra_period)
+
+
+def _cmd_submit(args) -> int:
+    from adaptjobs.run_store import RunStore
+
+    execution = _execution(args)
+    spec = submit_spec(args)
     store = RunStore(args.run)
     with store.driver_lock():
         store.write_spec_once(spec)

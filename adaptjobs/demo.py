@@ -64,14 +64,10 @@ def submit_args(videos: Path, run_dir: Path, args) -> list[str]:
 
 
 def spec_of(command: list[str]):
-    """The JobSpec `adaptjobs submit` builds from ``command`` (the same parser and spec builder)."""
-    from adaptjobs.cli import build_parser
-    from adaptjobs.spec import build_spec, parse_codec_choices
+    """The JobSpec `adaptjobs submit` builds from ``command`` (its own parser and :func:`adaptjobs.cli.submit_spec`)."""
+    from adaptjobs.cli import build_parser, submit_spec
 
-    args = build_parser().parse_args(command)
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    codecs = parse_codec_choices(args.codec, args.qualities, args.codec_set, args.anchors)
-    return build_spec(args.videos, methods, args.set, codecs, args.model, args.frames, args.intra_period)
+    return submit_spec(build_parser().parse_args(command))
 
 
 def set_aside_stale_run(run_dir: Path, command: list[str]) -> None:
