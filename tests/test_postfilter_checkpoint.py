@@ -106,3 +106,26 @@ def test_shipped_filters_load_and_are_not_taken_for_ssf_models():
     for name in shipped_filter_names():
         loaded = shipped_filter(name)
         assert loaded.metadata.name == name and loaded.model.macs_per_pixel() <= 30_000
+
+
+def test_a_run_records_the_shipped_filter_and_a_later_release_refuses_it_in_one_line(tmp_path, monkeypatch):
+    """The spec of a run on x264 records the shipped filter's hash, so a newer release's filter changes the spec
+    (submit refuses to mix) and a unit resumed under it refuses instead of mixing two filters in one run."""
+    import workers.postfilter.checkpoint as checkpoint
+    from workers.codecs.base import codec_class
+    from workers.errors import InputError
+
+    x264 = codec_class("x264")
+    run = x264.resolve(None, [37], {})
+    assert run.settings["filter_sha256"] == shipped_filter().metadata.weights_sha256
+
+    shipped = tmp_path / "models"
+    shipped.mkdir()
+    save_filter(shipped / "pf-next.safetensors", _random_filter(3, FilterArchitecture(layers=8, channels=32)), "pf-next")
+    monkeypatch.setattr(checkpoint, "SHIPPED_FILTERS_DIR", shipped)
+    assert x264.resolve(None, [37], {}).settings != run.settings
+    point = x264.single_point(None, 37, {}).model_copy(update={"settings": dict(run.settings)})
+    with pytest.raises(InputError) as refused:
+        x264.load(point).postfilter()
+    message = str(refused.value)
+    assert "\n" not in message and "pf-next" in message and run.settings["filter_sha256"][:12] in message

@@ -37,9 +37,12 @@ class StandardCodec(BaseCodec):
     quality_name: ClassVar[str] = "CRF"
     primary_metric: ClassVar[str] = "psnr-yuv"
 
-    def __init__(self, crf: int | float | None, preset: str | None = None, postfilter=None):
+    def __init__(self, crf: int | float | None, preset: str | None = None, postfilter=None,
+                 shipped_filter_sha256: str | None = None):
         """``postfilter``: a LoadedFilter the user named (settings ``filter``, or `decode --model`); None: the
-        shipped one, looked up when a method or a stream needs it."""
+        shipped one, looked up when a method or a stream needs it. ``shipped_filter_sha256``: the shipped
+        filter's weights hash a run recorded; the shipped filter must still be that one (another release's
+        filter would mix two filters in one run's units)."""
         from workers.standard.encoder import DEFAULT_PRESET
 
         self.quality = crf
@@ -47,6 +50,7 @@ class StandardCodec(BaseCodec):
         self.model_id = f"{self.name} {self.preset}"
         self.weights_sha256 = None
         self.user_filter = postfilter
+        self.shipped_filter_sha256 = shipped_filter_sha256
         self._plain: tuple[tuple, Encoded] | None = None  # the last plain encode, shared by a unit's candidates
         # the frames stream_info decoded, handed once to the decode of the same bytes (decode them once)
         self._decoded: tuple[bytes, list, Fraction | None] | None = None
@@ -91,7 +95,8 @@ class StandardCodec(BaseCodec):
             if recorded is not None and loaded.metadata.weights_sha256 != recorded:
                 raise InputError(point.settings["filter"], f"post-filter weights sha256 "
                                  f"{loaded.metadata.weights_sha256[:12]} are not the {recorded[:12]} the run recorded")
-        return cls(point.quality, point.settings.get("preset"), loaded)
+            return cls(point.quality, point.settings.get("preset"), loaded)
+        return cls(point.quality, point.settings.get("preset"), shipped_filter_sha256=point.settings.get("filter_sha256"))
 
     @classmethod
     def for_stream(cls, data: bytes, source: str | Path | None, model: str | None) -> "StandardCodec":
@@ -104,10 +109,16 @@ class StandardCodec(BaseCodec):
 
     def postfilter(self):
         """The filter methods use at the encoder: the user's, else the shipped one (ModelError if none ships)."""
-        from workers.postfilter.checkpoint import shipped_filter
+        from workers.postfilter.checkpoint import SHIPPED_FILTERS_DIR, shipped_filter
 
         if self.user_filter is None:
-            self.user_filter = shipped_filter()
+            loaded = shipped_filter()
+            recorded = self.shipped_filter_sha256
+            if recorded is not None and loaded.metadata.weights_sha256 != recorded:
+                raise InputError(SHIPPED_FILTERS_DIR, f"the run recorded the shipped post-filter {recorded[:12]}; this "
+                                 f"installation ships {loaded.metadata.name} ({loaded.metadata.weights_sha256[:12]}): "
+                                 "start a new run, or name the recorded weights with the codec setting filter=PATH")
+            self.user_filter = loaded
         return self.user_filter
 
     # ---------------------------------------------------------------- coding
@@ -251,10 +262,15 @@ class _AsRgb(Sequence):
 
 
 def _with_filter_hash(settings: dict[str, str]) -> dict[str, str]:
-    """The settings, plus ``filter_sha256`` of a named post-filter (so a unit refuses other weights)."""
+    """The settings, plus ``filter_sha256`` of the post-filter the methods will use: the named one, else the
+    shipped one (so a unit refuses other weights, and a run made with one release's filter is not resumed or
+    extended with another's: the spec differs)."""
+    from workers.postfilter.checkpoint import load_filter, shipped_filter, shipped_filter_names
+
     if "filter" not in settings:
-        return dict(settings)
-    from workers.postfilter.checkpoint import load_filter
+        if not shipped_filter_names():
+            return dict(settings)
+        return {**settings, "filter_sha256": shipped_filter().metadata.weights_sha256}
 
     path = str(Path(settings["filter"]).resolve())
     return {**settings, "filter": path, "filter_sha256": load_filter(path).metadata.weights_sha256}
