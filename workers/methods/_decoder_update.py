@@ -30,9 +30,23 @@ def train_update(context: AdaptContext, config) -> tuple[DecoderUpdate, int, int
                                           context.lmbda, config.seed, context.checkpoint_dir / "decoder-state.safetensors",
                                           context.config_json, on_log=lambda r: context.log({"phase": "decoder", **r}),
                                           eval_gop=context.intra_period or len(frames),
-                                          payload_bits=lambda u: 8 * len(payload_for(base, config, u) or b""),
+                                          payload_bits=lambda u: 8 * update_bytes(context, config, payload_for(base, config, u)),
                                           include_base=config.send_update == "if-better")
     return update, steps, resumed, time.perf_counter() - began
+
+
+def update_bytes(context: AdaptContext, config, payload: bytes | None) -> int:
+    """Every byte that sending ``payload`` adds to the unit: the payload itself plus what the stream header
+    grows by when it names the payload (method and payload sha256: 92 bytes for decoder-lora). Training's
+    state choice counts the same bytes as the final send decision (issue 14); 0 for no payload."""
+    if payload is None:
+        return 0
+    from workers.bitstream import header_json
+
+    codec, video = context.codec, context.video
+    named = header_json(codec.header(video, context.intra_period, config.method, payload))
+    plain = header_json(codec.header(video, context.intra_period))
+    return len(payload) + len(named) - len(plain)
 
 
 def payload_for(base, config, update: DecoderUpdate) -> bytes | None:
@@ -44,7 +58,7 @@ def payload_for(base, config, update: DecoderUpdate) -> bytes | None:
     if all(int(k.abs().max()) == 0 for k in indices.values() if k.numel()):
         return None
     structure = config.model_dump(mode="json", include=set(config.STRUCTURE_FIELDS))
-    header = make_header(base.metadata.weights_sha256, config.method, structure, config.prior, indices)
+    header = make_header(base.metadata.weights_sha256, config.method, structure, config.prior, indices, fit_prior=True)
     return encode_payload(WeightUpdate(header, indices))
 
 
