@@ -58,6 +58,10 @@ class DecoderTraining(BaseModel):
         "~lr per step whatever its gradient, so within a few steps most weights leave the zero bin and the payload "
         "explodes (measured on foreman: 5.3 Mbit after 10 steps at lr 1e-3); eps ~ |gradient| keeps weak-gradient "
         "weights at zero"))
+    rate_gradient_spike_cells: float | None = Field(None, gt=0, le=8, description=(
+        "the weight rate's gradient is taken from the prior with its spike std set to this many grid cells (its "
+        "value stays the exact coded cost); None: the prior's own spike (grid/6 by default), whose pull at the "
+        "zero bin's edge kept every weight of carphone's LoRA at zero"))
     eval_every: int = Field(1, ge=1, description=(
         "epochs between evaluations of the sequence RD cost (best-state keeping); also after the last epoch"))
     eval_crop: int | None = Field(None, ge=128, description=(

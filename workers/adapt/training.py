@@ -61,13 +61,13 @@ def crop_batch(frames: Sequence[torch.Tensor], starts: list[int], length: int, c
 
 
 def decoder_update_cost(model: ScaleSpaceFlow, update: DecoderUpdate, prior: WeightPrior, clip: list[torch.Tensor],
-                        lmbda: float, sequence_pixels: int) -> dict[str, torch.Tensor]:
+                        lmbda: float, sequence_pixels: int, gradient_spike: float | None = None) -> dict[str, torch.Tensor]:
     """Loss of one batch: mean over frames of lambda*255^2*MSE + bpp(latents), plus the weight bits of the
     quantized update divided by the pixels of the whole sequence (a per-sequence cost, PEVC eq. 8)."""
     quantized = {name: quantize_ste(value, prior.grid) for name, value in update.coded.items()}
     out = functional_call(model, update.weights(quantized), (clip,))
     terms = rate_distortion(clip, out["x_hat"], out["likelihoods"], lmbda)
-    bits = sum(weight_bits(prior, value) for value in update.coded.values())
+    bits = sum(weight_bits(prior, value, gradient_spike) for value in update.coded.values())
     terms["weight_bits"] = bits
     terms["loss"] = terms["loss"] + bits / sequence_pixels
     return terms
@@ -258,7 +258,9 @@ def _train_decoder_update(model, update, prior, training, frames, sequence_pixel
             lr = learning_rate_at(training, peak, run.global_step, total)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            terms = decoder_update_cost(model, update, prior, clip, lmbda, sequence_pixels)
+            terms = decoder_update_cost(model, update, prior, clip, lmbda, sequence_pixels,
+                                        None if training.rate_gradient_spike_cells is None
+                                        else training.rate_gradient_spike_cells * prior.grid)
             optimizer.zero_grad(set_to_none=True)
             terms["loss"].backward()
             optimizer.step()
