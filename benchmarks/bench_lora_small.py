@@ -47,6 +47,25 @@ def run_unit(video: Path, method: str, quality: int, folder: Path, options: list
     return json.loads(result.read_text())
 
 
+def markdown_table(summaries: list[dict]) -> str:
+    """One row per (summary, video, quality), then one BD-rate row per (summary, video)."""
+    lines = ["| label | video | q | decision | payload B | bpp none | PSNR none | bpp | PSNR | RD cost vs none | "
+             "adapted RD cost vs none |", "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for summary in summaries:
+        for video, entry in summary["videos"].items():
+            for unit in entry["units"]:
+                adapted = unit["adapted_rd_cost_change"]
+                lines.append(f"| {summary['label']} | {video} | {unit['quality']} | {unit['decision']} | "
+                             f"{unit['payload_bytes']} | {unit['bpp_none']:.5f} | {unit['psnr_none']:.3f} | "
+                             f"{unit['bpp']:.5f} | {unit['psnr']:.3f} | {100 * unit['rd_cost_change']:+.2f}% | "
+                             + ("-" if adapted is None else f"{100 * adapted:+.2f}%") + " |")
+    lines += ["", "| label | video | BD-rate vs none (PSNR-RGB, payload counted) |", "|---|---|---:|"]
+    for summary in summaries:
+        for video, entry in summary["videos"].items():
+            lines.append(f"| {summary['label']} | {video} | {entry['bd_rate']:+.2f}% |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--videos", default="carphone,foreman")
@@ -56,7 +75,12 @@ def main() -> None:
     parser.add_argument("--none-cache", type=Path, required=True)
     parser.add_argument("--work", type=Path, required=True)
     parser.add_argument("--label", default="")
+    parser.add_argument("--table", type=Path, nargs="+", default=None,
+                        help="only print a markdown table of these summary.json files (e.g. before and after)")
     args = parser.parse_args()
+    if args.table:
+        print(markdown_table([json.loads(p.read_text()) for p in args.table]))
+        return
     qualities = [int(q) for q in args.qualities.split(",")]
     summary = {"label": args.label, "method": args.method, "options": args.set, "videos": {}}
     for name in args.videos.split(","):

@@ -9,6 +9,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -128,3 +130,24 @@ def test_a_wider_gradient_spike_keeps_the_exact_rate_and_weakens_the_pull_at_the
     assert torch.all(pull[inside] * update.detach()[inside] > 0) and torch.all(weak[inside] * update.detach()[inside] > 0)
     # measured: 2.7x weaker at 0.2 cells, 9x at 0.45 cells (the zero bin's edge)
     assert weak[0].abs() < pull[0].abs() / 2 and weak[1].abs() < pull[1].abs() / 5
+
+
+@pytest.mark.parametrize("send_update", ["if-better", "always"])
+def test_the_kept_state_is_judged_by_the_cost_the_send_decision_computes(tmp_path, carphone, tiny_model, send_update):
+    """evaluate=coded (the default): the best cost training logged is the adapted candidate's real RD cost
+    (stream + payload bytes, the codec's distortion), and with if-better it is never above the base's."""
+    from workers.encoder import adapt_video
+
+    config = parse_method_config("decoder-lora", {
+        "ranks": [2, 2, 2, 1], "send_update": send_update,
+        "training": {"epochs": 2, "crop": 128, "batch": 1, "train_gop": 2, "learning_rate": 0.02}})
+    assert config.training.evaluate == "coded"
+    result = adapt_video(carphone, tiny_model, tmp_path, config, intra_period=2)
+    records = [json.loads(line) for line in (tmp_path / "adapt.log").read_text().splitlines()]
+    evaluations = [r for r in records if r.get("eval")]
+    assert evaluations[0]["cost"] == pytest.approx(result.rd_cost_base, rel=1e-12)  # the base, coded
+    best = evaluations[-1]["best_cost"]
+    kept = result.rd_cost_adapted if result.rd_cost_adapted is not None else result.rd_cost_base
+    assert best == pytest.approx(kept, rel=1e-12)
+    if send_update == "if-better":
+        assert result.rd_cost <= result.rd_cost_base

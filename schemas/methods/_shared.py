@@ -64,6 +64,11 @@ class DecoderTraining(BaseModel):
         "zero bin's edge kept every weight of carphone's LoRA at zero"))
     eval_every: int = Field(1, ge=1, description=(
         "epochs between evaluations of the sequence RD cost (best-state keeping); also after the last epoch"))
+    evaluate: Literal["coded", "estimate"] = Field("coded", description=(
+        "how a state's RD cost is measured for best-state keeping: coded (default) codes the whole sequence with "
+        "the decoder the payload rebuilds and counts every byte written, exactly the final send decision; "
+        "estimate uses the likelihoods' ideal bits (cheaper): on foreman q1 they put the kept state's latents "
+        "2.5% below the base's where the coded stream was 0.14% below, and the unit was not sent (issue 14)"))
     eval_crop: int | None = Field(None, ge=128, description=(
         "None (default): the RD cost that picks the kept state is evaluated on the whole frames, what is sent; "
         "else the side in px of a centred window (whole frame if smaller), a multiple of 128, which bounds the "

@@ -153,19 +153,22 @@ def train_decoder_update(model: ScaleSpaceFlow, update: DecoderUpdate, prior: We
                          state_path: Path, config_json: str,
                          on_log: Callable[[dict], None] | None = None, *, eval_gop: int = 12,
                          payload_bits: Callable[[DecoderUpdate], int] | None = None,
-                         include_base: bool = True) -> tuple[int, int]:
+                         include_base: bool = True,
+                         coded_cost: Callable[[DecoderUpdate], dict[str, float]] | None = None) -> tuple[int, int]:
     """Train ``update.coded`` in place on ``frames`` (padded (3, H, W) in [0, 1]) and leave in it the best
-    state seen by the sequence RD cost (:func:`sequence_rd_cost`, GoPs of ``eval_gop`` frames, payload
-    bits from ``payload_bits``; default: the prior's ideal bits), so a run never ends worse than its best
-    evaluated point. With ``include_base`` the base model (zero update) is a candidate too, so it never
-    ends worse than the base either; without (send_update=always) the best trained state is kept.
+    state seen by the sequence RD cost, so a run never ends worse than its best evaluated point. The cost
+    is ``coded_cost(update)`` when given (the caller codes the sequence for real: what is sent), else the
+    estimate :func:`sequence_rd_cost` (GoPs of ``eval_gop`` frames, payload bits from ``payload_bits``;
+    default: the prior's ideal bits). With ``include_base`` the base model (zero update) is a candidate
+    too, so it never ends worse than the base either; without (send_update=always) the best trained state
+    is kept.
 
     Returns (steps done in total, steps found in the checkpoint at start).
     """
     if payload_bits is None:
         payload_bits = lambda u: int(sum(float(weight_bits(prior, v.detach())) for v in u.coded.values()))  # noqa: E731
-    evaluate = lambda u: sequence_rd_cost(model, u, prior, frames, lmbda, eval_gop, training.eval_crop,  # noqa: E731
-                                          sequence_pixels, payload_bits)
+    evaluate = coded_cost or (lambda u: sequence_rd_cost(model, u, prior, frames, lmbda, eval_gop,  # noqa: E731
+                                                         training.eval_crop, sequence_pixels, payload_bits))
     model.eval()
     flags = [p.requires_grad for p in model.parameters()]
     for p in model.parameters():

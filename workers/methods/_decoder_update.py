@@ -31,8 +31,26 @@ def train_update(context: AdaptContext, config) -> tuple[DecoderUpdate, int, int
                                           context.config_json, on_log=lambda r: context.log({"phase": "decoder", **r}),
                                           eval_gop=context.intra_period or len(frames),
                                           payload_bits=lambda u: 8 * update_bytes(context, config, payload_for(base, config, u)),
-                                          include_base=config.send_update == "if-better")
+                                          include_base=config.send_update == "if-better",
+                                          coded_cost=(lambda u: coded_rd_cost(context, config, u))
+                                          if config.training.evaluate == "coded" else None)
     return update, steps, resumed, time.perf_counter() - began
+
+
+def coded_rd_cost(context: AdaptContext, config, update: DecoderUpdate) -> dict[str, float]:
+    """The RD cost of sending ``update`` as the unit would: its payload, the decoder rebuilt from it, the
+    whole sequence coded with that decoder; every byte written counted (stream + payload), the distortion
+    the codec measures. The zero update is the base model's stream. Same number as Candidate.cost."""
+    base = context.codec.loaded
+    payload = payload_for(base, config, update)
+    if payload is None:
+        encoded = context.codec.encode(context.video, context.intra_period)
+    else:
+        encoded = context.codec.encode(context.video, context.intra_period, method=config.method, payload=payload,
+                                       model=rebuild_decoder(base, payload, None))
+    candidate = context.candidate(encoded, payload)
+    return {"cost": candidate.cost(context.lmbda, context.pixels), "mse": candidate.distortion,
+            "bpp": 8 * len(encoded.data) / context.pixels, "payload_bits": 8 * len(payload or b"")}
 
 
 def update_bytes(context: AdaptContext, config, payload: bytes | None) -> int:
