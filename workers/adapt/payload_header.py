@@ -125,6 +125,11 @@ def transmitted_prior(prior: WeightPrior) -> WeightPrior:
     return WeightPrior(grid=grid, slab_std=slab, spike_std=spike, alpha=alpha)
 
 
+def prior_bytes(prior: WeightPrior) -> int:
+    """Header bytes ``prior`` takes in format 4: 1 for a preset, 17 for explicit float32 values."""
+    return 1 if _preset_id(prior) != EXPLICIT_PRIOR else 1 + _PRIOR_VALUES.size
+
+
 def _preset_id(prior: WeightPrior) -> int:
     return next((number for number, preset in PRIOR_PRESETS.items() if preset == prior), EXPLICIT_PRIOR)
 

@@ -61,13 +61,13 @@ def crop_batch(frames: Sequence[torch.Tensor], starts: list[int], length: int, c
 
 
 def decoder_update_cost(model: ScaleSpaceFlow, update: DecoderUpdate, prior: WeightPrior, clip: list[torch.Tensor],
-                        lmbda: float, sequence_pixels: int) -> dict[str, torch.Tensor]:
+                        lmbda: float, sequence_pixels: int, gradient_spike: float | None = None) -> dict[str, torch.Tensor]:
     """Loss of one batch: mean over frames of lambda*255^2*MSE + bpp(latents), plus the weight bits of the
     quantized update divided by the pixels of the whole sequence (a per-sequence cost, PEVC eq. 8)."""
     quantized = {name: quantize_ste(value, prior.grid) for name, value in update.coded.items()}
     out = functional_call(model, update.weights(quantized), (clip,))
     terms = rate_distortion(clip, out["x_hat"], out["likelihoods"], lmbda)
-    bits = sum(weight_bits(prior, value) for value in update.coded.values())
+    bits = sum(weight_bits(prior, value, gradient_spike) for value in update.coded.values())
     terms["weight_bits"] = bits
     terms["loss"] = terms["loss"] + bits / sequence_pixels
     return terms
@@ -99,8 +99,11 @@ def epochs_to_run(training: DecoderTraining, steps_per_epoch: int) -> int:
     return max(training.epochs, math.ceil(training.min_steps / steps_per_epoch))
 
 
-def centre_window(frame: torch.Tensor, crop: int) -> torch.Tensor:
-    """The centred ``crop`` x ``crop`` window of a (3, H, W) frame (the whole frame where it is smaller)."""
+def centre_window(frame: torch.Tensor, crop: int | None) -> torch.Tensor:
+    """The centred ``crop`` x ``crop`` window of a (3, H, W) frame (the whole frame where it is smaller or
+    ``crop`` is None)."""
+    if crop is None:
+        return frame
     _, height, width = frame.shape
     ch, cw = min(crop, height), min(crop, width)
     top, left = (height - ch) // 2, (width - cw) // 2
@@ -109,19 +112,20 @@ def centre_window(frame: torch.Tensor, crop: int) -> torch.Tensor:
 
 @torch.no_grad()
 def sequence_rd_cost(model: ScaleSpaceFlow, update: DecoderUpdate, prior: WeightPrior, frames: Sequence[torch.Tensor],
-                     lmbda: float, gop: int, crop: int, sequence_pixels: int,
+                     lmbda: float, gop: int, crop: int | None, sequence_pixels: int,
                      payload_bits: Callable[[DecoderUpdate], int]) -> dict[str, float]:
     """RD cost per pixel of coding the sequence with the update as the decoder will rebuild it.
 
-    A cheap proxy of the coded result, used to compare states of one run: every frame's centred ``crop``
-    window, coded in GoPs of ``gop`` frames as the coder does (I-frame, then P-frames predicted from the
-    clamped reconstruction), with the decoder's weights (grid index * grid); latent rate = ideal bits of the
-    rounded latents (within 0.002% of the coded bits, design section 5); plus the REAL coded payload bits
-    (``payload_bits``, 0 for the empty update) over the pixels of the whole sequence. Its absolute value
-    leaves out what no update changes (stream containers: 19% of carphone q1's bits) and the frame outside
-    the window, so it is not the reported RD cost; the unit still compares the real coded costs before it
-    sends anything. Measured (mobile q2, window 256 of 352x288): proxy -3.2% against the base for two runs
-    whose real RD costs were -2.0% and -1.0%. Returns cost, mse, bpp (latents), payload_bits.
+    What the kept state is chosen by: every frame (``crop`` None, the default: the whole padded frame; else
+    its centred ``crop`` window), coded in GoPs of ``gop`` frames as the coder does (I-frame, then P-frames
+    predicted from the clamped reconstruction), with the decoder's weights (grid index * grid); latent rate
+    = ideal bits of the rounded latents (within 0.002% of the coded bits, design section 5); plus every byte
+    sending the update adds (``payload_bits``: the coded payload and the stream header's naming of it, 0 for
+    the empty update) over the pixels of the whole sequence. Its absolute value leaves out what no update
+    changes (per-frame stream framing: 16.5% of carphone q1's stream). A window is cheaper on large frames
+    but is not the sequence: foreman's 256 window scored a state 3.3% below the base that the whole frames
+    put 0.44% above (issue 14); mobile q2's window said -3.2% for runs whose real RD costs were -2.0% and
+    -1.0%. Returns cost, mse, bpp (latents), payload_bits.
     """
     values = {name: grid_indices(v, prior.grid).to(torch.float32) * prior.grid for name, v in update.coded.items()}
     adapted = apply_update(model, update, values).eval()
@@ -139,7 +143,7 @@ def sequence_rd_cost(model: ScaleSpaceFlow, update: DecoderUpdate, prior: Weight
             bits += float(likelihood_bits(likelihoods))
             pixels, count = pixels + x.shape[-2] * x.shape[-1], count + 1
     mse, coded_payload = squared / count, payload_bits(update)
-    bpp = bits / pixels
+    bpp = bits / (sequence_pixels if crop is None else pixels)  # whole frames: per pixel of the picture, as reported
     return {"cost": lmbda * 255.0**2 * mse + bpp + coded_payload / sequence_pixels, "mse": mse, "bpp": bpp,
             "payload_bits": coded_payload}
 
@@ -149,19 +153,22 @@ def train_decoder_update(model: ScaleSpaceFlow, update: DecoderUpdate, prior: We
                          state_path: Path, config_json: str,
                          on_log: Callable[[dict], None] | None = None, *, eval_gop: int = 12,
                          payload_bits: Callable[[DecoderUpdate], int] | None = None,
-                         include_base: bool = True) -> tuple[int, int]:
+                         include_base: bool = True,
+                         coded_cost: Callable[[DecoderUpdate], dict[str, float]] | None = None) -> tuple[int, int]:
     """Train ``update.coded`` in place on ``frames`` (padded (3, H, W) in [0, 1]) and leave in it the best
-    state seen by the sequence RD cost (:func:`sequence_rd_cost`, GoPs of ``eval_gop`` frames, payload
-    bits from ``payload_bits``; default: the prior's ideal bits), so a run never ends worse than its best
-    evaluated point. With ``include_base`` the base model (zero update) is a candidate too, so it never
-    ends worse than the base either; without (send_update=always) the best trained state is kept.
+    state seen by the sequence RD cost, so a run never ends worse than its best evaluated point. The cost
+    is ``coded_cost(update)`` when given (the caller codes the sequence for real: what is sent), else the
+    estimate :func:`sequence_rd_cost` (GoPs of ``eval_gop`` frames, payload bits from ``payload_bits``;
+    default: the prior's ideal bits). With ``include_base`` the base model (zero update) is a candidate
+    too, so it never ends worse than the base either; without (send_update=always) the best trained state
+    is kept.
 
     Returns (steps done in total, steps found in the checkpoint at start).
     """
     if payload_bits is None:
         payload_bits = lambda u: int(sum(float(weight_bits(prior, v.detach())) for v in u.coded.values()))  # noqa: E731
-    evaluate = lambda u: sequence_rd_cost(model, u, prior, frames, lmbda, eval_gop, training.eval_crop,  # noqa: E731
-                                          sequence_pixels, payload_bits)
+    evaluate = coded_cost or (lambda u: sequence_rd_cost(model, u, prior, frames, lmbda, eval_gop,  # noqa: E731
+                                                         training.eval_crop, sequence_pixels, payload_bits))
     model.eval()
     flags = [p.requires_grad for p in model.parameters()]
     for p in model.parameters():
@@ -254,7 +261,9 @@ def _train_decoder_update(model, update, prior, training, frames, sequence_pixel
             lr = learning_rate_at(training, peak, run.global_step, total)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            terms = decoder_update_cost(model, update, prior, clip, lmbda, sequence_pixels)
+            terms = decoder_update_cost(model, update, prior, clip, lmbda, sequence_pixels,
+                                        None if training.rate_gradient_spike_cells is None
+                                        else training.rate_gradient_spike_cells * prior.grid)
             optimizer.zero_grad(set_to_none=True)
             terms["loss"].backward()
             optimizer.step()

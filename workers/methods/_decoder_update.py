@@ -30,9 +30,41 @@ def train_update(context: AdaptContext, config) -> tuple[DecoderUpdate, int, int
                                           context.lmbda, config.seed, context.checkpoint_dir / "decoder-state.safetensors",
                                           context.config_json, on_log=lambda r: context.log({"phase": "decoder", **r}),
                                           eval_gop=context.intra_period or len(frames),
-                                          payload_bits=lambda u: 8 * len(payload_for(base, config, u) or b""),
-                                          include_base=config.send_update == "if-better")
+                                          payload_bits=lambda u: 8 * update_bytes(context, config, payload_for(base, config, u)),
+                                          include_base=config.send_update == "if-better",
+                                          coded_cost=(lambda u: coded_rd_cost(context, config, u))
+                                          if config.training.evaluate == "coded" else None)
     return update, steps, resumed, time.perf_counter() - began
+
+
+def coded_rd_cost(context: AdaptContext, config, update: DecoderUpdate) -> dict[str, float]:
+    """The RD cost of sending ``update`` as the unit would: its payload, the decoder rebuilt from it, the
+    whole sequence coded with that decoder; every byte written counted (stream + payload), the distortion
+    the codec measures. The zero update is the base model's stream. Same number as Candidate.cost."""
+    base = context.codec.loaded
+    payload = payload_for(base, config, update)
+    if payload is None:
+        encoded = context.codec.encode(context.video, context.intra_period)
+    else:
+        encoded = context.codec.encode(context.video, context.intra_period, method=config.method, payload=payload,
+                                       model=rebuild_decoder(base, payload, None))
+    candidate = context.candidate(encoded, payload)
+    return {"cost": candidate.cost(context.lmbda, context.pixels), "mse": candidate.distortion,
+            "bpp": 8 * len(encoded.data) / context.pixels, "payload_bits": 8 * len(payload or b"")}
+
+
+def update_bytes(context: AdaptContext, config, payload: bytes | None) -> int:
+    """Every byte that sending ``payload`` adds to the unit: the payload itself plus what the stream header
+    grows by when it names the payload (method and payload sha256: 92 bytes for decoder-lora). Training's
+    state choice counts the same bytes as the final send decision (issue 14); 0 for no payload."""
+    if payload is None:
+        return 0
+    from workers.bitstream import header_json
+
+    codec, video = context.codec, context.video
+    named = header_json(codec.header(video, context.intra_period, config.method, payload))
+    plain = header_json(codec.header(video, context.intra_period))
+    return len(payload) + len(named) - len(plain)
 
 
 def payload_for(base, config, update: DecoderUpdate) -> bytes | None:
@@ -44,7 +76,7 @@ def payload_for(base, config, update: DecoderUpdate) -> bytes | None:
     if all(int(k.abs().max()) == 0 for k in indices.values() if k.numel()):
         return None
     structure = config.model_dump(mode="json", include=set(config.STRUCTURE_FIELDS))
-    header = make_header(base.metadata.weights_sha256, config.method, structure, config.prior, indices)
+    header = make_header(base.metadata.weights_sha256, config.method, structure, config.prior, indices, fit_prior=True)
     return encode_payload(WeightUpdate(header, indices))
 
 
