@@ -186,7 +186,7 @@ def main() -> None:
     parser.add_argument("--codec", default="x264")
     parser.add_argument("--crfs", type=float, nargs="+", default=list(DEFAULT_CRFS))
     parser.add_argument("--parameterisations", nargs="+", default=["scale-bias", "lora", "last-layer", "cross-linear",
-                                                                   "classified-linear"])
+                                                                   "classified-linear", "classified-linear-on-base"])
     parser.add_argument("--intra-period", type=int, default=12)
     parser.add_argument("--frames", type=int, default=None, help="default: all frames")
     parser.add_argument("--sequences", nargs="*", default=None, help="names under --data (default: all)")

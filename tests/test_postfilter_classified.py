@@ -8,6 +8,8 @@ resume == uninterrupted. Small synthetic frames and 4 frames of carphone (second
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import pytest
 import torch
@@ -106,6 +108,39 @@ def test_one_group_filters_exactly_like_cross_linear(tied):
     assert all(np.array_equal(a, b) for a, b in zip(ours, theirs))
 
 
+def test_one_group_on_base_is_cross_linear_on_the_generic_frame():
+    """classified-linear-on-base (wire id 7), one group: the generic filter's 8-bit frame, then cross-linear on it
+    (as a cross-linear update of an identity filter applied to that frame), byte for byte; zero update = generic."""
+    base = PostFilter(FilterArchitecture(layers=3, channels=8)).eval()
+    with torch.no_grad():
+        base.tail.weight.normal_(0.0, 0.01)
+    update = make_filter_update(base, classified_structure((), False, "classified-linear-on-base"))
+    generator = torch.Generator().manual_seed(6)
+    values = {name: torch.randn(p.shape, generator=generator) * 0.02 for name, p in update.coded.items()}
+    rng = np.random.default_rng(1)
+    planes = tuple(rng.integers(0, 256, s).astype(np.uint8) for s in ((20, 28), (10, 14), (10, 14)))
+    generic = filter_planes(base, planes, 30, "x264")
+    zero = filter_planes(adapted_filter(base, update, {n: torch.zeros_like(v) for n, v in values.items()}), planes, 30, "x264")
+    assert all(np.array_equal(a, b) for a, b in zip(zero, generic))
+    ours = filter_planes(adapted_filter(base, update, values), planes, 30, "x264")
+    reference = make_filter_update(base, UpdateStructure("cross-linear"))
+    on_generic = adapted_filter(identity_base(), reference, {n.split("__", 1)[1]: v for n, v in values.items()})
+    assert all(np.array_equal(a, b) for a, b in zip(ours, filter_planes(on_generic, generic, 30, "x264")))
+    assert any(not np.array_equal(a, b) for a, b in zip(ours, generic))
+
+
+def test_on_base_payload_golden_bytes():
+    """Pins wire id 7's frame and tables: fixed indices of a 3-group tied update -> fixed bytes (id 6's own
+    golden test in tests/test_postfilter_adapt.py is unchanged)."""
+    model = PostFilter(FilterArchitecture(layers=2, channels=4)).eval()
+    structure = classified_structure((4, 9), True, "classified-linear-on-base")
+    indices = {name: torch.arange(p.numel()).reshape(p.shape) % 5 - 2
+               for name, p in make_filter_update(model, structure).coded.items()}
+    blob = encode_update(CodedUpdate(structure, transmitted_prior(WeightPrior(grid=0.004)), indices), "cd" * 32)
+    assert blob[5] == 7 and blob[6] == 3
+    assert (len(blob), hashlib.sha256(blob).hexdigest()[:16]) == (611, "5af4cbcfbf1bba80")
+
+
 def test_layout_round_trips_and_bad_layouts_are_refused():
     for boundaries in [(), (1,), (5, 9), (1, 2, 3, 4, 5, 6, 7), (15,)]:
         for tied in (False, True):
@@ -191,16 +226,17 @@ def unit(carphone):
     return loaded, originals, decode_stream(data, "x264"), len(data)
 
 
-def test_solved_update_pays_and_the_decoder_rebuilds_its_frames(unit, tmp_path):
+@pytest.mark.parametrize("parameterisation", ["classified-linear", "classified-linear-on-base"])
+def test_solved_update_pays_and_the_decoder_rebuilds_its_frames(unit, tmp_path, parameterisation):
     """Predicted RD change < 0 and measured: the adapted frames cost less than the generic ones in the RD
     measure; the frames the encoder reports are the decoder's byte for byte; a resumed unit gives the same bytes."""
     loaded, originals, decoded, _ = unit
-    config = FilterAdaptConfig(parameterisation="classified-linear", classified=QUICK_SEARCH)
+    config = FilterAdaptConfig(parameterisation=parameterisation, classified=QUICK_SEARCH)
     logged = []
     result = adapt_filter(loaded, loaded.metadata.weights_sha256, originals, decoded, 37.0, "x264", config,
                           tmp_path, log=logged.append, lmbda=1.0)  # distortion dominates: 4 frames pay for the bytes
     d = result.decision
-    assert d.decision == "adapted" and result.stats["structure"] == "classified-linear"
+    assert d.decision == "adapted" and result.stats["structure"] == parameterisation
     assert logged[0]["predicted_cost_change"] < 0 and d.cost_adapted < min(d.cost_generic, d.cost_none)
     rebuilt = rebuild_filter(loaded, loaded.metadata.weights_sha256, result.blob)
     again = [filter_planes(rebuilt, p, 37.0, "x264") for p in decoded]

@@ -92,6 +92,7 @@ def test_decode_equals_recon_byte_for_byte(units, filters, tmp_path, codec, meth
 @pytest.mark.parametrize("parameterisation, extra", [
     ("cross-linear-tied", []),
     ("classified-linear", ["--set", "classified.groups=[1,3]", "--set", "classified.ridge=[0.0001]"]),
+    ("classified-linear-on-base", ["--set", "classified.groups=[1,3]", "--set", "classified.ridge=[0.0001]"]),
 ])
 def test_linear_updates_decode_to_the_recon(clip, filters, tmp_path, codec, parameterisation, extra):
     """The tied and the classified structures travel under their own wire ids and decode byte for byte like

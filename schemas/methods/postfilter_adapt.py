@@ -51,7 +51,7 @@ class PostFilterAdaptConfig(BaseModel):
     method: Literal["postfilter-adapt"] = "postfilter-adapt"
     send_update: SendUpdate = Field("if-better", description=SEND_UPDATE_HELP)
     parameterisation: Literal["scale-bias", "lora", "last-layer", "cross-linear", "cross-linear-tied",
-                              "classified-linear"] = Field(
+                              "classified-linear", "classified-linear-on-base"] = Field(
         "classified-linear", description="classified-linear (default, the best on eval-dev): one cross-linear filter "
                                     "per group of ALF-style luma activity classes (1..8 groups, merged by RD); "
                                     "cross-linear: a 3x3 cross-component "

@@ -54,7 +54,7 @@ from workers.metrics import psnr_yuv
 from workers.postfilter.linear_system import (PLANE_WEIGHTS, LinearSystem, _channel_weights, _split_coded,  # noqa: F401
                                               _unshuffled, ridge_solution, tap_masks)
 from workers.postfilter.network import INPUT_PLANES, PostFilter, filter_planes
-from workers.postfilter.update import (CrossLinearUpdate, Parameterisation, UpdateStructure, adapted_filter,
+from workers.postfilter.update import (CLASSIFIED, CrossLinearUpdate, Parameterisation, UpdateStructure, adapted_filter,
                                        coded_shapes, make_filter_update)
 from workers.postfilter.update_payload import FIXED_BYTES, CodedUpdate, decode_update, encode_update, transmitted_prior
 
@@ -70,8 +70,9 @@ DEFAULT_PRIORS = {
     "cross-linear": WeightPrior(grid=0.004, slab_std=0.05),  # grids 0.002..0.016: foreman CRF 37 picked <= 0.008 of 0.001..0.008
     "cross-linear-tied": WeightPrior(grid=0.004, slab_std=0.05),
     "classified-linear": WeightPrior(grid=0.004, slab_std=0.05),
+    "classified-linear-on-base": WeightPrior(grid=0.004, slab_std=0.05),
 }
-LEAST_SQUARES = ("last-layer", "cross-linear", "cross-linear-tied", "classified-linear")  # closed form, not trained
+LEAST_SQUARES = ("last-layer", "cross-linear", "cross-linear-tied", *CLASSIFIED)  # closed form, not trained
 
 
 class UpdateTraining(BaseModel):
@@ -142,10 +143,10 @@ class FilterAdaptConfig(BaseModel):
     seed: int = Field(0, ge=0)
 
     def structure(self) -> UpdateStructure:
-        if self.parameterisation == "classified-linear":  # the solve picks groups and form per unit
+        if self.parameterisation in CLASSIFIED:  # the solve picks groups and form per unit
             from workers.postfilter.update import classified_structure
 
-            return classified_structure((), False)
+            return classified_structure((), False, self.parameterisation)
         lora = self.parameterisation == "lora"
         return UpdateStructure(self.parameterisation, self.rank if lora else 0, self.init_seed if lora else 0)
 
@@ -628,7 +629,7 @@ def _fit_classified(unit: _Unit, state_path: Path | None, config_json: str,
     progress = _Progress(1, info["best_cost"], resumed_from=1 if resumed else 0, prior=info["prior"],
                          structure=info["structure"])
     unit.chosen_prior = WeightPrior(**info["prior"])
-    unit.chosen_structure = UpdateStructure("classified-linear", info["groups"], info["layout"])
+    unit.chosen_structure = UpdateStructure(unit.config.parameterisation, info["groups"], info["layout"])
     update = make_filter_update(unit.base, unit.chosen_structure)
     with torch.no_grad():
         for name, value in _split_coded(update, indices.to(torch.float32) * unit.prior.grid).items():
@@ -730,7 +731,7 @@ def adapt_filter(base, base_sha256: str, originals: Sequence[Planes], decoded: S
     state_path = None if checkpoint_dir is None else Path(checkpoint_dir) / f"postfilter-{config.parameterisation}.safetensors"
     unit.generic = generic_planes
     fit_began = time.perf_counter()  # adaptation time excludes the generic pass every choice needs
-    if config.parameterisation == "classified-linear":
+    if config.parameterisation in CLASSIFIED:
         progress, update = _fit_classified(unit, state_path, config_json, log)
     elif config.parameterisation in LEAST_SQUARES:
         progress, update = fit_least_squares(unit, state_path, config_json, log)
@@ -746,8 +747,8 @@ def adapt_filter(base, base_sha256: str, originals: Sequence[Planes], decoded: S
     planes = {"none": list(decoded), "generic": list(generic_planes), "adapted": adapted_planes}[decision.decision]
     frames = len(decoded)
     stats = {"parameterisation": config.parameterisation, "structure": unit.structure.parameterisation,
-             "groups": unit.structure.rank if config.parameterisation == "classified-linear" else None,
-             "tied": unit.structure.tied if config.parameterisation == "classified-linear" else None,
+             "groups": unit.structure.rank if config.parameterisation in CLASSIFIED else None,
+             "tied": unit.structure.tied if config.parameterisation in CLASSIFIED else None,
              "steps": progress.step, "resumed_from": progress.resumed_from,
              "best_step": progress.best_step, "update_bytes": 0 if blob is None else len(blob),
              "coded_numbers": sum(p.numel() for p in update.coded.values()),

@@ -38,13 +38,16 @@ from workers.postfilter.update_payload import FIXED_BYTES, transmitted_prior
 def class_statistics(unit, frames: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Per activity class c the normal equations of a cross-linear filter (adapt.linear_statistics'): G (16, 55,
     55) and H (16, 55, 6), float64, over the positions of class c in ``frames``; and the number of positions of
-    all classes (the distortion is a mean over all of them). Classes from the decoded luma, as the decoder's."""
+    all classes (the distortion is a mean over all of them). Classes from the decoded luma, as the decoder's; the
+    patches from the decoded planes (classified-linear) or from the generic filter's output (classified-linear-on-base,
+    the 8-bit planes its decoder filters)."""
+    inputs = unit.generic if unit.config.parameterisation == "classified-linear-on-base" else unit.decoded
     dim = 55
     gram = torch.zeros(ACTIVITY_CLASSES, dim, dim, dtype=torch.float64)
     cross = torch.zeros(ACTIVITY_CLASSES, dim, 6, dtype=torch.float64)
     positions = 0
     for index in frames:
-        x = _unshuffled(unit.decoded[index]).to(torch.float64) - 0.5
+        x = _unshuffled(inputs[index]).to(torch.float64) - 0.5
         patches = F.unfold(x, 3, padding=1)[0]  # (54, L)
         patches = torch.cat([patches, torch.ones(1, patches.shape[1], dtype=torch.float64)])
         residual = (_unshuffled(unit.originals[index]) - _unshuffled(unit.generic[index])).flatten(2)[0].to(torch.float64)
@@ -172,14 +175,15 @@ def solve_classified(unit, gram: torch.Tensor, cross: torch.Tensor, positions: i
                 cost = fixed + sum(c for c, _ in chosen)
                 scores[f"{'tied' if tied else 'full'}:K{groups}:{prior.grid:g}x{prior.slab_std:g}x{prior.alpha:g}"] = cost
                 if cost < best[2] and any(bool(k.any()) for _, k in chosen):
-                    best = (classified_structure(boundaries, tied), [k for _, k in chosen], cost, prior, systems)
+                    best = (classified_structure(boundaries, tied, unit.config.parameterisation), [k for _, k in chosen],
+                            cost, prior, systems)
     structure, k, cost, prior = best[:4]
     if structure is not None:  # the chosen update scored again under the one table the coder uses (bound of all groups)
         k, systems = torch.cat(k), best[4]
         distortion = sum(s.distortion(q.to(torch.float64) * prior.grid) for s, q in zip(systems, best[1]))
         cost = fixed + distortion + float(tables.bits(prior, k).sum()) / unit.pixels
     else:
-        structure, prior = classified_structure((), False), unit.config.coding_prior()
+        structure, prior = classified_structure((), False, unit.config.parameterisation), unit.config.coding_prior()
         k = torch.zeros(sum(p.numel() for p in make_filter_update(unit.base, structure).coded.values()), dtype=torch.int64)
     return structure, k, {"structure": structure.parameterisation, "groups": structure.rank,
                           "layout": structure.init_seed, "predicted_cost_change": cost, "prior": prior.model_dump(),

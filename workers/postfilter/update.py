@@ -20,6 +20,9 @@ evaluated. With every coded tensor zero, ``weights`` returns the base filter's p
     classified-linear  K of those L (full or tied form), one per group of ALF-style activity classes of 4x4 luma
                 blocks (workers/postfilter/classes.py, workers/postfilter/classified.py): each position gets the
                 filter of its block's group; the groups' class boundaries travel in the header.
+    classified-linear-on-base  the same K filters reading the generic filter's output (rounded to 8 bits, as a
+                decoder without the update shows it) instead of the decoded planes: out = g + L_group(g - 0.5) with
+                g = base(Y, U, V); ALF's place in the loop (after the other filters), and a little more gain per byte.
     cross-linear-tied  the same L with its 4 luma rows tied: they are one 5x5 kernel on the full-resolution
                 luma (each phase row of L holds every offset -2..2 exactly once), one 3x3 filter per chroma
                 plane and one bias shared by the 4 phases; the chroma rows stay free. 25 + 18 + 1 + 2 x 55
@@ -47,10 +50,12 @@ from workers.postfilter.linear_taps import LINEAR_TAPS, coded_offsets, dense_tap
 from workers.postfilter.network import INPUT_PLANES, PostFilter
 
 Parameterisation = Literal["scale-bias", "lora", "last-layer", "cross-linear", "cross-linear-tied",
-                           "classified-linear"]
+                           "classified-linear", "classified-linear-on-base"]
 # payload ids, by hand: the next free number for a new one, never reused (schemas.side_info.UpdateMethod agrees)
 PARAMETERISATION_IDS: dict[str, int] = {"scale-bias": 1, "lora": 2, "last-layer": 3, "cross-linear": 4,
-                                        "cross-linear-tied": 5, "classified-linear": 6}
+                                        "cross-linear-tied": 5, "classified-linear": 6, "classified-linear-on-base": 7}
+# the classified parameterisations: K linear filters, one per group of luma activity classes (same layout fields)
+CLASSIFIED = ("classified-linear", "classified-linear-on-base")
 MAX_GROUPS = 8  # classified-linear: at most 8 filters (7 boundaries of 4 bits fit init_seed's 28 low bits)
 _TIED_BIT = 1 << 31
 _BOUNDARY_BITS = 4
@@ -75,7 +80,7 @@ class UpdateStructure:
             raise ValueError("a LoRA update needs rank >= 1")
         if not (0 <= self.rank < 256 and 0 <= self.init_seed < 2**32):
             raise ValueError("rank must fit a byte and init_seed 32 bits")
-        if self.parameterisation == "classified-linear":
+        if self.parameterisation in CLASSIFIED:
             _check_layout(self.rank, self.init_seed)
 
     @property
@@ -107,10 +112,12 @@ def _check_layout(groups: int, layout: int) -> None:
         previous = boundary
 
 
-def classified_structure(boundaries: tuple[int, ...], tied: bool) -> UpdateStructure:
-    """The classified-linear structure of K = len(boundaries) + 1 groups (validated)."""
+def classified_structure(boundaries: tuple[int, ...], tied: bool,
+                         parameterisation: str = "classified-linear") -> UpdateStructure:
+    """The classified structure (classified-linear or classified-linear-on-base) of K = len(boundaries) + 1
+    groups (validated)."""
     layout = (_TIED_BIT if tied else 0) | sum(b << (_BOUNDARY_BITS * j) for j, b in enumerate(boundaries))
-    return UpdateStructure("classified-linear", len(boundaries) + 1, layout)
+    return UpdateStructure(parameterisation, len(boundaries) + 1, layout)
 
 
 def filter_convs(model: PostFilter) -> list[tuple[str, nn.Conv2d]]:
@@ -244,7 +251,7 @@ class CrossLinearFilter(nn.Module):
 
 def make_filter_update(model: PostFilter, structure: UpdateStructure) -> DecoderUpdate:
     """The zero update of ``structure`` for the base filter ``model`` (its tensors in coding order)."""
-    if structure.parameterisation == "classified-linear":
+    if structure.parameterisation in CLASSIFIED:
         from workers.postfilter.classified import ClassifiedLinearUpdate
 
         return ClassifiedLinearUpdate(structure)
@@ -272,7 +279,8 @@ def adapted_filter(base: PostFilter, update: DecoderUpdate, values: dict[str, to
         from workers.postfilter.classified import ClassifiedLinearFilter
 
         weights = update.weights(values)
-        return ClassifiedLinearFilter(base, weights["weight"], weights["bias"], update.structure.boundaries).eval()
+        return ClassifiedLinearFilter(base, weights["weight"], weights["bias"], update.structure.boundaries,
+                                      on_base=update.structure.parameterisation == "classified-linear-on-base").eval()
     if isinstance(update, (CrossLinearUpdate, CrossLinearTiedUpdate)):
         weights = update.weights(values)
         return CrossLinearFilter(base, weights["weight"], weights["bias"]).eval()
