@@ -121,12 +121,15 @@ def test_absurd_record_fields_behind_a_valid_crc_are_refused(seeds, codec, field
     (3, 0x49, "not increasing"),  # class boundaries out of order
     (2, 0x10, "bits set beyond"),  # a boundary of 0 and stray bits
     (3, 0x7654394, "bits set beyond"),
+    (2, 0x40000004, "wide form without the tied one"),  # id 7's wide bit alone (id 6: a stray bit)
 ])
 def test_hostile_classified_layouts_are_refused(seeds, codec, parameterisation, number, rank, layout, cause):
     """classified-linear (wire id 6) and classified-linear-on-base (7): group count and class boundaries behind
     valid CRCs, one line each."""
     from workers.postfilter.update_payload import _FIELDS
 
+    if number == 6 and cause.startswith("wide"):
+        cause = "bits set beyond"
     update = sample_filter_update(seeds["loaded"], parameterisation)
     version, said, _, _, base, *prior, bound = _FIELDS.unpack_from(update, 4)
     assert said == number

@@ -30,7 +30,7 @@ STRUCTURES = {"scale-bias": UpdateStructure("scale-bias"), "lora": UpdateStructu
               "last-layer": UpdateStructure("last-layer"), "cross-linear": UpdateStructure("cross-linear"),
               "cross-linear-tied": UpdateStructure("cross-linear-tied"),
               "classified-linear": classified_structure((3, 8), True),
-              "classified-linear-on-base": classified_structure((2, 9), False, "classified-linear-on-base")}
+              "classified-linear-on-base": classified_structure((2, 9), True, "classified-linear-on-base", wide=True)}
 CRF = 37.0
 FAST = UpdateTraining(steps=6, batch=2, crop=32, eval_every=3, eval_frames=2, checkpoint_every=2)
 QUICK_SEARCH = ClassifiedSearch(groups=(1, 3), ridge=(1e-4,), grid_scales=(0.5,), spike_weights=(0.3,))  # seconds

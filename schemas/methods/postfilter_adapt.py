@@ -40,6 +40,9 @@ class ClassifiedSearchOptions(BaseModel):
                                            description="multiples of the prior's grid (and spike) tried")
     slab_scales: tuple[float, ...] = Field((1.0,), min_length=1, description="multiples of the prior's slab std tried")
     spike_weights: tuple[float, ...] = Field((0.1, 0.3, 3.0), min_length=1, description="the prior's alpha values tried")
+    wide: bool = Field(True, description=(
+        "classified-linear-on-base: also try the wide tied form (a 5x5 L on the working planes: one 9x9 luma "
+        "kernel, the chroma rows' own plane 5x5)"))
 
 
 @register_method_config

@@ -103,6 +103,9 @@ class ClassifiedSearch(BaseModel):
                                            description="multiples of the prior's grid (and spike) tried")
     slab_scales: tuple[float, ...] = Field((1.0,), min_length=1, description="multiples of the prior's slab std tried")
     spike_weights: tuple[float, ...] = Field((0.1, 0.3, 3.0), min_length=1, description="the prior's alpha values tried")
+    wide: bool = Field(True, description=(
+        "classified-linear-on-base: also try the wide tied form (a 5x5 L on the working planes: one 9x9 luma "
+        "kernel, the chroma rows' own plane 5x5)"))
 
 
 class FilterAdaptConfig(BaseModel):
@@ -749,6 +752,7 @@ def adapt_filter(base, base_sha256: str, originals: Sequence[Planes], decoded: S
     stats = {"parameterisation": config.parameterisation, "structure": unit.structure.parameterisation,
              "groups": unit.structure.rank if config.parameterisation in CLASSIFIED else None,
              "tied": unit.structure.tied if config.parameterisation in CLASSIFIED else None,
+             "wide": unit.structure.wide if config.parameterisation in CLASSIFIED else None,
              "steps": progress.step, "resumed_from": progress.resumed_from,
              "best_step": progress.best_step, "update_bytes": 0 if blob is None else len(blob),
              "coded_numbers": sum(p.numel() for p in update.coded.values()),
