@@ -155,9 +155,9 @@ def _best_for_group(unit, system, solutions: Sequence[torch.Tensor], prior: Weig
             continue
         bits = tables.bits(prior, k)
         q = k.to(torch.float64) * prior.grid
-        for rows in system.groups:
+        for rows, a, b in system.blocks():
             qg = q[rows]
-            change = float(qg @ system.a[rows][:, rows] @ qg - 2 * qg @ system.b[rows])
+            change = float(qg @ a @ qg - 2 * qg @ b)
             if bool(k[rows].any()) and change + float(bits[rows].sum()) / unit.pixels >= 0:
                 k[rows] = 0
         q = k.to(torch.float64) * prior.grid

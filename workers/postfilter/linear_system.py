@@ -88,6 +88,13 @@ class LinearSystem:
     def distortion(self, q: torch.Tensor) -> float:
         return float(q @ self.a @ q - 2 * q @ self.b)
 
+    def blocks(self) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """(numbers, A block, b block) of every group, built once: the RD searches score each group alone for
+        every solution and prior (indexing A anew each time took a third of classified-linear's search)."""
+        if not hasattr(self, "_blocks"):
+            self._blocks = [(rows, self.a[rows][:, rows], self.b[rows]) for rows in self.groups]
+        return self._blocks
+
 
 def _row_groups(table: torch.Tensor) -> list[torch.Tensor]:
     """Coded-number sets of the rows of ``table``, rows that share a number merged (in row order)."""
