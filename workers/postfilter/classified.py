@@ -8,7 +8,16 @@ The update codes K cross-linear filters (each full, 330 numbers, or tied, 154: w
 group after group in coding order; K and the class boundaries are in the payload's structure fields
 (UpdateStructure.rank and .init_seed), so the decoder rebuilds the class map from the decoded luma it holds.
 classified-linear-on-base (wire id 7) is the same with x = the base output rounded to 8 bits (what the decoder
-would show without the update) and out = base(Y, U, V) + the correction: ALF's place, after the other filters; on foreman CRF 32 and carphone CRF 27 (x264) its predicted RD gain was 5-8% larger for the same bytes.
+would show without the update) and out = base(Y, U, V) + the correction (ALF's place, after the other filters),
+and a third form besides full and tied: wide (layout bit 30), a 5x5 L on the working planes whose luma rows are
+one 9x9 kernel on the full-resolution luma and whose chroma rows read 5x5 of their own plane (242 numbers per
+group, workers/postfilter/linear_taps.py WIDE_SHAPES). Measured: benchmarks/RESULTS.md, section luma-classified.
+Tried and dropped (the solve's predicted RD cost change in % of the stream's rate, x264, base hi-step13500,
+/tmp-only scripts): on foreman CRF 32, against -4.74% for the 16 activity classes merged along activity: ALF's
+5 directions x 16 or x 5 activities with a greedy merge over any pair (-4.21%, -4.22%, class map bytes counted),
+3 directions x 8 activities (-4.27%), a separate class set for intra frames (-4.70%), any-pair merge of the 16
+activities (-4.28%), a point-symmetric 5x5 luma kernel (-4.41%; carphone CRF 27: -2.51% against -2.58%), classes
+from the generic output (no change). Foreman CRF 42 chose one group in every variant (-1.66%).
 Why classes: one linear filter averages what flat areas, edges and texture need; VVC's ALF gets most of its
 gain by giving each activity (and direction) class its own filter, with adjacent classes merged into groups
 when a separate filter does not pay for its bits.
