@@ -126,7 +126,7 @@ def test_info_shows_the_side_info(units, clip, tmp_path, capsys):
     shown = json.loads(capsys.readouterr().out)["side_info"]
     info, _ = read_side_info(stream.read_bytes(), "x264")
     assert shown["filter_id"] == info.filter_id.hex() and shown["crf"] == 32.0 and shown["threads"] == info.threads
-    assert shown["update"] == {"method": "classified-linear", "bytes": info.update.bytes}
+    assert shown["update"] == {"method": "classified-linear-on-base", "bytes": info.update.bytes}  # the default
     plain = tmp_path / "plain.h264"
     assert cli(["encode", str(clip), "-o", str(plain), "--codec", "x264"]) == 0
     assert cli(["info", str(plain)]) == 0

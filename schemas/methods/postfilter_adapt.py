@@ -55,7 +55,10 @@ class PostFilterAdaptConfig(BaseModel):
     send_update: SendUpdate = Field("if-better", description=SEND_UPDATE_HELP)
     parameterisation: Literal["scale-bias", "lora", "last-layer", "cross-linear", "cross-linear-tied",
                               "classified-linear", "classified-linear-on-base"] = Field(
-        "classified-linear", description="classified-linear (default, the best on eval-dev): one cross-linear filter "
+        "classified-linear-on-base", description="classified-linear-on-base (default, the best on eval-dev): "
+                                    "classified-linear's filters reading the generic filter's 8-bit output, each "
+                                    "group's filter full, tied, or wide (one 9x9 luma kernel, 5x5 own-plane chroma "
+                                    "taps), chosen by RD per unit; classified-linear: one cross-linear filter "
                                     "per group of ALF-style luma activity classes (1..8 groups, merged by RD); "
                                     "cross-linear: a 3x3 cross-component "
                                     "linear filter on the decoded planes solved by least squares, its 4 luma rows "

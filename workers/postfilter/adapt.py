@@ -112,10 +112,11 @@ class FilterAdaptConfig(BaseModel):
     """How ``postfilter-adapt`` updates the shipped filter for one (video, codec, CRF)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-    # the default: classified-linear, x264 -6.27% BD-rate vs none on eval-dev's average against -5.59% for
-    # cross-linear (one filter), the best before it (scale-bias, lora, last-layer ~0; benchmarks/RESULTS.md, sections
-    # postfilter-adapt-classified and postfilter-adapt-cross-linear)
-    parameterisation: Parameterisation = "classified-linear"
+    # the default: classified-linear-on-base (its wide form chosen per unit), better than classified-linear on every
+    # eval-dev sequence with the hi-step13500 base (benchmarks/RESULTS.md, section luma-classified-x264); before it
+    # classified-linear, x264 -6.27% against -5.59% for cross-linear (sections postfilter-adapt-classified and
+    # postfilter-adapt-cross-linear; scale-bias, lora, last-layer ~0)
+    parameterisation: Parameterisation = "classified-linear-on-base"
     rank: int = Field(2, ge=1, lt=256, description="LoRA rank per conv (lora only)")
     init_seed: int = Field(0, ge=0, lt=2**32, description="seed of LoRA's A initialisation (lora only)")
     prior: WeightPrior | None = Field(None, description="default: DEFAULT_PRIORS[parameterisation]")
