@@ -112,8 +112,9 @@ class FilterAdaptConfig(BaseModel):
     """How ``postfilter-adapt`` updates the shipped filter for one (video, codec, CRF)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-    # the default: classified-linear-on-base (its wide form chosen per unit), better than classified-linear on every
-    # eval-dev sequence with the hi-step13500 base (benchmarks/RESULTS.md, section luma-classified-x264); before it
+    # the default: classified-linear-on-base (its wide form chosen per unit), x264 -9.61% / x265 -7.78% BD-rate vs none
+    # on eval-dev's average against -9.04% / -7.45% for classified-linear, better on every sequence (hi-step13500 base,
+    # benchmarks/RESULTS.md, section luma-classified); before it
     # classified-linear, x264 -6.27% against -5.59% for cross-linear (sections postfilter-adapt-classified and
     # postfilter-adapt-cross-linear; scale-bias, lora, last-layer ~0)
     parameterisation: Parameterisation = "classified-linear-on-base"
