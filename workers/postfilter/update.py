@@ -22,7 +22,9 @@ evaluated. With every coded tensor zero, ``weights`` returns the base filter's p
                 filter of its block's group; the groups' class boundaries travel in the header.
     classified-linear-on-base  the same K filters reading the generic filter's output (rounded to 8 bits, as a
                 decoder without the update shows it) instead of the decoded planes: out = b + L_group(g - 0.5) with
-                b = base(Y, U, V) and g = b rounded to 8 bits; ALF's place in the loop (after the other filters), and a little more gain per byte.
+                b = base(Y, U, V) and g = b rounded to 8 bits (ALF's place in the loop, after the other filters);
+                each group's filter full, tied or wide (layout bit 30: a 5x5 L, its luma rows one 9x9 luma kernel,
+                its chroma rows 5x5 of their own plane; workers/postfilter/linear_taps.py WIDE_SHAPES).
     cross-linear-tied  the same L with its 4 luma rows tied: they are one 5x5 kernel on the full-resolution
                 luma (each phase row of L holds every offset -2..2 exactly once), one 3x3 filter per chroma
                 plane and one bias shared by the 4 phases; the chroma rows stay free. 25 + 18 + 1 + 2 x 55
