@@ -87,7 +87,8 @@ def test_record_golden_bytes():
 def test_update_method_ids_are_fixed():
     """The registry is by hand: these numbers are on the wire and must never change."""
     assert {m.name: m.value for m in UpdateMethod} == {"SCALE_BIAS": 1, "LORA": 2, "LAST_LAYER": 3, "CROSS_LINEAR": 4,
-                                                      "CROSS_LINEAR_TIED": 5, "CLASSIFIED_LINEAR": 6}
+                                                      "CROSS_LINEAR_TIED": 5, "CLASSIFIED_LINEAR": 6,
+                                                      "CLASSIFIED_LINEAR_ON_BASE": 7}
 
 
 @pytest.mark.parametrize("codec,nal_bytes", [("x264", 46), ("x265", 47)])
