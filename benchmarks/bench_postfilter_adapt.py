@@ -58,8 +58,18 @@ def measure_sequence(path: Path, loaded, crfs, parameterisations, args, done: se
                    "pixels": pixels, "stream_bytes": len(data), "wmse_none": mean_wmse(originals, decoded),
                    "wmse_generic": mean_wmse(originals, generic),
                    "wmse_adapted": mean_wmse(originals, result.planes) if result.blob is not None else None,
-                   "filter_seconds_per_frame": filter_seconds,
+                   "filter_seconds_per_frame": filter_seconds, "planes_none": plane_psnrs(originals, decoded),
+                   "planes_generic": plane_psnrs(originals, generic),
+                   "planes_adapted": plane_psnrs(originals, result.planes) if result.blob is not None else None,
                    **result.decision.to_dict(), **result.stats})
+
+
+def plane_psnrs(originals, frames) -> list[float]:
+    """[PSNR-Y, PSNR-U, PSNR-V] (dB), each averaged over frames, as PSNR-YUV averages them."""
+    from workers.postfilter.adapt import plane_mses
+
+    mses = np.array([plane_mses(o, f) for o, f in zip(originals, frames)])
+    return [float(v) for v in np.mean(10 * np.log10(255.0**2 / np.maximum(mses, 1e-10)), axis=0)]
 
 
 def _stack(frames) -> dict[str, np.ndarray]:
@@ -114,6 +124,27 @@ def runner_decision(r: dict) -> tuple[str, int]:
     return label, r["blob_bytes"] if label == "adapted" else 0
 
 
+PLANE_METRICS = {"Y": lambda p: p[0], "chroma": lambda p: (p[1] + p[2]) / 2}  # chroma = (PSNR-U + PSNR-V) / 2
+
+
+def plane_bd(rows: list[dict], parameterisation: str, sequence: str, metric: str) -> float | None:
+    """BD-rate against none on PSNR-Y or chroma (PLANE_METRICS) of the unit loop's choice (:func:`runner_decision`),
+    None where a unit lacks the per-plane PSNRs (measured before they were recorded)."""
+    mine = sorted((r for r in rows if r["sequence"] == sequence and r["parameterisation"] == parameterisation),
+                  key=lambda r: r["crf"])
+    if len(mine) < 4 or any("planes_none" not in r for r in mine):
+        return None
+    score = PLANE_METRICS[metric]
+    none, ours = [], []
+    for r in mine:
+        decision, sent = runner_decision(r)
+        bpp = 8 * r["stream_bytes"] / r["pixels"]
+        none.append((bpp, score(r["planes_none"])))
+        ours.append((8 * (r["stream_bytes"] + sent) / r["pixels"], score(r[f"planes_{decision}"] if decision != "none"
+                                                                        else r["planes_none"])))
+    return bd_rate(none, ours).percent
+
+
 def curves(rows: list[dict]) -> dict:
     """sequence -> {"none", "postfilter", "<parameterisation>"} -> [(bpp, psnr)]; the method's points are what
     the unit loop sends (:func:`runner_decision`); postfilter's filter is on when it lowers wMSE."""
@@ -150,11 +181,13 @@ def slope_table(rows: list[dict]) -> list[str]:
 
 def summary(rows: list[dict], parameterisations) -> str:
     table = curves(rows)
-    lines = ["| parameterisation | sequence | BD-rate vs none | BD-rate vs postfilter | units sent (tied) | groups per sent unit "
+    lines = ["| parameterisation | sequence | BD-rate vs none | BD-rate vs postfilter | BD-rate PSNR-Y | BD-rate chroma "
+             "| units sent (tied, wide) | groups per sent unit "
              "| update bytes (mean when sent) | share of stream (mean when sent) | adapt s/frame | adapted, not sent by the unit "
-             "loop |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "loop |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    fmt = lambda v: "-" if v is None else f"{v:+.2f}%"  # noqa: E731
     for p in parameterisations:
-        vs_none, vs_generic = [], []
+        vs_none, vs_generic, planes = [], [], {"Y": [], "chroma": []}
         for seq in sorted(table):
             if len(table[seq].get(p, [])) < 4:  # a BD-rate needs 4 points: unfinished sequences are left out
                 continue
@@ -169,13 +202,20 @@ def summary(rows: list[dict], parameterisations) -> str:
             size = np.mean([r["blob_bytes"] for r in sent]) if sent else 0
             share = np.mean([r["blob_bytes"] / (r["stream_bytes"] + r["blob_bytes"]) for r in sent]) if sent else 0
             tied = sum(r.get("structure") == "cross-linear-tied" or bool(r.get("tied")) for r in sent)
+            wide = sum(bool(r.get("wide")) for r in sent)
             groups = [r["groups"] for r in sorted(sent, key=lambda r: r["crf"]) if r.get("groups")]  # by CRF
-            lines.append(f"| {p} | {seq} | {a:+.2f}% | {b:+.2f}% | {len(sent)}/{len(mine)} ({tied}) | "
+            by_plane = {m: plane_bd(rows, p, seq, m) for m in planes}
+            for m, v in by_plane.items():
+                planes[m].append(v)
+            lines.append(f"| {p} | {seq} | {a:+.2f}% | {b:+.2f}% | {fmt(by_plane['Y'])} | {fmt(by_plane['chroma'])} | "
+                         f"{len(sent)}/{len(mine)} ({tied}, {wide}) | "
                          f"{' '.join(str(g) for g in groups) or '-'} | {size:.0f} | {100 * share:.2f}% "
                          f"| {np.mean([r['adapt_seconds_per_frame'] for r in mine]):.2f} | {vetoed} |")
-        lines.append(f"| {p} | **average** | **{np.mean(vs_none):+.2f}%** | **{np.mean(vs_generic):+.2f}%** | | | | | | |")
+        means = {m: None if not v or None in v else float(np.mean(v)) for m, v in planes.items()}
+        lines.append(f"| {p} | **average** | **{np.mean(vs_none):+.2f}%** | **{np.mean(vs_generic):+.2f}%** | "
+                     f"{fmt(means['Y'])} | {fmt(means['chroma'])} | | | | | | |")
     generic = [bd_rate(table[s]["none"], table[s]["postfilter"]).percent for s in sorted(table) if len(table[s]["none"]) >= 4]
-    lines.append(f"| postfilter (generic, reference) | average | {np.mean(generic):+.2f}% | | | | | | | |")
+    lines.append(f"| postfilter (generic, reference) | average | {np.mean(generic):+.2f}% | | | | | | | | | |")
     return "\n".join(lines)
 
 
@@ -186,7 +226,7 @@ def main() -> None:
     parser.add_argument("--codec", default="x264")
     parser.add_argument("--crfs", type=float, nargs="+", default=list(DEFAULT_CRFS))
     parser.add_argument("--parameterisations", nargs="+", default=["scale-bias", "lora", "last-layer", "cross-linear",
-                                                                   "classified-linear"])
+                                                                   "classified-linear", "classified-linear-on-base"])
     parser.add_argument("--intra-period", type=int, default=12)
     parser.add_argument("--frames", type=int, default=None, help="default: all frames")
     parser.add_argument("--sequences", nargs="*", default=None, help="names under --data (default: all)")

@@ -86,7 +86,8 @@ class Material:
 
 # the update parameterisations and their wire ids (schemas.side_info.UpdateMethod); "lora-wide" is a dense LoRA
 # update over CHUNK_BYTES, so its record is split over several SEI messages
-PF_METHODS = {"scale-bias": 1, "lora": 2, "last-layer": 3, "cross-linear": 4, "classified-linear": 6, "lora-wide": 2}
+PF_METHODS = {"scale-bias": 1, "lora": 2, "last-layer": 3, "cross-linear": 4, "classified-linear": 6,
+              "classified-linear-on-base": 7, "lora-wide": 2}
 EDGE_F32 = [float("nan"), float("inf"), -float("inf"), 0.0, -0.0, 1e-45, 1e-38, 3.4e38, -1.0, 0.004, 1e-6, 1e6]
 
 

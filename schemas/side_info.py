@@ -38,6 +38,7 @@ class UpdateMethod(IntEnum):
     CROSS_LINEAR = 4  # a 3x3 linear filter 6 -> 6 (luma phases, U, V) added to the filter's output
     CROSS_LINEAR_TIED = 5  # the same with its 4 luma rows tied to one 5x5 full-resolution luma kernel
     CLASSIFIED_LINEAR = 6  # K of those filters (full or tied), one per group of ALF-style luma activity classes
+    CLASSIFIED_LINEAR_ON_BASE = 7  # the same K filters on the generic filter's 8-bit output instead of the decoded planes
 
 
 def filter_id(weights_sha256: str) -> bytes:

@@ -225,7 +225,8 @@ def test_fuzzed_video_files_read_or_are_refused_in_one_line(video_seeds, tmp_pat
 # What `adaptjobs decode case.h264 -o out.y4m` reads from an x264/x265 stream: our record in the first access
 # unit's user_data_unregistered SEI (workers/standard/side_info.py) and the coded filter update inside it
 # (workers/postfilter/update_payload.py). Records and updates are framed with their CRCs recomputed.
-PF_METHOD_IDS = {"scale-bias": 1, "lora": 2, "last-layer": 3, "cross-linear": 4, "classified-linear": 6}
+PF_METHOD_IDS = {"scale-bias": 1, "lora": 2, "last-layer": 3, "cross-linear": 4, "classified-linear": 6,
+                 "classified-linear-on-base": 7}
 EDGE_F32 = [float("nan"), float("inf"), -float("inf"), 0.0, -0.0, 1e-45, 1e-38, 3.4e38, -1.0, 0.004]
 escape_patterns = st.lists(st.sampled_from([b"\x00\x00\x03", b"\x00\x00\x01", b"\x00\x00\x00", b"\x00\x00\x02",
                                             b"\x00", b"\x80"]), max_size=120).map(b"".join)

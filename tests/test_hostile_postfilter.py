@@ -114,25 +114,30 @@ def test_absurd_record_fields_behind_a_valid_crc_are_refused(seeds, codec, field
 
 
 @pytest.mark.parametrize("codec", CODECS)
+@pytest.mark.parametrize("parameterisation, number", [("classified-linear", 6), ("classified-linear-on-base", 7)])
 @pytest.mark.parametrize("rank, layout, cause", [
     (9, 0x94, "1..8 groups"),  # group count beyond the bound
     (0, 0, "1..8 groups"),
     (3, 0x49, "not increasing"),  # class boundaries out of order
     (2, 0x10, "bits set beyond"),  # a boundary of 0 and stray bits
     (3, 0x7654394, "bits set beyond"),
+    (2, 0x40000004, "wide form without the tied one"),  # id 7's wide bit alone (id 6: a stray bit)
 ])
-def test_hostile_classified_layouts_are_refused(seeds, codec, rank, layout, cause):
-    """classified-linear (wire id 6): group count and class boundaries behind valid CRCs, one line each."""
+def test_hostile_classified_layouts_are_refused(seeds, codec, parameterisation, number, rank, layout, cause):
+    """classified-linear (wire id 6) and classified-linear-on-base (7): group count and class boundaries behind
+    valid CRCs, one line each."""
     from workers.postfilter.update_payload import _FIELDS
 
-    update = sample_filter_update(seeds["loaded"], "classified-linear")
-    version, number, _, _, base, *prior, bound = _FIELDS.unpack_from(update, 4)
-    assert number == 6
+    if number == 6 and cause.startswith("wide"):
+        cause = "bits set beyond"
+    update = sample_filter_update(seeds["loaded"], parameterisation)
+    version, said, _, _, base, *prior, bound = _FIELDS.unpack_from(update, 4)
+    assert said == number
     crafted = frame_filter_update(update[4 + _FIELDS.size: -4], number, rank, layout, base, tuple(prior), bound)
-    record = side_info_record(flags=3, filter_id=seeds["filter_id"], method=6, blob=crafted)
+    record = side_info_record(flags=3, filter_id=seeds["filter_id"], method=number, blob=crafted)
     message = refusal(with_record(seeds, codec, record), codec)
     assert "invalid post-filter update header" in message and cause in message
-    valid = side_info_record(flags=3, filter_id=seeds["filter_id"], method=6, blob=update)
+    valid = side_info_record(flags=3, filter_id=seeds["filter_id"], method=number, blob=update)
     assert len(decode_standard_action(with_record(seeds, codec, valid), codec)()) == 2  # the unchanged one decodes
 
 

@@ -24,11 +24,13 @@ from workers.postfilter.update import (CrossLinearUpdate, UpdateStructure, adapt
 from workers.postfilter.update_payload import FIXED_BYTES, CodedUpdate, decode_update, encode_update, transmitted_prior
 from workers.standard.encoder import decode_stream, encode_planes
 
-PARAMETERISATIONS = ("scale-bias", "lora", "last-layer", "cross-linear", "cross-linear-tied", "classified-linear")
+PARAMETERISATIONS = ("scale-bias", "lora", "last-layer", "cross-linear", "cross-linear-tied", "classified-linear",
+                     "classified-linear-on-base")
 STRUCTURES = {"scale-bias": UpdateStructure("scale-bias"), "lora": UpdateStructure("lora", 2, 5),
               "last-layer": UpdateStructure("last-layer"), "cross-linear": UpdateStructure("cross-linear"),
               "cross-linear-tied": UpdateStructure("cross-linear-tied"),
-              "classified-linear": classified_structure((3, 8), True)}
+              "classified-linear": classified_structure((3, 8), True),
+              "classified-linear-on-base": classified_structure((2, 9), True, "classified-linear-on-base", wide=True)}
 CRF = 37.0
 FAST = UpdateTraining(steps=6, batch=2, crop=32, eval_every=3, eval_frames=2, checkpoint_every=2)
 QUICK_SEARCH = ClassifiedSearch(groups=(1, 3), ridge=(1e-4,), grid_scales=(0.5,), spike_weights=(0.3,))  # seconds
@@ -114,7 +116,7 @@ def test_tied_luma_rows_are_one_full_resolution_kernel(base):
     assert sorted(table[table >= 44].tolist()) == list(range(44, 154))
 
 
-@pytest.mark.parametrize("parameterisation", ("cross-linear", "classified-linear"))
+@pytest.mark.parametrize("parameterisation", ("cross-linear", "classified-linear", "classified-linear-on-base"))
 def test_solve_predicts_the_measured_cost(base, frames, parameterisation):
     """The least-squares solve's predicted RD change (normal equations + ideal bits + fixed bytes) is what the
     decoder's rebuilt filter measures on the frames, bytes of the real payload counted."""

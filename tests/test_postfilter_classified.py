@@ -8,9 +8,12 @@ resume == uninterrupted. Small synthetic frames and 4 frames of carphone (second
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import pytest
 import torch
+from torch.nn import functional as F
 
 from schemas.adapt import WeightPrior
 from workers.errors import BitstreamError
@@ -19,7 +22,7 @@ from workers.postfilter.adapt import ClassifiedSearch, FilterAdaptConfig, adapt_
 from workers.postfilter.checkpoint import LoadedFilter, make_metadata
 from workers.postfilter.classes import ACTIVITY_CLASSES, ACTIVITY_THRESHOLDS, activity_classes, class_groups
 from workers.postfilter.classified_solve import merge_path
-from workers.postfilter.network import FilterArchitecture, PostFilter, filter_planes
+from workers.postfilter.network import FilterArchitecture, PostFilter, filter_planes, planes_to_tensors
 from workers.postfilter.update import (MAX_GROUPS, UpdateStructure, adapted_filter, classified_structure,
                                        make_filter_update)
 from workers.postfilter.update_payload import _FIELDS, CodedUpdate, encode_update, transmitted_prior
@@ -106,13 +109,81 @@ def test_one_group_filters_exactly_like_cross_linear(tied):
     assert all(np.array_equal(a, b) for a, b in zip(ours, theirs))
 
 
+def test_one_group_on_base_is_cross_linear_on_the_generic_frame():
+    """classified-linear-on-base (wire id 7), one group: base output + L(its 8-bit frame - 0.5), L a cross-linear
+    filter, against a direct conv; the zero update gives the generic frame byte for byte."""
+    base = PostFilter(FilterArchitecture(layers=3, channels=8)).eval()
+    with torch.no_grad():
+        base.tail.weight.normal_(0.0, 0.01)
+    update = make_filter_update(base, classified_structure((), False, "classified-linear-on-base"))
+    generator = torch.Generator().manual_seed(6)
+    values = {name: torch.randn(p.shape, generator=generator) * 0.02 for name, p in update.coded.items()}
+    rng = np.random.default_rng(1)
+    planes = tuple(rng.integers(0, 256, s).astype(np.uint8) for s in ((20, 28), (10, 14), (10, 14)))
+    generic = filter_planes(base, planes, 30, "x264")
+    zero = filter_planes(adapted_filter(base, update, {n: torch.zeros_like(v) for n, v in values.items()}), planes, 30, "x264")
+    assert all(np.array_equal(a, b) for a, b in zip(zero, generic))
+    ours = filter_planes(adapted_filter(base, update, values), planes, 30, "x264")
+    with torch.no_grad():
+        yb, ub, vb = base(*planes_to_tensors(planes), 30.0, "x264")
+        g = [torch.from_numpy(p).double()[None, None] / 255.0 for p in generic]
+        x = torch.cat([F.pixel_unshuffle(g[0], 2), g[1], g[2]], dim=1) - 0.5
+        weight, bias = values["g0__linear__weight"].double(), values["g0__linear__bias"].double()
+        c = F.conv2d(x, weight, bias, padding=1)
+        expected = (yb.double() + F.pixel_shuffle(c[:, :4], 2), ub.double() + c[:, 4:5], vb.double() + c[:, 5:6])
+    for got, want in zip(ours, expected):  # float32 against float64: at most one code value where x.5 ties
+        diff = np.abs(got.astype(np.int64) - (want[0, 0] * 255).clamp(0, 255).round().numpy().astype(np.int64))
+        assert diff.max() <= 1 and (diff == 0).mean() > 0.99
+    assert any(not np.array_equal(a, b) for a, b in zip(ours, generic))
+
+
+def test_on_base_payload_golden_bytes():
+    """Pins wire id 7's frame and tables: fixed indices of a 3-group wide update -> fixed bytes (id 6's own
+    golden test in tests/test_postfilter_adapt.py is unchanged)."""
+    model = PostFilter(FilterArchitecture(layers=2, channels=4)).eval()
+    structure = classified_structure((4, 9), True, "classified-linear-on-base", wide=True)
+    indices = {name: torch.arange(p.numel()).reshape(p.shape) % 5 - 2
+               for name, p in make_filter_update(model, structure).coded.items()}
+    blob = encode_update(CodedUpdate(structure, transmitted_prior(WeightPrior(grid=0.004)), indices), "cd" * 32)
+    assert blob[5] == 7 and blob[6] == 3
+    assert (len(blob), hashlib.sha256(blob).hexdigest()[:16]) == (935, "7d51cd71d778eb14")
+
+
 def test_layout_round_trips_and_bad_layouts_are_refused():
     for boundaries in [(), (1,), (5, 9), (1, 2, 3, 4, 5, 6, 7), (15,)]:
         for tied in (False, True):
             s = classified_structure(boundaries, tied)
-            assert (s.boundaries, s.tied, s.rank) == (boundaries, tied, len(boundaries) + 1)
+            assert (s.boundaries, s.tied, s.rank, s.wide) == (boundaries, tied, len(boundaries) + 1, False)
+            w = classified_structure(boundaries, tied, "classified-linear-on-base", wide=True)
+            assert (w.boundaries, w.tied, w.wide) == (boundaries, True, True)
     with pytest.raises(ValueError):
         classified_structure(tuple(range(1, MAX_GROUPS + 1)), False)  # 9 groups
+    with pytest.raises(ValueError, match="bits set beyond"):  # wire id 6 has no wide form
+        UpdateStructure("classified-linear", 2, (1 << 31) | (1 << 30) | 4)
+    with pytest.raises(ValueError, match="without the tied one"):
+        UpdateStructure("classified-linear-on-base", 2, (1 << 30) | 4)
+
+
+def test_wide_luma_rows_are_one_9x9_kernel_and_its_inner_taps_the_narrow_patch():
+    """Each luma phase row of the wide tied form reads every offset of the 9x9 luma kernel exactly once (plus the
+    inner 3x3 of U and V and the bias); the inner 3x3 taps of a 5x5 patch are the 3x3 patch (narrow_columns)."""
+    from torch import nn
+
+    from workers.postfilter.classified import group_shapes, group_tap_map
+    from workers.postfilter.classified_solve import narrow_columns
+    from workers.postfilter.linear_taps import coded_offsets
+
+    coded = nn.ParameterDict({n: nn.Parameter(torch.zeros(shape)) for n, shape in group_shapes(True, True).items()})
+    kernel = coded_offsets(coded)["luma__kernel"]
+    table = group_tap_map(True, True)
+    assert table.shape == (6, 151) and int(table.max()) + 1 == 242
+    for p in range(4):
+        row = table[p][table[p] >= 0]
+        assert sorted(row[(row >= kernel) & (row < kernel + 81)].tolist()) == list(range(kernel, kernel + 81))
+        assert len(row) == 81 + 18 + 1
+    x = torch.rand(1, 6, 7, 9, dtype=torch.float64)
+    wide = F.unfold(x, 5, padding=2)[0]
+    assert torch.equal(wide[narrow_columns()[:-1]], F.unfold(x, 3, padding=1)[0])
 
 
 def _sample_update(loaded: LoadedFilter, structure: UpdateStructure) -> bytes:
@@ -191,16 +262,17 @@ def unit(carphone):
     return loaded, originals, decode_stream(data, "x264"), len(data)
 
 
-def test_solved_update_pays_and_the_decoder_rebuilds_its_frames(unit, tmp_path):
+@pytest.mark.parametrize("parameterisation", ["classified-linear", "classified-linear-on-base"])
+def test_solved_update_pays_and_the_decoder_rebuilds_its_frames(unit, tmp_path, parameterisation):
     """Predicted RD change < 0 and measured: the adapted frames cost less than the generic ones in the RD
     measure; the frames the encoder reports are the decoder's byte for byte; a resumed unit gives the same bytes."""
     loaded, originals, decoded, _ = unit
-    config = FilterAdaptConfig(parameterisation="classified-linear", classified=QUICK_SEARCH)
+    config = FilterAdaptConfig(parameterisation=parameterisation, classified=QUICK_SEARCH)
     logged = []
     result = adapt_filter(loaded, loaded.metadata.weights_sha256, originals, decoded, 37.0, "x264", config,
                           tmp_path, log=logged.append, lmbda=1.0)  # distortion dominates: 4 frames pay for the bytes
     d = result.decision
-    assert d.decision == "adapted" and result.stats["structure"] == "classified-linear"
+    assert d.decision == "adapted" and result.stats["structure"] == parameterisation
     assert logged[0]["predicted_cost_change"] < 0 and d.cost_adapted < min(d.cost_generic, d.cost_none)
     rebuilt = rebuild_filter(loaded, loaded.metadata.weights_sha256, result.blob)
     again = [filter_planes(rebuilt, p, 37.0, "x264") for p in decoded]

@@ -92,6 +92,7 @@ def test_decode_equals_recon_byte_for_byte(units, filters, tmp_path, codec, meth
 @pytest.mark.parametrize("parameterisation, extra", [
     ("cross-linear-tied", []),
     ("classified-linear", ["--set", "classified.groups=[1,3]", "--set", "classified.ridge=[0.0001]"]),
+    ("classified-linear-on-base", ["--set", "classified.groups=[1,3]", "--set", "classified.ridge=[0.0001]"]),
 ])
 def test_linear_updates_decode_to_the_recon(clip, filters, tmp_path, codec, parameterisation, extra):
     """The tied and the classified structures travel under their own wire ids and decode byte for byte like
@@ -125,7 +126,7 @@ def test_info_shows_the_side_info(units, clip, tmp_path, capsys):
     shown = json.loads(capsys.readouterr().out)["side_info"]
     info, _ = read_side_info(stream.read_bytes(), "x264")
     assert shown["filter_id"] == info.filter_id.hex() and shown["crf"] == 32.0 and shown["threads"] == info.threads
-    assert shown["update"] == {"method": "classified-linear", "bytes": info.update.bytes}
+    assert shown["update"] == {"method": "classified-linear-on-base", "bytes": info.update.bytes}  # the default
     plain = tmp_path / "plain.h264"
     assert cli(["encode", str(clip), "-o", str(plain), "--codec", "x264"]) == 0
     assert cli(["info", str(plain)]) == 0

@@ -87,7 +87,8 @@ def test_record_golden_bytes():
 def test_update_method_ids_are_fixed():
     """The registry is by hand: these numbers are on the wire and must never change."""
     assert {m.name: m.value for m in UpdateMethod} == {"SCALE_BIAS": 1, "LORA": 2, "LAST_LAYER": 3, "CROSS_LINEAR": 4,
-                                                      "CROSS_LINEAR_TIED": 5, "CLASSIFIED_LINEAR": 6}
+                                                      "CROSS_LINEAR_TIED": 5, "CLASSIFIED_LINEAR": 6,
+                                                      "CLASSIFIED_LINEAR_ON_BASE": 7}
 
 
 @pytest.mark.parametrize("codec,nal_bytes", [("x264", 46), ("x265", 47)])
@@ -203,7 +204,7 @@ def test_corrupted_or_truncated_record_is_refused(streams, codec):
     (lambda: record(flags=0, tail=b"x"), "1 bytes after its fields and no update"),
     (lambda: record(flags=2, tail=struct.pack("<BI", 1, 1) + b"u"), "an update needs filter_enabled"),
     (lambda: record(flags=3, tail=struct.pack("<BI", 0, 1) + b"u"), "unknown update method 0 \\(known: 1 scale_bias"),
-    (lambda: record(flags=3, tail=struct.pack("<BI", 7, 1) + b"u"), "unknown update method 7"),
+    (lambda: record(flags=3, tail=struct.pack("<BI", 8, 1) + b"u"), "unknown update method 8"),
     (lambda: record(flags=3, tail=struct.pack("<BI", 1, 0)), "update.bytes: Input should be greater than or equal to 1"),
     (lambda: record(flags=3, tail=struct.pack("<BI", 1, 2) + b"u"), "says the update has 2 bytes, 1 are present"),
     (lambda: record(flags=3, tail=struct.pack("<BI", 1, 1) + b"uv"), "says the update has 1 bytes, 2 are present"),

@@ -40,6 +40,9 @@ class ClassifiedSearchOptions(BaseModel):
                                            description="multiples of the prior's grid (and spike) tried")
     slab_scales: tuple[float, ...] = Field((1.0,), min_length=1, description="multiples of the prior's slab std tried")
     spike_weights: tuple[float, ...] = Field((0.1, 0.3, 3.0), min_length=1, description="the prior's alpha values tried")
+    wide: bool = Field(True, description=(
+        "classified-linear-on-base: also try the wide tied form (a 5x5 L on the working planes: one 9x9 luma "
+        "kernel, the chroma rows' own plane 5x5)"))
 
 
 @register_method_config
@@ -51,8 +54,11 @@ class PostFilterAdaptConfig(BaseModel):
     method: Literal["postfilter-adapt"] = "postfilter-adapt"
     send_update: SendUpdate = Field("if-better", description=SEND_UPDATE_HELP)
     parameterisation: Literal["scale-bias", "lora", "last-layer", "cross-linear", "cross-linear-tied",
-                              "classified-linear"] = Field(
-        "classified-linear", description="classified-linear (default, the best on eval-dev): one cross-linear filter "
+                              "classified-linear", "classified-linear-on-base"] = Field(
+        "classified-linear-on-base", description="classified-linear-on-base (default, the best on eval-dev): "
+                                    "classified-linear's filters reading the generic filter's 8-bit output, each "
+                                    "group's filter full, tied, or wide (one 9x9 luma kernel, 5x5 own-plane chroma "
+                                    "taps), chosen by RD per unit; classified-linear: one cross-linear filter "
                                     "per group of ALF-style luma activity classes (1..8 groups, merged by RD); "
                                     "cross-linear: a 3x3 cross-component "
                                     "linear filter on the decoded planes solved by least squares, its 4 luma rows "

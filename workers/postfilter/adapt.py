@@ -54,7 +54,7 @@ from workers.metrics import psnr_yuv
 from workers.postfilter.linear_system import (PLANE_WEIGHTS, LinearSystem, _channel_weights, _split_coded,  # noqa: F401
                                               _unshuffled, ridge_solution, tap_masks)
 from workers.postfilter.network import INPUT_PLANES, PostFilter, filter_planes
-from workers.postfilter.update import (CrossLinearUpdate, Parameterisation, UpdateStructure, adapted_filter,
+from workers.postfilter.update import (CLASSIFIED, CrossLinearUpdate, Parameterisation, UpdateStructure, adapted_filter,
                                        coded_shapes, make_filter_update)
 from workers.postfilter.update_payload import FIXED_BYTES, CodedUpdate, decode_update, encode_update, transmitted_prior
 
@@ -70,8 +70,9 @@ DEFAULT_PRIORS = {
     "cross-linear": WeightPrior(grid=0.004, slab_std=0.05),  # grids 0.002..0.016: foreman CRF 37 picked <= 0.008 of 0.001..0.008
     "cross-linear-tied": WeightPrior(grid=0.004, slab_std=0.05),
     "classified-linear": WeightPrior(grid=0.004, slab_std=0.05),
+    "classified-linear-on-base": WeightPrior(grid=0.004, slab_std=0.05),
 }
-LEAST_SQUARES = ("last-layer", "cross-linear", "cross-linear-tied", "classified-linear")  # closed form, not trained
+LEAST_SQUARES = ("last-layer", "cross-linear", "cross-linear-tied", *CLASSIFIED)  # closed form, not trained
 
 
 class UpdateTraining(BaseModel):
@@ -102,16 +103,21 @@ class ClassifiedSearch(BaseModel):
                                            description="multiples of the prior's grid (and spike) tried")
     slab_scales: tuple[float, ...] = Field((1.0,), min_length=1, description="multiples of the prior's slab std tried")
     spike_weights: tuple[float, ...] = Field((0.1, 0.3, 3.0), min_length=1, description="the prior's alpha values tried")
+    wide: bool = Field(True, description=(
+        "classified-linear-on-base: also try the wide tied form (a 5x5 L on the working planes: one 9x9 luma "
+        "kernel, the chroma rows' own plane 5x5)"))
 
 
 class FilterAdaptConfig(BaseModel):
     """How ``postfilter-adapt`` updates the shipped filter for one (video, codec, CRF)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-    # the default: classified-linear, x264 -6.27% BD-rate vs none on eval-dev's average against -5.59% for
-    # cross-linear (one filter), the best before it (scale-bias, lora, last-layer ~0; benchmarks/RESULTS.md, sections
-    # postfilter-adapt-classified and postfilter-adapt-cross-linear)
-    parameterisation: Parameterisation = "classified-linear"
+    # the default: classified-linear-on-base (its wide form chosen per unit), x264 -9.61% / x265 -7.78% BD-rate vs none
+    # on eval-dev's average against -9.04% / -7.45% for classified-linear, better on every sequence (hi-step13500 base,
+    # benchmarks/RESULTS.md, section luma-classified); before it
+    # classified-linear, x264 -6.27% against -5.59% for cross-linear (sections postfilter-adapt-classified and
+    # postfilter-adapt-cross-linear; scale-bias, lora, last-layer ~0)
+    parameterisation: Parameterisation = "classified-linear-on-base"
     rank: int = Field(2, ge=1, lt=256, description="LoRA rank per conv (lora only)")
     init_seed: int = Field(0, ge=0, lt=2**32, description="seed of LoRA's A initialisation (lora only)")
     prior: WeightPrior | None = Field(None, description="default: DEFAULT_PRIORS[parameterisation]")
@@ -142,10 +148,10 @@ class FilterAdaptConfig(BaseModel):
     seed: int = Field(0, ge=0)
 
     def structure(self) -> UpdateStructure:
-        if self.parameterisation == "classified-linear":  # the solve picks groups and form per unit
+        if self.parameterisation in CLASSIFIED:  # the solve picks groups and form per unit
             from workers.postfilter.update import classified_structure
 
-            return classified_structure((), False)
+            return classified_structure((), False, self.parameterisation)
         lora = self.parameterisation == "lora"
         return UpdateStructure(self.parameterisation, self.rank if lora else 0, self.init_seed if lora else 0)
 
@@ -628,7 +634,7 @@ def _fit_classified(unit: _Unit, state_path: Path | None, config_json: str,
     progress = _Progress(1, info["best_cost"], resumed_from=1 if resumed else 0, prior=info["prior"],
                          structure=info["structure"])
     unit.chosen_prior = WeightPrior(**info["prior"])
-    unit.chosen_structure = UpdateStructure("classified-linear", info["groups"], info["layout"])
+    unit.chosen_structure = UpdateStructure(unit.config.parameterisation, info["groups"], info["layout"])
     update = make_filter_update(unit.base, unit.chosen_structure)
     with torch.no_grad():
         for name, value in _split_coded(update, indices.to(torch.float32) * unit.prior.grid).items():
@@ -730,7 +736,7 @@ def adapt_filter(base, base_sha256: str, originals: Sequence[Planes], decoded: S
     state_path = None if checkpoint_dir is None else Path(checkpoint_dir) / f"postfilter-{config.parameterisation}.safetensors"
     unit.generic = generic_planes
     fit_began = time.perf_counter()  # adaptation time excludes the generic pass every choice needs
-    if config.parameterisation == "classified-linear":
+    if config.parameterisation in CLASSIFIED:
         progress, update = _fit_classified(unit, state_path, config_json, log)
     elif config.parameterisation in LEAST_SQUARES:
         progress, update = fit_least_squares(unit, state_path, config_json, log)
@@ -746,8 +752,9 @@ def adapt_filter(base, base_sha256: str, originals: Sequence[Planes], decoded: S
     planes = {"none": list(decoded), "generic": list(generic_planes), "adapted": adapted_planes}[decision.decision]
     frames = len(decoded)
     stats = {"parameterisation": config.parameterisation, "structure": unit.structure.parameterisation,
-             "groups": unit.structure.rank if config.parameterisation == "classified-linear" else None,
-             "tied": unit.structure.tied if config.parameterisation == "classified-linear" else None,
+             "groups": unit.structure.rank if config.parameterisation in CLASSIFIED else None,
+             "tied": unit.structure.tied if config.parameterisation in CLASSIFIED else None,
+             "wide": unit.structure.wide if config.parameterisation in CLASSIFIED else None,
              "steps": progress.step, "resumed_from": progress.resumed_from,
              "best_step": progress.best_step, "update_bytes": 0 if blob is None else len(blob),
              "coded_numbers": sum(p.numel() for p in update.coded.values()),

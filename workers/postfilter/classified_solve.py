@@ -34,18 +34,43 @@ from workers.postfilter.update import MAX_GROUPS, classified_structure, make_fil
 from workers.postfilter.update_payload import FIXED_BYTES, transmitted_prior
 
 
+def narrow_columns() -> torch.Tensor:
+    """(55,) int64: where each column of a 3x3 L's patch (plane * 9 + 3 dy + dx, then the bias) sits in a 5x5 L's
+    (plane * 25 + 5 (dy + 1) + dx + 1, then the bias): the inner taps of the wide patch are the narrow patch
+    exactly (both zero-padded), so one set of wide statistics serves both forms."""
+    taps = [plane * 25 + 5 * (dy + 1) + dx + 1 for plane in range(6) for dy in range(3) for dx in range(3)]
+    return torch.tensor(taps + [150], dtype=torch.int64)
+
+
+def narrow(gram: torch.Tensor, cross: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(G, H) of the 3x3 L from those of the 5x5 one (:func:`narrow_columns`); unchanged if already narrow."""
+    if gram.shape[-1] == 55:
+        return gram, cross
+    columns = narrow_columns()
+    return gram[:, columns][:, :, columns], cross[:, columns]
+
+
+def wide_search(unit) -> bool:
+    """Whether the search tries the wide tied form (classified-linear-on-base with ClassifiedSearch.wide)."""
+    return unit.config.parameterisation == "classified-linear-on-base" and unit.config.classified.wide
+
+
 @torch.no_grad()
-def class_statistics(unit, frames: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Per activity class c the normal equations of a cross-linear filter (adapt.linear_statistics'): G (16, 55,
-    55) and H (16, 55, 6), float64, over the positions of class c in ``frames``; and the number of positions of
-    all classes (the distortion is a mean over all of them). Classes from the decoded luma, as the decoder's."""
-    dim = 55
+def class_statistics(unit, frames: Sequence[int], side: int = 3) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Per activity class c the normal equations of a cross-linear filter (adapt.linear_statistics'): G (16, D,
+    D) and H (16, D, 6), D = 6 side^2 + 1 (55, or 151 for the wide form's 5x5 L), float64, over the positions of
+    class c in ``frames``; and the number of positions of
+    all classes (the distortion is a mean over all of them). Classes from the decoded luma, as the decoder's; the
+    patches from the decoded planes (classified-linear) or from the generic filter's output (classified-linear-on-base,
+    the 8-bit planes its decoder filters)."""
+    inputs = unit.generic if unit.config.parameterisation == "classified-linear-on-base" else unit.decoded
+    dim = 6 * side * side + 1
     gram = torch.zeros(ACTIVITY_CLASSES, dim, dim, dtype=torch.float64)
     cross = torch.zeros(ACTIVITY_CLASSES, dim, 6, dtype=torch.float64)
     positions = 0
     for index in frames:
-        x = _unshuffled(unit.decoded[index]).to(torch.float64) - 0.5
-        patches = F.unfold(x, 3, padding=1)[0]  # (54, L)
+        x = _unshuffled(inputs[index]).to(torch.float64) - 0.5
+        patches = F.unfold(x, side, padding=side // 2)[0]  # (D - 1, L)
         patches = torch.cat([patches, torch.ones(1, patches.shape[1], dtype=torch.float64)])
         residual = (_unshuffled(unit.originals[index]) - _unshuffled(unit.generic[index])).flatten(2)[0].to(torch.float64)
         classes = activity_classes(torch.from_numpy(np.ascontiguousarray(unit.decoded[index][0]))).reshape(-1)
@@ -130,9 +155,9 @@ def _best_for_group(unit, system, solutions: Sequence[torch.Tensor], prior: Weig
             continue
         bits = tables.bits(prior, k)
         q = k.to(torch.float64) * prior.grid
-        for rows in system.groups:
+        for rows, a, b in system.blocks():
             qg = q[rows]
-            change = float(qg @ system.a[rows][:, rows] @ qg - 2 * qg @ system.b[rows])
+            change = float(qg @ a @ qg - 2 * qg @ b)
             if bool(k[rows].any()) and change + float(bits[rows].sum()) / unit.pixels >= 0:
                 k[rows] = 0
         q = k.to(torch.float64) * prior.grid
@@ -153,33 +178,39 @@ def solve_classified(unit, gram: torch.Tensor, cross: torch.Tensor, positions: i
     cost over the search (module docstring); the zero update scores 0 (then indices are all zero)."""
     search = unit.config.classified
     scales = _channel_weights(unit.plane_weights) * unit.lmbda * 255.0**2 / positions
+    wide_stats = (gram, cross) if gram.shape[-1] == 151 else None
+    gram, cross = narrow(gram, cross)
     paths = merge_path(gram, cross, scales, search.merge_ridge)
     priors, tables = candidate_priors(unit), _BitTables()
     fixed = 8.0 * FIXED_BYTES / unit.pixels
     best = (None, None, 0.0, None, None)
     scores = {}
-    for tied in (False, True):
-        table = group_tap_map(tied)
+    forms = [(False, False), (True, False)] + ([(True, True)] if wide_stats is not None else [])
+    for tied, wide in forms:
+        table = group_tap_map(tied, wide)
+        g_all, h_all = wide_stats if wide else (gram, cross)
         masks = {name: mask for name, mask in tap_masks("cross-linear", table.shape[1]).items() if name in search.masks}
         for groups in [k for k in search.groups if k in paths]:
             boundaries = paths[groups]
             edges = [0, *boundaries, ACTIVITY_CLASSES]
-            systems = [LinearSystem.build("cross-linear", table, gram[lo:hi].sum(0), cross[lo:hi].sum(0), scales)
+            systems = [LinearSystem.build("cross-linear", table, g_all[lo:hi].sum(0), h_all[lo:hi].sum(0), scales)
                        for lo, hi in zip(edges[:-1], edges[1:])]
             solutions = [_group_solutions(unit, system, masks) for system in systems]
             for prior in priors:
                 chosen = [_best_for_group(unit, s, sols, prior, tables) for s, sols in zip(systems, solutions)]
                 cost = fixed + sum(c for c, _ in chosen)
-                scores[f"{'tied' if tied else 'full'}:K{groups}:{prior.grid:g}x{prior.slab_std:g}x{prior.alpha:g}"] = cost
+                form = "wide" if wide else "tied" if tied else "full"
+                scores[f"{form}:K{groups}:{prior.grid:g}x{prior.slab_std:g}x{prior.alpha:g}"] = cost
                 if cost < best[2] and any(bool(k.any()) for _, k in chosen):
-                    best = (classified_structure(boundaries, tied), [k for _, k in chosen], cost, prior, systems)
+                    best = (classified_structure(boundaries, tied, unit.config.parameterisation, wide),
+                            [k for _, k in chosen], cost, prior, systems)
     structure, k, cost, prior = best[:4]
     if structure is not None:  # the chosen update scored again under the one table the coder uses (bound of all groups)
         k, systems = torch.cat(k), best[4]
         distortion = sum(s.distortion(q.to(torch.float64) * prior.grid) for s, q in zip(systems, best[1]))
         cost = fixed + distortion + float(tables.bits(prior, k).sum()) / unit.pixels
     else:
-        structure, prior = classified_structure((), False), unit.config.coding_prior()
+        structure, prior = classified_structure((), False, unit.config.parameterisation), unit.config.coding_prior()
         k = torch.zeros(sum(p.numel() for p in make_filter_update(unit.base, structure).coded.values()), dtype=torch.int64)
     return structure, k, {"structure": structure.parameterisation, "groups": structure.rank,
                           "layout": structure.init_seed, "predicted_cost_change": cost, "prior": prior.model_dump(),
@@ -197,7 +228,7 @@ def fit_classified(unit, state_path: Path | None, config_json: str,
         return tensors["best.indices"], info, True
     from workers.video_codec import torch_threads
 
-    gram, cross, positions = class_statistics(unit, range(len(unit.decoded)))
+    gram, cross, positions = class_statistics(unit, range(len(unit.decoded)), 5 if wide_search(unit) else 3)
     # one thread: the search is thousands of small float64 ops, which a busy 2-core machine ran 35x slower
     # with 2 OpenMP threads (foreman x264 CRF 32: 140 s against 4.0 s, same choice); it also makes the
     # choice independent of the caller's thread count

@@ -43,11 +43,12 @@ def tap_masks(parameterisation: str, dim: int) -> dict[str, torch.Tensor]:
     every = torch.ones(6, dim, dtype=torch.bool)
     if not parameterisation.startswith("cross-linear"):
         return {"all": every}
+    area = (dim - 1) // 6  # taps per plane: 9 (3x3 L) or 25 (the wide 5x5 L)
     luma_only = every.clone()
-    luma_only[:4, 36:54] = False
+    luma_only[:4, 4 * area: 6 * area] = False
     own_chroma = luma_only.clone()
-    own_chroma[4, 45:54] = False
-    own_chroma[5, 36:45] = False
+    own_chroma[4, 5 * area: 6 * area] = False
+    own_chroma[5, 4 * area: 5 * area] = False
     return {"all": every, "luma-from-luma": luma_only, "luma-from-luma,chroma-from-own": own_chroma}
 
 
@@ -86,6 +87,13 @@ class LinearSystem:
 
     def distortion(self, q: torch.Tensor) -> float:
         return float(q @ self.a @ q - 2 * q @ self.b)
+
+    def blocks(self) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """(numbers, A block, b block) of every group, built once: the RD searches score each group alone for
+        every solution and prior (indexing A anew each time took a third of classified-linear's search)."""
+        if not hasattr(self, "_blocks"):
+            self._blocks = [(rows, self.a[rows][:, rows], self.b[rows]) for rows in self.groups]
+        return self._blocks
 
 
 def _row_groups(table: torch.Tensor) -> list[torch.Tensor]:

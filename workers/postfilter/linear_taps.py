@@ -57,3 +57,49 @@ def tied_luma_tap_map(offsets: dict[str, int]) -> torch.Tensor:
         table[4 + row, :54] = offsets["chroma__weight"] + 54 * row + torch.arange(54)
         table[4 + row, 54] = offsets["chroma__bias"] + row
     return table
+
+
+WIDE_KERNEL = 5  # working-plane taps per side of the wide tied form (luma offsets -4..4 for every phase)
+WIDE_TAPS = INPUT_PLANES * WIDE_KERNEL**2 + 1  # 151: one row of a 5x5 L (6 planes x 25 taps, unfold order) and the bias
+WIDE_SHAPES = {"luma__kernel": (9, 9), "luma__chroma": (2, 3, 3), "luma__bias": (1,), "chroma__luma": (2, 4, 3, 3),
+               "chroma__own": (2, 5, 5), "chroma__other": (2, 3, 3), "chroma__bias": (2,)}  # 242 numbers, coding order
+
+
+def wide_tied_tap_map(offsets: dict[str, int]) -> torch.Tensor:
+    """(6, WIDE_TAPS) tap map of the wide tied form, a 5x5 L on the working planes (column ch * 25 + 5 dy + dx,
+    offsets dy - 2, dx - 2; the bias last), ``offsets`` from :func:`coded_offsets` of WIDE_SHAPES:
+
+        luma phase rows   one 9x9 kernel on the full-resolution luma (offset (oy, ox) in -4..4 is
+                          luma__kernel[oy + 4, ox + 4]; phase p reads input phase q at chroma offset (dy, dx) from
+                          luma offset (2 dy + qy - py, 2 dx + qx - px)), the inner 3x3 of U and V, one bias
+        chroma rows       the inner 3x3 of the 4 luma phases, 5x5 of the own chroma plane, inner 3x3 of the other
+
+    Why: on foreman CRF 32 and carphone CRF 27 (x264) a 5x5 L's least-squares gain (no bits) was 1.5-1.9 points of
+    rate above the 3x3 one's, most of it from luma rows reaching further and the chroma rows' own plane; the tied
+    9x9 luma kernel takes the first for 81 numbers instead of 4 x 100."""
+    k, area = WIDE_KERNEL, WIDE_KERNEL**2
+    table = torch.full((INPUT_PLANES, WIDE_TAPS), -1, dtype=torch.int64)
+    inner = [(dy, dx) for dy in range(1, 4) for dx in range(1, 4)]
+    for p in range(4):
+        py, px = divmod(p, 2)
+        for q in range(4):
+            qy, qx = divmod(q, 2)
+            for dy in range(k):
+                for dx in range(k):
+                    oy, ox = 2 * (dy - 2) + qy - py, 2 * (dx - 2) + qx - px
+                    if -4 <= oy <= 4 and -4 <= ox <= 4:
+                        table[p, area * q + k * dy + dx] = offsets["luma__kernel"] + 9 * (oy + 4) + ox + 4
+        for c in range(2):
+            for i, (dy, dx) in enumerate(inner):
+                table[p, area * (4 + c) + k * dy + dx] = offsets["luma__chroma"] + 9 * c + i
+        table[p, -1] = offsets["luma__bias"]
+    for r in range(2):
+        row = 4 + r
+        for q in range(4):
+            for i, (dy, dx) in enumerate(inner):
+                table[row, area * q + k * dy + dx] = offsets["chroma__luma"] + 36 * r + 9 * q + i
+        table[row, area * row: area * (row + 1)] = offsets["chroma__own"] + area * r + torch.arange(area)
+        for i, (dy, dx) in enumerate(inner):
+            table[row, area * (5 - r) + k * dy + dx] = offsets["chroma__other"] + 9 * r + i
+        table[row, -1] = offsets["chroma__bias"] + r
+    return table

@@ -38,7 +38,8 @@ Planes = tuple[np.ndarray, np.ndarray, np.ndarray]
 UPDATE_METHODS: dict[str, UpdateMethod] = {"scale-bias": UpdateMethod.SCALE_BIAS, "lora": UpdateMethod.LORA,
                                            "last-layer": UpdateMethod.LAST_LAYER, "cross-linear": UpdateMethod.CROSS_LINEAR,
                                            "cross-linear-tied": UpdateMethod.CROSS_LINEAR_TIED,
-                                           "classified-linear": UpdateMethod.CLASSIFIED_LINEAR}
+                                           "classified-linear": UpdateMethod.CLASSIFIED_LINEAR,
+                                           "classified-linear-on-base": UpdateMethod.CLASSIFIED_LINEAR_ON_BASE}
 assert all(PARAMETERISATION_IDS[name] == int(method) for name, method in UPDATE_METHODS.items())
 
 

@@ -20,6 +20,11 @@ evaluated. With every coded tensor zero, ``weights`` returns the base filter's p
     classified-linear  K of those L (full or tied form), one per group of ALF-style activity classes of 4x4 luma
                 blocks (workers/postfilter/classes.py, workers/postfilter/classified.py): each position gets the
                 filter of its block's group; the groups' class boundaries travel in the header.
+    classified-linear-on-base  the same K filters reading the generic filter's output (rounded to 8 bits, as a
+                decoder without the update shows it) instead of the decoded planes: out = b + L_group(g - 0.5) with
+                b = base(Y, U, V) and g = b rounded to 8 bits (ALF's place in the loop, after the other filters);
+                each group's filter full, tied or wide (layout bit 30: a 5x5 L, its luma rows one 9x9 luma kernel,
+                its chroma rows 5x5 of their own plane; workers/postfilter/linear_taps.py WIDE_SHAPES).
     cross-linear-tied  the same L with its 4 luma rows tied: they are one 5x5 kernel on the full-resolution
                 luma (each phase row of L holds every offset -2..2 exactly once), one 3x3 filter per chroma
                 plane and one bias shared by the 4 phases; the chroma rows stay free. 25 + 18 + 1 + 2 x 55
@@ -47,12 +52,15 @@ from workers.postfilter.linear_taps import LINEAR_TAPS, coded_offsets, dense_tap
 from workers.postfilter.network import INPUT_PLANES, PostFilter
 
 Parameterisation = Literal["scale-bias", "lora", "last-layer", "cross-linear", "cross-linear-tied",
-                           "classified-linear"]
+                           "classified-linear", "classified-linear-on-base"]
 # payload ids, by hand: the next free number for a new one, never reused (schemas.side_info.UpdateMethod agrees)
 PARAMETERISATION_IDS: dict[str, int] = {"scale-bias": 1, "lora": 2, "last-layer": 3, "cross-linear": 4,
-                                        "cross-linear-tied": 5, "classified-linear": 6}
+                                        "cross-linear-tied": 5, "classified-linear": 6, "classified-linear-on-base": 7}
+# the classified parameterisations: K linear filters, one per group of luma activity classes (same layout fields)
+CLASSIFIED = ("classified-linear", "classified-linear-on-base")
 MAX_GROUPS = 8  # classified-linear: at most 8 filters (7 boundaries of 4 bits fit init_seed's 28 low bits)
 _TIED_BIT = 1 << 31
+_WIDE_BIT = 1 << 30  # classified-linear-on-base only, with the tied bit: the wide tied form (linear_taps.WIDE_SHAPES)
 _BOUNDARY_BITS = 4
 
 
@@ -61,7 +69,8 @@ class UpdateStructure:
     """What fixes the update's tensors (sent in the payload): the parameterisation, LoRA's rank and the seed
     of its A initialisation (both 0 and unused for the other parameterisations). classified-linear reuses the
     two fields (no extra header bytes): ``rank`` = number of filter groups K (1..MAX_GROUPS), ``init_seed`` =
-    the layout: bit 31 set if every group uses the tied form, bits 4j..4j+3 the first activity class of group
+    the layout: bit 31 set if every group uses the tied form, bit 30 (classified-linear-on-base only, with bit
+    31) if every group uses the wide tied form (workers/postfilter/linear_taps.py WIDE_SHAPES), bits 4j..4j+3 the first activity class of group
     j + 1 (j < K - 1, strictly increasing in 1..15), every other bit zero. Use :func:`classified_structure`."""
 
     parameterisation: Parameterisation
@@ -75,8 +84,8 @@ class UpdateStructure:
             raise ValueError("a LoRA update needs rank >= 1")
         if not (0 <= self.rank < 256 and 0 <= self.init_seed < 2**32):
             raise ValueError("rank must fit a byte and init_seed 32 bits")
-        if self.parameterisation == "classified-linear":
-            _check_layout(self.rank, self.init_seed)
+        if self.parameterisation in CLASSIFIED:
+            _check_layout(self.rank, self.init_seed, self.parameterisation)
 
     @property
     def boundaries(self) -> tuple[int, ...]:
@@ -89,16 +98,27 @@ class UpdateStructure:
         """classified-linear: every group's filter in the tied form (cross-linear-tied) instead of the full one."""
         return bool(self.init_seed & _TIED_BIT)
 
+    @property
+    def wide(self) -> bool:
+        """classified-linear-on-base: every group's filter in the wide tied form (5x5 on the working planes)."""
+        return self.parameterisation == "classified-linear-on-base" and bool(self.init_seed & _WIDE_BIT)
 
-def _check_layout(groups: int, layout: int) -> None:
-    """ValueError unless (groups, layout) is a valid classified-linear layout (UpdateStructure's docstring)."""
+
+def _check_layout(groups: int, layout: int, parameterisation: str = "classified-linear") -> None:
+    """ValueError unless (groups, layout) is a valid layout of ``parameterisation`` (UpdateStructure's docstring;
+    classified-linear-on-base may also set the wide bit 30, with the tied bit)."""
     from workers.postfilter.classes import ACTIVITY_CLASSES
 
     if not 1 <= groups <= MAX_GROUPS:
         raise ValueError(f"classified-linear needs 1..{MAX_GROUPS} groups, got {groups}")
     mask = (1 << _BOUNDARY_BITS) - 1
     boundaries = [(layout >> (_BOUNDARY_BITS * j)) & mask for j in range(groups - 1)]
-    if (layout & ~_TIED_BIT) >> (_BOUNDARY_BITS * (groups - 1)):
+    flags = _TIED_BIT
+    if parameterisation == "classified-linear-on-base":
+        flags |= _WIDE_BIT
+        if layout & _WIDE_BIT and not layout & _TIED_BIT:
+            raise ValueError(f"classified layout {layout:#010x} sets the wide form without the tied one")
+    if (layout & ~flags) >> (_BOUNDARY_BITS * (groups - 1)):
         raise ValueError(f"classified-linear layout {layout:#010x} has bits set beyond its {groups - 1} boundaries")
     previous = 0
     for boundary in boundaries:
@@ -107,10 +127,13 @@ def _check_layout(groups: int, layout: int) -> None:
         previous = boundary
 
 
-def classified_structure(boundaries: tuple[int, ...], tied: bool) -> UpdateStructure:
-    """The classified-linear structure of K = len(boundaries) + 1 groups (validated)."""
-    layout = (_TIED_BIT if tied else 0) | sum(b << (_BOUNDARY_BITS * j) for j, b in enumerate(boundaries))
-    return UpdateStructure("classified-linear", len(boundaries) + 1, layout)
+def classified_structure(boundaries: tuple[int, ...], tied: bool, parameterisation: str = "classified-linear",
+                         wide: bool = False) -> UpdateStructure:
+    """The classified structure (classified-linear or classified-linear-on-base) of K = len(boundaries) + 1
+    groups (validated); ``wide`` (on-base only) implies the tied form."""
+    layout = ((_TIED_BIT if tied or wide else 0) | (_WIDE_BIT if wide else 0)
+              | sum(b << (_BOUNDARY_BITS * j) for j, b in enumerate(boundaries)))
+    return UpdateStructure(parameterisation, len(boundaries) + 1, layout)
 
 
 def filter_convs(model: PostFilter) -> list[tuple[str, nn.Conv2d]]:
@@ -244,7 +267,7 @@ class CrossLinearFilter(nn.Module):
 
 def make_filter_update(model: PostFilter, structure: UpdateStructure) -> DecoderUpdate:
     """The zero update of ``structure`` for the base filter ``model`` (its tensors in coding order)."""
-    if structure.parameterisation == "classified-linear":
+    if structure.parameterisation in CLASSIFIED:
         from workers.postfilter.classified import ClassifiedLinearUpdate
 
         return ClassifiedLinearUpdate(structure)
@@ -272,7 +295,8 @@ def adapted_filter(base: PostFilter, update: DecoderUpdate, values: dict[str, to
         from workers.postfilter.classified import ClassifiedLinearFilter
 
         weights = update.weights(values)
-        return ClassifiedLinearFilter(base, weights["weight"], weights["bias"], update.structure.boundaries).eval()
+        return ClassifiedLinearFilter(base, weights["weight"], weights["bias"], update.structure.boundaries,
+                                      on_base=update.structure.parameterisation == "classified-linear-on-base").eval()
     if isinstance(update, (CrossLinearUpdate, CrossLinearTiedUpdate)):
         weights = update.weights(values)
         return CrossLinearFilter(base, weights["weight"], weights["bias"]).eval()
