@@ -33,7 +33,6 @@ from workers.adapt.decoder_updates import DecoderUpdate
 from workers.postfilter.classes import activity_classes, class_groups
 from workers.postfilter.network import INPUT_PLANES
 from workers.postfilter.linear_taps import WIDE_SHAPES, coded_offsets, dense_tap_map, tied_luma_tap_map, wide_tied_tap_map
-from workers.postfilter.update import CLASSIFIED
 
 _TIED_SHAPES = {"luma__kernel": (5, 5), "luma__chroma": (2, 3, 3), "luma__bias": (1,),
                 "chroma__weight": (2, INPUT_PLANES, 3, 3), "chroma__bias": (2,)}
@@ -66,7 +65,7 @@ class ClassifiedLinearUpdate(DecoderUpdate):
 
     def __init__(self, structure):
         super().__init__()
-        if structure.parameterisation not in CLASSIFIED:
+        if not structure.classified:
             raise ValueError(f"not a classified structure: {structure}")
         self.structure = structure
         shapes = group_shapes(structure.tied, structure.wide)

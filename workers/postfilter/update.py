@@ -88,6 +88,11 @@ class UpdateStructure:
             _check_layout(self.rank, self.init_seed, self.parameterisation)
 
     @property
+    def classified(self) -> bool:
+        """One of the classified parameterisations (K filters, one per group of activity classes)."""
+        return self.parameterisation in CLASSIFIED
+
+    @property
     def boundaries(self) -> tuple[int, ...]:
         """classified-linear: the first activity class of groups 1..K-1."""
         mask = (1 << _BOUNDARY_BITS) - 1
