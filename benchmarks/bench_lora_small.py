@@ -101,7 +101,8 @@ def main() -> None:
             print(f"{name} q{quality}: {rows[-1]}", flush=True)
         result = bd_rate(anchor, test)
         summary["videos"][name] = {"bd_rate": result.percent, "warning": result.warning, "units": rows}
-        print(f"{name}: BD-rate {result.percent:+.2f}% ({result.warning or 'ok'})", flush=True)
+        percent = "n/a" if result.percent is None else f"{result.percent:+.2f}%"
+        print(f"{name}: BD-rate {percent} ({result.warning or 'ok'})", flush=True)
     args.work.mkdir(parents=True, exist_ok=True)
     (args.work / "summary.json").write_text(json.dumps(summary, indent=1))
 
