@@ -321,10 +321,10 @@ def sample_filter_update(loaded_filter, parameterisation: str = "cross-linear", 
     import torch
 
     from schemas.adapt import WeightPrior
-    from workers.postfilter.update import UpdateStructure, classified_structure, coded_shapes, make_filter_update
+    from workers.postfilter.update import CLASSIFIED, UpdateStructure, classified_structure, coded_shapes, make_filter_update
     from workers.postfilter.update_payload import CodedUpdate, encode_update, transmitted_prior
 
-    if parameterisation in ("classified-linear", "classified-linear-on-base"):  # 3 groups of activity classes, full form
+    if parameterisation in CLASSIFIED:  # 3 groups of activity classes, full form
         structure = classified_structure((4, 9), False, parameterisation)
     else:
         structure = UpdateStructure(parameterisation, rank if parameterisation == "lora" else 0,

@@ -30,7 +30,7 @@ from workers.adapt.state import load_state, save_state
 from workers.postfilter.classes import ACTIVITY_CLASSES, activity_classes
 from workers.postfilter.classified import group_tap_map
 from workers.postfilter.linear_system import LinearSystem, _channel_weights, _unshuffled, ridge_solution, tap_masks
-from workers.postfilter.update import MAX_GROUPS, classified_structure, make_filter_update
+from workers.postfilter.update import MAX_GROUPS, ON_BASE, classified_structure, make_filter_update
 from workers.postfilter.update_payload import FIXED_BYTES, transmitted_prior
 
 
@@ -52,7 +52,7 @@ def narrow(gram: torch.Tensor, cross: torch.Tensor) -> tuple[torch.Tensor, torch
 
 def wide_search(unit) -> bool:
     """Whether the search tries the wide tied form (classified-linear-on-base with ClassifiedSearch.wide)."""
-    return unit.config.parameterisation == "classified-linear-on-base" and unit.config.classified.wide
+    return unit.config.parameterisation == ON_BASE and unit.config.classified.wide
 
 
 @torch.no_grad()
@@ -63,7 +63,7 @@ def class_statistics(unit, frames: Sequence[int], side: int = 3) -> tuple[torch.
     all classes (the distortion is a mean over all of them). Classes from the decoded luma, as the decoder's; the
     patches from the decoded planes (classified-linear) or from the generic filter's output (classified-linear-on-base,
     the 8-bit planes its decoder filters)."""
-    inputs = unit.generic if unit.config.parameterisation == "classified-linear-on-base" else unit.decoded
+    inputs = unit.generic if unit.config.parameterisation == ON_BASE else unit.decoded
     dim = 6 * side * side + 1
     gram = torch.zeros(ACTIVITY_CLASSES, dim, dim, dtype=torch.float64)
     cross = torch.zeros(ACTIVITY_CLASSES, dim, 6, dtype=torch.float64)
@@ -155,7 +155,7 @@ def _best_for_group(unit, system, solutions: Sequence[torch.Tensor], prior: Weig
             continue
         bits = tables.bits(prior, k)
         q = k.to(torch.float64) * prior.grid
-        for rows, a, b in system.blocks():
+        for rows, a, b in system.blocks:
             qg = q[rows]
             change = float(qg @ a @ qg - 2 * qg @ b)
             if bool(k[rows].any()) and change + float(bits[rows].sum()) / unit.pixels >= 0:

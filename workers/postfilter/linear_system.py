@@ -9,6 +9,7 @@ prior's grid by the callers, are what the RD searches compare.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -88,12 +89,11 @@ class LinearSystem:
     def distortion(self, q: torch.Tensor) -> float:
         return float(q @ self.a @ q - 2 * q @ self.b)
 
+    @functools.cached_property
     def blocks(self) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """(numbers, A block, b block) of every group, built once: the RD searches score each group alone for
         every solution and prior (indexing A anew each time took a third of classified-linear's search)."""
-        if not hasattr(self, "_blocks"):
-            self._blocks = [(rows, self.a[rows][:, rows], self.b[rows]) for rows in self.groups]
-        return self._blocks
+        return [(rows, self.a[rows][:, rows], self.b[rows]) for rows in self.groups]
 
 
 def _row_groups(table: torch.Tensor) -> list[torch.Tensor]:

@@ -58,6 +58,7 @@ PARAMETERISATION_IDS: dict[str, int] = {"scale-bias": 1, "lora": 2, "last-layer"
                                         "cross-linear-tied": 5, "classified-linear": 6, "classified-linear-on-base": 7}
 # the classified parameterisations: K linear filters, one per group of luma activity classes (same layout fields)
 CLASSIFIED = ("classified-linear", "classified-linear-on-base")
+ON_BASE = "classified-linear-on-base"  # the classified filters that read the generic output (and may be wide)
 MAX_GROUPS = 8  # classified-linear: at most 8 filters (7 boundaries of 4 bits fit init_seed's 28 low bits)
 _TIED_BIT = 1 << 31
 _WIDE_BIT = 1 << 30  # classified-linear-on-base only, with the tied bit: the wide tied form (linear_taps.WIDE_SHAPES)
@@ -93,6 +94,11 @@ class UpdateStructure:
         return self.parameterisation in CLASSIFIED
 
     @property
+    def on_base(self) -> bool:
+        """classified-linear-on-base: the filters read the generic filter's 8-bit output, not the decoded planes."""
+        return self.parameterisation == ON_BASE
+
+    @property
     def boundaries(self) -> tuple[int, ...]:
         """classified-linear: the first activity class of groups 1..K-1."""
         mask = (1 << _BOUNDARY_BITS) - 1
@@ -106,7 +112,7 @@ class UpdateStructure:
     @property
     def wide(self) -> bool:
         """classified-linear-on-base: every group's filter in the wide tied form (5x5 on the working planes)."""
-        return self.parameterisation == "classified-linear-on-base" and bool(self.init_seed & _WIDE_BIT)
+        return self.on_base and bool(self.init_seed & _WIDE_BIT)
 
 
 def _check_layout(groups: int, layout: int, parameterisation: str = "classified-linear") -> None:
@@ -119,7 +125,7 @@ def _check_layout(groups: int, layout: int, parameterisation: str = "classified-
     mask = (1 << _BOUNDARY_BITS) - 1
     boundaries = [(layout >> (_BOUNDARY_BITS * j)) & mask for j in range(groups - 1)]
     flags = _TIED_BIT
-    if parameterisation == "classified-linear-on-base":
+    if parameterisation == ON_BASE:
         flags |= _WIDE_BIT
         if layout & _WIDE_BIT and not layout & _TIED_BIT:
             raise ValueError(f"classified layout {layout:#010x} sets the wide form without the tied one")
@@ -272,7 +278,7 @@ class CrossLinearFilter(nn.Module):
 
 def make_filter_update(model: PostFilter, structure: UpdateStructure) -> DecoderUpdate:
     """The zero update of ``structure`` for the base filter ``model`` (its tensors in coding order)."""
-    if structure.parameterisation in CLASSIFIED:
+    if structure.classified:
         from workers.postfilter.classified import ClassifiedLinearUpdate
 
         return ClassifiedLinearUpdate(structure)
@@ -301,7 +307,7 @@ def adapted_filter(base: PostFilter, update: DecoderUpdate, values: dict[str, to
 
         weights = update.weights(values)
         return ClassifiedLinearFilter(base, weights["weight"], weights["bias"], update.structure.boundaries,
-                                      on_base=update.structure.parameterisation == "classified-linear-on-base").eval()
+                                      on_base=update.structure.on_base).eval()
     if isinstance(update, (CrossLinearUpdate, CrossLinearTiedUpdate)):
         weights = update.weights(values)
         return CrossLinearFilter(base, weights["weight"], weights["bias"]).eval()
