@@ -40,17 +40,30 @@ def train_update(context: AdaptContext, config) -> tuple[DecoderUpdate, int, int
 def coded_rd_cost(context: AdaptContext, config, update: DecoderUpdate) -> dict[str, float]:
     """The RD cost of sending ``update`` as the unit would: its payload, the decoder rebuilt from it, the
     whole sequence coded with that decoder; every byte written counted (stream + payload), the distortion
-    the codec measures. The zero update is the base model's stream. Same number as Candidate.cost."""
-    base = context.codec.loaded
-    payload = payload_for(base, config, update)
-    if payload is None:
-        encoded = context.codec.encode(context.video, context.intra_period)
-    else:
-        encoded = context.codec.encode(context.video, context.intra_period, method=config.method, payload=payload,
-                                       model=rebuild_decoder(base, payload, None))
+    the codec measures. The zero update is the base model's stream. Same number as Candidate.cost. The
+    cheapest trained state's stream stays in ``context.streams``: it is the state training keeps whenever
+    one is sent, so the method's final candidate reuses it instead of coding the sequence again."""
+    payload = payload_for(context.codec.loaded, config, update)
+    encoded = encode_with_payload(context, config, payload)
     candidate = context.candidate(encoded, payload)
-    return {"cost": candidate.cost(context.lmbda, context.pixels), "mse": candidate.distortion,
+    cost = candidate.cost(context.lmbda, context.pixels)
+    kept = context.streams.get(config.method)
+    if payload is not None and (kept is None or cost < kept[0]):
+        context.streams[config.method] = (cost, payload, encoded)
+    return {"cost": cost, "mse": candidate.distortion,
             "bpp": 8 * len(encoded.data) / context.pixels, "payload_bits": 8 * len(payload or b"")}
+
+
+def encode_with_payload(context: AdaptContext, config, payload: bytes | None):
+    """The unit's video coded with the decoder ``payload`` rebuilds (None: the base model), the stream naming
+    the payload; the stream :func:`coded_rd_cost` kept for this payload when there is one (coding is
+    deterministic: the same bytes)."""
+    kept = context.streams.get(config.method)
+    if payload is not None and kept is not None and kept[1] == payload:
+        return kept[2]
+    options = {} if payload is None else {"method": config.method, "payload": payload,
+                                          "model": rebuild_decoder(context.codec.loaded, payload, None)}
+    return context.codec.encode(context.video, context.intra_period, **options)
 
 
 def update_bytes(context: AdaptContext, config, payload: bytes | None) -> int:
@@ -116,9 +129,7 @@ class DecoderUpdateMethod(Method):
         outcome = MethodOutcome(steps=steps, resumed=resumed, train_seconds=seconds)
         if payload is None:
             return outcome  # every coded index is zero: nothing to try
-        model = self.rebuild(context.codec.loaded, payload)  # exactly what the decoder will rebuild
-        encoded = context.codec.encode(context.video, context.intra_period, method=config.method, payload=payload,
-                                       model=model)
+        encoded = encode_with_payload(context, config, payload)  # with exactly the decoder the payload rebuilds
         outcome.candidates.append(context.candidate(encoded, payload))
         return outcome
 

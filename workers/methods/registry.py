@@ -53,6 +53,9 @@ class AdaptContext:
     checkpoint_dir: Path
     config_json: str                  # canonical JSON of what the unit's state depends on (checkpoints check it)
     log: Callable[[dict], None]
+    # method name -> (RD cost, payload, Encoded) of the cheapest stream its coded evaluations wrote (coding is
+    # deterministic): the final candidate of decoder-lora / full-decoder reuses it (workers/methods/_decoder_update.py)
+    streams: dict = field(default_factory=dict)
 
     @property
     def pixels(self) -> int:
