@@ -96,3 +96,58 @@ def test_cli_refuses_another_config_on_the_same_folder(sources, tmp_path):
     assert main(args) == 0
     with pytest.raises(SystemExit, match="another training config"):
         main([*args[:-2], "--threads", "2"])
+
+
+def test_widened_filter_computes_what_the_trained_one_does_and_can_learn():
+    import torch
+
+    from workers.postfilter.network import FilterArchitecture, PostFilter, widened
+
+    torch.manual_seed(5)
+    trained = PostFilter(FilterArchitecture(layers=4, channels=6))
+    with torch.no_grad():  # a trained filter has a non-zero tail; the init's zero tail would hide a wrong copy
+        trained.tail.weight.normal_(0, 0.1)
+        trained.tail.bias.normal_(0, 0.01)
+    wide = widened(trained, 10, torch.Generator().manual_seed(0))
+    assert wide.architecture.channels == 10 and wide.architecture.layers == 4
+    planes = (torch.rand(1, 1, 16, 24), torch.rand(1, 1, 8, 12), torch.rand(1, 1, 8, 12))
+    for plane, a, b in zip(planes, trained(*planes, 37.0, "x265"), wide(*planes, 37.0, "x265")):
+        assert not torch.allclose(a, plane, atol=1e-3)  # the trained filter changes the plane ...
+        assert torch.allclose(a, b, atol=1e-6)  # ... and the widened one changes it the same way
+    # the added channels are live: their features are non-zero, so the tail's zero columns get a gradient
+    loss = sum(o.square().mean() for o in wide(*planes, 37.0, "x265"))
+    loss.backward()
+    assert wide.tail.weight.grad[:, 6:].abs().max() > 0
+    again = widened(trained, 10, torch.Generator().manual_seed(0))
+    assert all(torch.equal(p, q) for p, q in zip(wide.state_dict().values(), again.state_dict().values()))
+    with pytest.raises(ValueError, match="narrow"):
+        widened(trained, 4, torch.Generator().manual_seed(0))
+
+
+def test_warm_start_begins_from_the_named_filter_and_checks_its_hash(sources, tmp_path):
+    from dataclasses import replace
+
+    import torch
+
+    from workers.errors import InputError
+    from workers.postfilter.network import filter_planes
+    from workers.postfilter.pretrain import warm_start
+
+    cache = tmp_path / "cache"
+    build_cache([sources], cache, DatasetConfig(crfs=(32, 47), max_items=2))
+    small = _config(sources, cache)
+    train(small, tmp_path / "small")
+    source = tmp_path / "small" / "latest.safetensors"
+    loaded = load_filter(source)
+    config = replace(small, channels=7, init_from=str(source), init_from_weights_sha256=loaded.metadata.weights_sha256)
+    start = warm_start(config)
+    planes = tuple(np.random.default_rng(1).integers(0, 256, shape, dtype=np.uint8) for shape in ((32, 48), (16, 24), (16, 24)))
+    assert all(np.array_equal(a, b) for a, b in zip(filter_planes(loaded.model, planes, 40, "x264"),
+                                                     filter_planes(start, planes, 40, "x264")))
+    with pytest.raises(InputError, match="is not the"):
+        warm_start(replace(config, init_from_weights_sha256="0" * 64))
+    with pytest.raises(InputError, match="layers"):
+        warm_start(replace(config, layers=4))
+    trained = train(config, tmp_path / "wide")
+    assert trained.model.architecture.channels == 7 and trained.step == config.steps
+    assert not torch.equal(trained.model.tail.weight[:, 4:], torch.zeros_like(trained.model.tail.weight[:, 4:]))

@@ -83,6 +83,29 @@ class PostFilter(nn.Module):
         return F.pixel_shuffle(out[:, :4], 2), out[:, 4:5], out[:, 5:6]
 
 
+@torch.no_grad()
+def widened(trained: PostFilter, channels: int, generator: torch.Generator) -> PostFilter:
+    """A filter of ``channels`` >= the trained one's channels (same depth) that computes exactly what
+    ``trained`` computes (up to float summation order): the trained weights fill the first channels, the new
+    channels' input weights are He-initialised from ``generator`` and their output weights are zero, so no old
+    channel (and no output) sees them until training moves those zeros. Why: a warm start keeps what a long
+    run learned and lets further steps use the added capacity, instead of training the wider filter from
+    scratch for as long again (workers/postfilter/pretrain.py ``init_from``)."""
+    old = trained.architecture
+    if channels < old.channels:
+        raise ValueError(f"cannot narrow a {old.channels}-channel filter to {channels} channels")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(torch.randint(2**62, (1,), generator=generator)))
+        wide = PostFilter(FilterArchitecture(layers=old.layers, channels=channels))
+    for new_conv, old_conv in zip((wide.head, *wide.body, wide.tail), (trained.head, *trained.body, trained.tail)):
+        out_old, in_old = old_conv.weight.shape[:2]
+        new_conv.weight[:, in_old:] = 0.0  # a new channel reaches nothing yet; new rows keep He init on old inputs
+        new_conv.weight[:out_old, :in_old] = old_conv.weight.to(new_conv.weight.dtype)
+        new_conv.bias[:out_old] = old_conv.bias
+        new_conv.bias[out_old:] = 0.0
+    return wide
+
+
 def planes_to_tensors(planes: tuple[np.ndarray, ...]) -> tuple[torch.Tensor, ...]:
     """uint8 planes (H,W), (H/2,W/2), (H/2,W/2) -> float32 tensors (1,1,h,w) in [0,1]."""
     return tuple(torch.from_numpy(np.ascontiguousarray(p)).float().div(255.0)[None, None] for p in planes)
