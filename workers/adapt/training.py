@@ -236,15 +236,28 @@ def _keep_if_best(run: _Progress, update: DecoderUpdate, evaluate, on_log, candi
                 "best_cost": None if run.best is None else run.best_cost, "best_step": run.best_step})
 
 
+def _optimizer(update: DecoderUpdate, training: DecoderTraining,
+               prior: WeightPrior) -> tuple[torch.optim.Optimizer, list[torch.nn.Parameter]]:
+    """Adam over the update's coded tensors, one parameter group per peak learning rate (``group["peak"]``):
+    the first-stage tensors at ``first_stage_step_cells`` grid cells, the rest at :func:`peak_learning_rate`.
+    Also returns the tensors that wait for the first stage to end."""
+    first = [update.coded[key] for key in update.first_stage]
+    later = [p for key, p in update.coded.items() if key not in update.first_stage]
+    groups = [{"params": later, "peak": peak_learning_rate(training, prior)}] if later else []
+    if first:
+        groups.append({"params": first, "peak": training.first_stage_step_cells * prior.grid})
+    return torch.optim.Adam(groups, lr=groups[0]["peak"], eps=training.adam_eps), later
+
+
 def _train_decoder_update(model, update, prior, training, frames, sequence_pixels, lmbda, seed, state_path,
                           config_json, on_log, evaluate, include_base) -> tuple[int, int]:
-    peak = peak_learning_rate(training, prior)
-    optimizer = torch.optim.Adam(list(update.coded.values()), lr=peak, eps=training.adam_eps)
+    optimizer, later = _optimizer(update, training, prior)
     starts = clip_starts(len(frames), training.train_gop)
     length = min(training.train_gop, len(frames))
     steps_per_epoch = math.ceil(len(starts) / training.batch)
     epochs = epochs_to_run(training, steps_per_epoch)
     total = epochs * steps_per_epoch
+    first_stage_epochs = math.floor(training.first_stage_fraction * epochs) if update.first_stage else 0
     run = _load_progress(state_path, config_json, update, optimizer)
     resumed_from = run.global_step
     if epochs == 0:
@@ -258,14 +271,17 @@ def _train_decoder_update(model, update, prior, training, frames, sequence_pixel
             batch = order[run.step_in_epoch * training.batch: (run.step_in_epoch + 1) * training.batch]
             clip = crop_batch(frames, [starts[i] for i in batch], length, training.crop,
                               _generator(seed, run.epoch, run.step_in_epoch, 1))
-            lr = learning_rate_at(training, peak, run.global_step, total)
             for group in optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = learning_rate_at(training, group["peak"], run.global_step, total)
+            lr = optimizer.param_groups[0]["lr"]
             terms = decoder_update_cost(model, update, prior, clip, lmbda, sequence_pixels,
                                         None if training.rate_gradient_spike_cells is None
                                         else training.rate_gradient_spike_cells * prior.grid)
             optimizer.zero_grad(set_to_none=True)
             terms["loss"].backward()
+            if run.epoch < first_stage_epochs:
+                for p in later:
+                    p.grad = None  # Adam skips a parameter without a gradient: it stays where it is
             optimizer.step()
             run.step_in_epoch, run.global_step = run.step_in_epoch + 1, run.global_step + 1
             if on_log is not None:
