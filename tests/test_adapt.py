@@ -175,6 +175,7 @@ def test_zero_step_adaptation_is_exactly_the_none_bitstream(tmp_path, none_resul
 @pytest.mark.parametrize("method,options", [
     ("decoder-lora", dict(FAST_DECODER, ranks=[2, 2, 2, 1])),
     ("decoder-lora", dict(FAST_DECODER, variant="repeat")),
+    ("decoder-lora", dict(FAST_DECODER, ranks=[0])),  # the deconv biases alone (issue 14)
     ("full-decoder", FAST_DECODER),
 ])
 def test_decoder_update_round_trip_through_the_cli(tmp_path, carphone_path, tiny_checkpoint, method, options, capsys):
