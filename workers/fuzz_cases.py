@@ -4,7 +4,7 @@ benchmarks/fuzz_long.py), and the rule that judges what a reader did with them.
 Random bytes die at the magic or a CRC; to reach the semantic checks behind them, the builders here
 frame arbitrary header JSON, frame records and payload streams with every length and CRC recomputed,
 exactly as an attacker who read workers/bitstream.py and workers/adapt/payload.py would. Payloads are
-built in format 4 (binary header fields, :class:`PayloadFields`) and, for the old readers, formats 2/3 (JSON).
+built in format 5 (binary header fields, :class:`PayloadFields`) and, for the old readers, formats 2/3 (JSON).
 
 The rule (issue 11): every case ends in a decode or in an InputError (BitstreamError, ModelError) whose
 message is one line; anything else is a crash, reported with its type and first line.

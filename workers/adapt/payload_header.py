@@ -16,8 +16,8 @@ Byte layout after the magic (integers little-endian)::
     bound        u32      K: the table covers grid indices -K..K (1..MAX_BOUND)
     fingerprint  4 bytes  first 4 bytes of the sha256 of the method, structure and tensor list
 
-34 bytes for decoder-lora with its default prior (format 4: 33, no biases byte); with the magic and the CRC a payload spends 39 bytes
-besides its coded weights (format 3: 316, its JSON header alone 302). Why each width: 8 bytes of base
+34 bytes for decoder-lora with its default prior (format 4: 33, no biases byte); with the magic and the
+CRC a payload spends 40 bytes besides its coded weights (format 3: 316, its JSON header alone 302). Why each width: 8 bytes of base
 hash tell the models adaptjobs ships apart (schemas/side_info.py ``filter_id``: n^2 / 2^65 for n models;
 the bitstream's own header still carries the full sha256 of the weights it was coded with). 4 bytes of
 fingerprint catch a decoder that rebuilds another tensor list than the encoder coded (a version skew, not
