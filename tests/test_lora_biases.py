@@ -100,3 +100,29 @@ def test_a_bias_only_unit_keeps_a_state_no_costlier_than_the_base(tmp_path, carp
     assert result.rd_cost <= result.rd_cost_base
     if result.update_sent:
         assert read_payload_header((tmp_path / "carphone_pristine.payload").read_bytes()).structure["ranks"] == [0]
+
+
+def test_a_first_stage_that_never_beats_the_base_is_dropped_and_the_rest_trains_from_zero(tmp_path, carphone,
+                                                                                          tiny_model):
+    """A stand-in coded cost that every non-zero state loses to: after the first stage the biases are back at
+    zero and stay there while the LoRA trains (what the checkpoint holds after the last step)."""
+    from safetensors.torch import load_file
+
+    from workers.adapt.training import train_decoder_update
+    from workers.codec.ssf import pad_frame
+    from workers.video_io import SourceFrames
+
+    config = parse_method_config("decoder-lora", {"ranks": [2, 1], "training": {
+        "epochs": 2, "crop": 128, "batch": 2, "train_gop": 2, "learning_rate": 0.02, "first_stage_fraction": 0.5,
+        "first_stage_step_cells": 4.0}})
+    frames = SourceFrames(carphone, lambda frame: pad_frame(frame.unsqueeze(0))[0])
+    update = make_update(tiny_model.model, config)
+    records = []
+    costlier = lambda u: {"cost": 1.0 + float(sum(v.detach().abs().sum() for v in u.coded.values()))}  # noqa: E731
+    train_decoder_update(tiny_model.model, update, config.prior, config.training, frames, 176 * 144 * 4, 0.01, 0,
+                         tmp_path / "state.safetensors", "{}", on_log=records.append, eval_gop=2, coded_cost=costlier)
+    assert [r["step"] for r in records if r.get("first_stage_dropped")] == [1]
+    last = load_file(tmp_path / "state.safetensors")
+    assert all(not last[f"coded.{k}"].any() for k in update.first_stage)
+    assert any(last[f"coded.{k}"].any() for k in update.coded if k not in update.first_stage)
+    assert all(not v.any() for v in update.coded.values())  # the base stays the kept state
