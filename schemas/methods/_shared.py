@@ -65,7 +65,8 @@ class DecoderTraining(BaseModel):
     first_stage_fraction: float = Field(0.0, ge=0, le=1, description=(
         "share of the epochs (rounded down) in which only the update's first-stage tensors train (decoder-lora: "
         "the biases), before everything trains; the states evaluated in that stage are candidates too, so a "
-        "sequence where the few first-stage numbers pay and the rest cannot (carphone, issue 14) keeps them. "
+        "sequence where the few first-stage numbers pay and the rest cannot (carphone, issue 14) keeps them; when no "
+        "first-stage state beat the base, the first-stage tensors go back to zero and stay there (foreman, issue 14). "
         "0: everything trains from the start"))
     first_stage_step_cells: float = Field(0.25, gt=0, le=8, description=(
         "peak Adam step of the first-stage tensors (the biases) in grid cells, in both stages: a bias moves a whole "

@@ -29,8 +29,9 @@ class DecoderLoraConfig(BaseModel):
     shipped model, the last deconvs' 3 a per-colour offset). Issue 14: on carphone q1 a LoRA index costs
     ~10-12 bits and none pays, while the biases alone lowered the estimated sequence RD cost by 2.3% with
     2.6 kbit of payload (/tmp/lora2/bias.py, lr 5e-4, 120 steps). Training moves the biases alone for the
-    first ``training.first_stage_fraction`` of the epochs, then everything; the payload leaves out a group
-    whose indices are all zero (ranks 0 or biases off), so the coded evaluation judges bias-only states too.
+    first ``training.first_stage_fraction`` of the epochs, then everything (the biases back at zero and
+    frozen if none of their states beat the base); the payload leaves out a group whose indices are all zero
+    (ranks 0 or biases off), so the coded evaluation judges bias-only states too.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
