@@ -71,7 +71,7 @@ class PayloadHeader(BaseModel):
     the base model and ``structure``; ``tensors_fingerprint`` fingerprints it so a mismatch is refused.
     (Sending the list and the full training config cost 1.9 KB per payload, more than the coded weights of a
     decoder-lora update at low rates; format 3's JSON of this header cost ~300 bytes, format 4's binary
-    fields 33 for decoder-lora.) The coded symbols are the grid indices of every tensor, flattened row-major
+    fields 34 for decoder-lora, 33 in format 4.) The coded symbols are the grid indices of every tensor, flattened row-major
     in that order, shifted by ``bound`` into 0..2*bound.
     """
 

@@ -124,7 +124,7 @@ def test_lora_starts_at_the_base_model_and_shapes_follow_the_paper(tiny_model, v
     parameters = dict(tiny_model.model.named_parameters())
     assert all(torch.equal(w, parameters[name]) for name, w in weights.items())
     layers = decoder_deconvs(tiny_model.model)
-    assert len(weights) == len(layers) == 12  # 4 transposed convs in each of the three decoders
+    assert len(weights) == 2 * len(layers) == 24  # 4 transposed convs in each of the three decoders: weight, bias
     name, index, deconv = layers[0]
     c_in, c_out, k, _ = deconv.weight.shape
     rank = 4
@@ -175,6 +175,8 @@ def test_zero_step_adaptation_is_exactly_the_none_bitstream(tmp_path, none_resul
 @pytest.mark.parametrize("method,options", [
     ("decoder-lora", dict(FAST_DECODER, ranks=[2, 2, 2, 1])),
     ("decoder-lora", dict(FAST_DECODER, variant="repeat")),
+    ("decoder-lora", dict(FAST_DECODER, ranks=[0], training=dict(FAST_DECODER["training"], first_stage_step_cells=4.0))),
+    # the deconv biases alone (issue 14); 2 steps at 0.25 cells leave every bias in the zero bin
     ("full-decoder", FAST_DECODER),
 ])
 def test_decoder_update_round_trip_through_the_cli(tmp_path, carphone_path, tiny_checkpoint, method, options, capsys):

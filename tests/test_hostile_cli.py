@@ -94,7 +94,7 @@ def test_set_keeps_json_values_and_bare_strings():
         "variant": "repeat", "lora": {"ranks": [8, 4]}, "prior": {"grid": 0.004}, "seed": 3}
 
 
-@pytest.mark.parametrize("options", [{"ranks": [-3]}, {"ranks": [0, 4]}, {"ranks": [2048]}, {"ranks": [4] * 65},
+@pytest.mark.parametrize("options", [{"ranks": [-3]}, {"ranks": [0], "biases": False}, {"ranks": [2048]}, {"ranks": [4] * 65},
                                      {"prior": {"grid": "Infinity"}}, {"prior": {"alpha": "NaN"}},
                                      {"training": {"learning_rate": "inf"}}])
 def test_the_schema_refuses_ranks_out_of_bounds_and_non_finite_numbers(options):
@@ -109,7 +109,7 @@ def test_gop_adapters_decoder_lora_refuses_them_too():
         parse_method_config("gop-adapters+decoder-lora", {"adapters": {"learning_rate": "NaN"}})
 
 
-@pytest.mark.parametrize(("pair", "cause"), [("ranks=[-3]", "ranks.0: Input should be greater than or equal to 1"),
+@pytest.mark.parametrize(("pair", "cause"), [("ranks=[-3]", "ranks.0: Input should be greater than or equal to 0"),
                                              ("prior.grid=Infinity", "--set prior.grid: non-finite number Infinity"),
                                              ("prior.alpha=NaN", "--set prior.alpha: non-finite number NaN"),
                                              ('prior.grid="Infinity"', "prior.grid: Input should be a finite number")])

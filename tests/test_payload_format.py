@@ -1,4 +1,4 @@
-"""Payload format 4 (binary header): round trips for every method, golden bytes, old formats, hostile headers.
+"""Payload format 5 (binary header): round trips for every method, golden bytes, old formats, hostile headers.
 
 The tiny seeded model (tests/conftest.py tiny_model, weights sha256 28b8545a...) is the base of every payload
 here, including the golden files of the old formats in tests/data (written by the format-3 encoder)."""
@@ -37,8 +37,11 @@ OLD_FORMATS = {2: "921578692a371f30b27122ee497a3097c6fd68b9bed2b23ec535b1880bbc3
                3: "4b24cf0e75de804bc3cc3e142bee588de1e8c2891d85ab0d8f26179589a7c3b1"}
 OLD_INDICES_SHA256 = "81a1dfa931e1ca965788a224dff0150a7b701ef199b88e3a3c4654df9c14517a"  # as the format-3 decoder read them
 OLD_RECON_Y4M_SHA256 = "eb3223e18dc86c7fd97bb2357de408f59226df22dc99aadc959bc6a7ae580593"  # its encoder's --recon
-# the same update in format 4 (also what the command above writes with this code)
+# the same update in format 4: tests/data/golden-format4-tiny-lora.payload, written by the format-4 encoder (main
+# d8829ef, /tmp/lora2/make_format4.py: decode the format-3 golden, encode again)
 GOLDEN_FORMAT4 = (795, "764a10120d30cd4d80cded127e882afc602e99397b8ccc5af035b814a32d71e7")
+# and in format 5 (one byte more: decoder-lora's biases flag, 0 for this update)
+GOLDEN_FORMAT5 = (796, "74c1649f1813826d296688a2fd461ce4292b5cd7ce40596c43d099171499067c")
 
 
 def shapes_for(loaded):
@@ -76,6 +79,7 @@ def refusal(data: bytes, loaded, source: str = "x.payload") -> str:
 @pytest.mark.parametrize("method, options", [
     ("decoder-lora", {}), ("decoder-lora", {"variant": "repeat", "ranks": [3, 1], "init_seed": 2**31 - 1}),
     ("decoder-lora", {"prior": {"grid": 0.003, "slab_std": 0.04, "alpha": 500.0}}),
+    ("decoder-lora", {"ranks": [0]}), ("decoder-lora", {"ranks": [2, 0, 1], "biases": False}),
     ("full-decoder", {}), ("full-decoder", {"prior": {"grid": 0.0015}})])
 def test_every_method_round_trips_to_the_same_weights(tiny_model, method, options):
     config = parse_method_config(method, options)
@@ -91,17 +95,16 @@ def test_every_method_round_trips_to_the_same_weights(tiny_model, method, option
     assert encode_payload(decoded) == data  # deterministic: the decoded update re-encodes to the same bytes
 
 
-def test_the_decoder_lora_header_is_33_bytes_and_an_explicit_prior_16_more(tiny_model):
+def test_the_decoder_lora_header_is_34_bytes_and_an_explicit_prior_16_more(tiny_model):
     config = parse_method_config("decoder-lora", {})
     indices = seeded_indices(tiny_model, config)
     sha = tiny_model.metadata.weights_sha256
-    preset = encode_payload(WeightUpdate(make_header(sha, "decoder-lora", dict(
-        variant="extended", ranks=[16, 8, 8, 2], init_seed=0), config.prior, indices), indices))
+    structure = dict(variant="extended", ranks=[16, 8, 8, 2], init_seed=0, biases=True)
+    preset = encode_payload(WeightUpdate(make_header(sha, "decoder-lora", structure, config.prior, indices), indices))
     layout = payload_layout(preset)
-    assert layout["header"] == 2 + 33 + 4  # magic, fields, CRC
+    assert layout["header"] == 2 + 34 + 4  # magic, fields, CRC
     explicit = WeightPrior(grid=0.002, slab_std=0.05, spike_std=0.002 / 6, alpha=1000.0)  # the same numbers, not the preset
-    spelled = encode_payload(WeightUpdate(make_header(sha, "decoder-lora", dict(
-        variant="extended", ranks=[16, 8, 8, 2], init_seed=0), explicit, indices), indices))
+    spelled = encode_payload(WeightUpdate(make_header(sha, "decoder-lora", structure, explicit, indices), indices))
     assert payload_layout(spelled)["header"] == layout["header"] + 16
 
 
@@ -119,7 +122,7 @@ def test_the_stream_drops_the_last_words_zero_bytes_and_still_decodes(tiny_model
     assert len(dropped) >= 3, dropped
 
 
-def test_payload_for_sends_format_4_and_rebuilds_the_update(tiny_model):
+def test_payload_for_sends_format_5_and_rebuilds_the_update(tiny_model):
     config = parse_method_config("decoder-lora", {"ranks": [2, 1]})
     update = make_update(tiny_model.model, config)
     with torch.no_grad():
@@ -134,15 +137,27 @@ def test_payload_for_sends_format_4_and_rebuilds_the_update(tiny_model):
 
 
 # ------------------------------------------------------------------ golden bytes and old formats
-def test_golden_bytes_of_a_tiny_format_4_payload(tiny_model):
-    """The old golden update, re-encoded: pins the format-4 layout and the coding tables."""
+def test_golden_bytes_of_a_tiny_format_5_payload(tiny_model):
+    """The old golden update, re-encoded: pins the format-5 layout and the coding tables."""
     old = (DATA / "golden-format3-tiny-lora.payload").read_bytes()
     update = decode_payload(old, tiny_model.metadata.weights_sha256, shapes_for(tiny_model))
+    assert update.header.structure["biases"] is False  # what every payload before format 5 implies
     header = make_header(tiny_model.metadata.weights_sha256, update.header.method, update.header.structure,
                          update.header.prior, update.indices)
     data = encode_payload(WeightUpdate(header, update.indices))
-    assert (len(data), hashlib.sha256(data).hexdigest()) == GOLDEN_FORMAT4
-    assert len(old) - len(data) == 277  # 316 bytes of format-3 header and framing against 39
+    assert (len(data), hashlib.sha256(data).hexdigest()) == GOLDEN_FORMAT5
+    assert len(old) - len(data) == 276  # 316 bytes of format-3 header and framing against 40
+
+
+def test_a_format_4_payload_decodes_to_the_weights_of_its_format_3_original(tiny_model):
+    data = (DATA / "golden-format4-tiny-lora.payload").read_bytes()
+    assert (len(data), hashlib.sha256(data).hexdigest()) == GOLDEN_FORMAT4 and data[2] == 4 and 4 in READABLE_VERSIONS
+    update = decode_payload(data, tiny_model.metadata.weights_sha256, shapes_for(tiny_model))
+    assert indices_sha256(update.indices) == OLD_INDICES_SHA256
+    assert update.header.structure == {"variant": "extended", "ranks": [16, 8, 8, 2], "init_seed": 0, "biases": False}
+    old = rebuild_decoder(tiny_model, (DATA / "golden-format3-tiny-lora.payload").read_bytes(), "g3.payload")
+    new = rebuild_decoder(tiny_model, data, "g4.payload")
+    assert all(torch.equal(a, b) for a, b in zip(old.state_dict().values(), new.state_dict().values()))
 
 
 @pytest.mark.parametrize("version", sorted(OLD_FORMATS))
@@ -189,7 +204,7 @@ def crafted(fields_and_stream, **changes) -> bytes:
 
 
 @pytest.mark.parametrize("changes, expected", [
-    ({"version": 5}, "version 5 is not supported"),
+    ({"version": 6}, "version 6 is not supported"),
     ({"version": 3}, "version 3 is not supported"),
     ({"method": 0}, "method id 0 is not a payload method"),
     ({"method": 3}, "method id 3 is not a payload method"),
@@ -200,7 +215,13 @@ def crafted(fields_and_stream, **changes) -> bytes:
     ({"structure": lora_structure(ranks=[])}, "0 LoRA ranks"),
     ({"structure": lora_structure(ranks=[1] * 65)}, "65 LoRA ranks"),
     ({"structure": lora_structure(ranks=[2, 200], count=255)}, "255 LoRA ranks"),
-    ({"structure": lora_structure(ranks=[2, 0])}, "rank 0 is outside 1..1024"),
+    ({"version": 4, "structure": lora_structure(ranks=[2, 0], biases=None)}, "rank 0 is outside 1..1024"),
+    ({"structure": lora_structure(ranks=[0, 0], biases=0)}, "codes no tensor"),
+    ({"structure": lora_structure(biases=2)}, "biases flag 2 is not 0 or 1"),
+    ({"structure": lora_structure(biases=255)}, "biases flag 255"),
+    ({"structure": lora_structure(biases=None)}, "bound 50331648 is outside"),  # prior id read as the flag, the rest shifted
+    ({"structure": lora_structure(biases=0)}, "do not match"),  # the fingerprint covers the flag
+    ({"structure": lora_structure(ranks=[0, 1])}, "do not match"),
     ({"structure": lora_structure(ranks=[1025])}, "rank 1025 is outside"),
     ({"structure": lora_structure(ranks=[65535])}, "rank 65535 is outside"),
     ({"structure": lora_structure(init_seed=2**31)}, "init_seed 2147483648"),
@@ -242,7 +263,7 @@ def test_trailing_bytes_a_flipped_bit_and_a_foreign_magic_are_refused(payload, t
         damaged[at] ^= 0x10
         assert "CRC" in refusal(bytes(damaged), tiny_model)
     assert "wrong magic" in refusal(b"AX" + payload[2:], tiny_model)
-    assert "version 4 is not supported" in refusal(b"AJWP" + payload[2:], tiny_model)
+    assert "version 5 is not supported" in refusal(b"AJWP" + payload[2:], tiny_model)
 
 
 def test_a_payload_for_another_base_model_is_refused_before_decoding(payload, other_tiny_model):
@@ -254,11 +275,14 @@ def test_an_explicit_prior_at_the_float32_extremes_decodes_or_is_refused_in_one_
         judge(decode_payload_action(crafted(fields_and_stream, prior=explicit_prior(*values)), tiny_model))
 
 
-def test_format4_refuses_structure_it_cannot_carry(tiny_model):
+def test_format5_refuses_structure_it_cannot_carry(tiny_model):
     indices = {"w": torch.zeros(2, dtype=torch.int64)}
     sha = tiny_model.metadata.weights_sha256
     for method, structure in (("decoder-lora", {"variant": "extended", "ranks": [2000], "init_seed": 0}),
                               ("decoder-lora", {"variant": "extended", "ranks": [2]}),
+                              ("decoder-lora", {"variant": "extended", "ranks": [2], "init_seed": 0}),  # no biases
+                              ("decoder-lora", {"variant": "extended", "ranks": [0], "init_seed": 0, "biases": False}),
+                              ("decoder-lora", {"variant": "extended", "ranks": [2], "init_seed": 0, "biases": 1}),
                               ("postfilter-adapt", {})):
         with pytest.raises(ValueError):
             encode_payload(WeightUpdate(make_header(sha, method, structure, WeightPrior(), indices), indices))

@@ -4,7 +4,7 @@ benchmarks/fuzz_long.py), and the rule that judges what a reader did with them.
 Random bytes die at the magic or a CRC; to reach the semantic checks behind them, the builders here
 frame arbitrary header JSON, frame records and payload streams with every length and CRC recomputed,
 exactly as an attacker who read workers/bitstream.py and workers/adapt/payload.py would. Payloads are
-built in format 4 (binary header fields, :class:`PayloadFields`) and, for the old readers, formats 2/3 (JSON).
+built in format 5 (binary header fields, :class:`PayloadFields`) and, for the old readers, formats 2/3 (JSON).
 
 The rule (issue 11): every case ends in a decode or in an InputError (BitstreamError, ModelError) whose
 message is one line; anything else is a crash, reported with its type and first line.
@@ -62,12 +62,12 @@ def split_bitstream(data: bytes) -> tuple[bytes, list[FrameRecord]]:
 
 @dataclass
 class PayloadFields:
-    """Payload format 4's header fields as raw values, any of them out of range (workers/adapt/payload_header.py
+    """Payload format 5's header fields as raw values, any of them out of range (workers/adapt/payload_header.py
     gives the layout). Integers are wrapped to their field widths when packed; ``structure`` and ``prior``
     are the raw bytes of the method's structure layout and of the prior field (:func:`lora_structure`,
     :func:`explicit_prior`), so a case can give one method another method's structure or cut a field short."""
 
-    version: int = 4
+    version: int = 5
     base_id: bytes = bytes(8)
     method: int = 1
     structure: bytes = b""
@@ -80,11 +80,14 @@ class PayloadFields:
                 + self.structure + self.prior + struct.pack("<I", self.bound & 0xFFFFFFFF) + (self.fingerprint + bytes(4))[:4])
 
 
-def lora_structure(variant: int = 1, ranks: list[int] = (2, 1), init_seed: int = 7, count: int | None = None) -> bytes:
-    """decoder-lora's structure bytes with any values (``count`` defaults to ``len(ranks)``; may lie)."""
+def lora_structure(variant: int = 1, ranks: list[int] = (2, 1), init_seed: int = 7, count: int | None = None,
+                   biases: int | None = 1) -> bytes:
+    """decoder-lora's structure bytes with any values (``count`` defaults to ``len(ranks)``; may lie);
+    ``biases`` the format-5 flag byte (None: format 4's layout, which has none)."""
     count = len(ranks) if count is None else count
+    flag = b"" if biases is None else struct.pack("<B", biases & 0xFF)
     return struct.pack(f"<BB{len(ranks)}HI", variant & 0xFF, count & 0xFF, *(r & 0xFFFF for r in ranks),
-                       init_seed & 0xFFFFFFFF)
+                       init_seed & 0xFFFFFFFF) + flag
 
 
 def explicit_prior(grid: float, slab_std: float, spike_std: float, alpha: float) -> bytes:
@@ -93,7 +96,7 @@ def explicit_prior(grid: float, slab_std: float, spike_std: float, alpha: float)
 
 
 def frame_payload(fields: PayloadFields | bytes, stream: bytes) -> bytes:
-    """A format-4 weight payload: magic, ``fields`` (or raw header bytes from the version byte on), ``stream``
+    """A format-5 weight payload: magic, ``fields`` (or raw header bytes from the version byte on), ``stream``
     as it is, and a correct CRC."""
     from workers.adapt.payload import MAGIC as PAYLOAD_MAGIC
 
@@ -102,7 +105,7 @@ def frame_payload(fields: PayloadFields | bytes, stream: bytes) -> bytes:
 
 
 def split_payload(data: bytes) -> tuple[PayloadFields, bytes]:
-    """(header fields, stream) of a valid format-4 payload: the raw material for mutations."""
+    """(header fields, stream) of a valid format-5 payload: the raw material for mutations."""
     from workers.adapt.payload import MAGIC as PAYLOAD_MAGIC
     from workers.adapt.payload_header import PAYLOAD_METHOD_IDS, STRUCTURE_LAYOUTS, unpack_header
 
@@ -132,7 +135,8 @@ def mutated_payload_fields(fields: PayloadFields, draw: Callable[[int], int]) ->
             out.method = value
         elif which == 3:
             ranks = [edges[draw(len(edges))] for _ in range(draw(5))]
-            out.structure = lora_structure(draw(4), ranks, value, count=edges[draw(len(edges))] if draw(4) == 0 else None)
+            out.structure = lora_structure(draw(4), ranks, value, count=edges[draw(len(edges))] if draw(4) == 0 else None,
+                                           biases=(0, 1, 2, 255, None)[draw(5)])
         elif which == 4:
             out.structure = out.structure[: draw(len(out.structure) + 1)]
         elif which == 5:
@@ -199,7 +203,7 @@ def sample_stream(loaded, frames: int = 3, size: tuple[int, int] = (64, 48), int
     return encode_sequence(loaded.model, loaded.model.entropy_tables(), clip, header).data
 
 
-SAMPLE_LORA_STRUCTURE = {"variant": "extended", "ranks": [2, 1], "init_seed": 7}
+SAMPLE_LORA_STRUCTURE = {"variant": "extended", "ranks": [2, 1], "init_seed": 7, "biases": True}
 
 
 def sample_payload(loaded, seed: int = 0) -> bytes:

@@ -62,6 +62,16 @@ class DecoderTraining(BaseModel):
         "the weight rate's gradient is taken from the prior with its spike std set to this many grid cells (its "
         "value stays the exact coded cost); None: the prior's own spike (grid/6 by default), whose pull at the "
         "zero bin's edge kept every weight of carphone's LoRA at zero"))
+    first_stage_fraction: float = Field(0.0, ge=0, le=1, description=(
+        "share of the epochs (rounded down) in which only the update's first-stage tensors train (decoder-lora: "
+        "the biases), before everything trains; the states evaluated in that stage are candidates too, so a "
+        "sequence where the few first-stage numbers pay and the rest cannot (carphone, issue 14) keeps them; when no "
+        "first-stage state beat the base, the first-stage tensors go back to zero and stay there (foreman, issue 14). "
+        "0: everything trains from the start"))
+    first_stage_step_cells: float = Field(0.25, gt=0, le=8, description=(
+        "peak Adam step of the first-stage tensors (the biases) in grid cells, in both stages: a bias moves a whole "
+        "channel, so one cell per step is too much (carphone q1, biases alone, 120 steps: lr 5e-4 = 0.25 cells "
+        "-2.3% estimated RD cost, 2e-3 = 1 cell +30%; /tmp/lora2/bias.py)"))
     eval_every: int = Field(1, ge=1, description=(
         "epochs between evaluations of the sequence RD cost (best-state keeping); also after the last epoch"))
     evaluate: Literal["coded", "estimate"] = Field("coded", description=(

@@ -34,6 +34,7 @@ class DecoderUpdate(nn.Module):
     """Base class: ``coded`` holds the trainable tensors (initialised to zero: the base model)."""
 
     coded: nn.ParameterDict
+    first_stage: tuple[str, ...] = ()  # coded keys that train alone first (training.first_stage_fraction)
 
     def weights(self, values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Model parameter name -> the weight to use, for coded tensor values ``values``."""
@@ -41,34 +42,50 @@ class DecoderUpdate(nn.Module):
 
 
 class LoraUpdate(DecoderUpdate):
-    """LoRA (variants ``extended`` and ``repeat``, PEVC section 3.3) on every decoder deconv.
+    """LoRA (variants ``extended`` and ``repeat``, PEVC section 3.3) on every decoder deconv of rank > 0,
+    and with ``config.biases`` every deconv's per-output-channel bias.
 
-    Coded tensors per layer L: ``L.lora_B`` (starts at zero, so the update starts at exactly zero) and
-    ``L.lora_A_delta`` = A - A_init, where A_init is drawn from a CPU generator seeded with
-    (init_seed, layer index): the decoder regenerates it.
+    Coded tensors per layer L, in this order: ``L.lora_A_delta`` = A - A_init, where A_init is drawn from a
+    CPU generator seeded with (init_seed, layer index): the decoder regenerates it; ``L.lora_B`` (starts
+    at zero, so the update starts at exactly zero); ``L.bias_delta`` (C_out,) = bias - bias_base. A layer
+    of rank 0 has no LoRA tensors; without biases the list is the one payload formats 2-4 coded.
+    ``first_stage``: the coded keys training moves first (the biases: few numbers, each worth its bits).
     """
 
     def __init__(self, model: ScaleSpaceFlow, config: DecoderLoraConfig):
         super().__init__()
         self.variant = config.variant
         self.base: dict[str, torch.Tensor] = {}
+        self.base_bias: dict[str, torch.Tensor] = {}
         self.a_init: dict[str, torch.Tensor] = {}
         coded: dict[str, nn.Parameter] = {}
         for layer_index, (name, index, deconv) in enumerate(decoder_deconvs(model)):
-            c_in, c_out, k, _ = deconv.weight.shape
-            rank = min(config.ranks[min(index, len(config.ranks) - 1)], c_in, c_out)
-            if self.variant == "extended":
-                a_shape, b_shape = (rank * k, c_in * k), (c_out * k, rank * k)
-            else:
-                a_shape, b_shape = (rank, c_in), (c_out, rank)
-            generator = torch.Generator().manual_seed(config.init_seed * 1_000_003 + layer_index)
-            bound = 1.0 / a_shape[1] ** 0.5  # kaiming_uniform_(a=sqrt(5)), as nn.Linear and PEVC
-            a_init = (torch.rand(a_shape, generator=generator, dtype=torch.float32) * 2 - 1) * bound  # CPU draw
-            self.a_init[name] = a_init.to(deconv.weight.device)  # then the model's device (issue 15)
-            self.base[name] = deconv.weight.detach().clone()
-            coded[_key(name, "lora_A_delta")] = nn.Parameter(torch.zeros(a_shape, device=deconv.weight.device))
-            coded[_key(name, "lora_B")] = nn.Parameter(torch.zeros(b_shape, device=deconv.weight.device))
+            rank = config.ranks[min(index, len(config.ranks) - 1)]
+            if rank > 0:
+                coded |= self._lora_tensors(name, layer_index, deconv, rank, config.init_seed)
+            if config.biases:
+                self.base_bias[name] = deconv.bias.detach().clone()
+                coded[_key(name, "bias_delta")] = nn.Parameter(torch.zeros_like(self.base_bias[name]))
         self.coded = nn.ParameterDict(coded)
+        self.first_stage = tuple(_key(name, "bias_delta") for name in self.base_bias)
+
+    def _lora_tensors(self, name: str, layer_index: int, deconv: nn.ConvTranspose2d, rank: int,
+                      init_seed: int) -> dict[str, nn.Parameter]:
+        """The zero-initialised coded tensors of one deconv's LoRA; records its base weight and A_init."""
+        c_in, c_out, k, _ = deconv.weight.shape
+        rank = min(rank, c_in, c_out)
+        if self.variant == "extended":
+            a_shape, b_shape = (rank * k, c_in * k), (c_out * k, rank * k)
+        else:
+            a_shape, b_shape = (rank, c_in), (c_out, rank)
+        generator = torch.Generator().manual_seed(init_seed * 1_000_003 + layer_index)
+        bound = 1.0 / a_shape[1] ** 0.5  # kaiming_uniform_(a=sqrt(5)), as nn.Linear and PEVC
+        a_init = (torch.rand(a_shape, generator=generator, dtype=torch.float32) * 2 - 1) * bound  # CPU draw
+        self.a_init[name] = a_init.to(deconv.weight.device)  # then the model's device (issue 15)
+        self.base[name] = deconv.weight.detach().clone()
+        device = deconv.weight.device
+        return {_key(name, "lora_A_delta"): nn.Parameter(torch.zeros(a_shape, device=device)),
+                _key(name, "lora_B"): nn.Parameter(torch.zeros(b_shape, device=device))}
 
     def delta_weight(self, name: str, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         shape = self.base[name].shape  # (C_in, C_out, K, K) for ConvTranspose2d
@@ -81,6 +98,8 @@ class LoraUpdate(DecoderUpdate):
         for name, base in self.base.items():
             a = self.a_init[name] + values[_key(name, "lora_A_delta")]
             out[f"{name}.weight"] = base + self.delta_weight(name, a, values[_key(name, "lora_B")])
+        for name, bias in self.base_bias.items():
+            out[f"{name}.bias"] = bias + values[_key(name, "bias_delta")]
         return out
 
 

@@ -1,9 +1,9 @@
 """The weight payload: grid indices of a weight update, entropy-coded under the spike-and-slab prior.
 
-Format 4 (written; integers little-endian)::
+Format 5 (written; integers little-endian)::
 
     magic    2 bytes  b"AW"
-    header   33 bytes for decoder-lora: version u8 = 4, then binary fields (workers/adapt/payload_header.py):
+    header   34 bytes for decoder-lora: version u8 = 5, then binary fields (workers/adapt/payload_header.py):
                       base id (8 bytes of sha256), method id, structure, prior (preset id or 4 x f32),
                       bound, tensor fingerprint (4 bytes)
     stream   the rest ANS words (uint32, little-endian) of all grid indices, one Categorical table; the
@@ -11,8 +11,9 @@ Format 4 (written; integers little-endian)::
                       bytes saved on average, the top word of an ANS state is small more often than not)
     crc      u32      CRC32 of everything from version to the end of the stream
 
-The stream's length is what lies between the header and the CRC: no length field. Formats 2 and 3 (magic
-``AJWP``, a ~300-byte JSON header; workers/adapt/payload_json.py) still decode (READABLE_VERSIONS).
+The stream's length is what lies between the header and the CRC: no length field. Format 4 is format 5
+without decoder-lora's biases flag (ranks >= 1): its payloads decode as ``biases: false``. Formats 2 and 3
+(magic ``AJWP``, a ~300-byte JSON header; workers/adapt/payload_json.py) still decode (READABLE_VERSIONS).
 
 The header carries no tensor names or shapes: the decoder rebuilds the list from the base model and the
 header's ``structure`` and checks it against the fingerprint, which covers the method and the structure
@@ -45,8 +46,8 @@ from workers.errors import BitstreamError, InputError, exception_line
 
 MAGIC = b"AW"
 LEGACY_MAGIC = payload_json.MAGIC  # b"AJWP": formats 2 and 3
-FORMAT_VERSION = payload_header.VERSION  # 4: binary header; 3: JSON, fingerprint covers method and structure
-READABLE_VERSIONS = (*payload_json.VERSIONS, FORMAT_VERSION)
+FORMAT_VERSION = payload_header.VERSION  # 5: decoder-lora biases; 4: binary header; 3: JSON, method in fingerprint
+READABLE_VERSIONS = (*payload_json.VERSIONS, *payload_header.READ_VERSIONS)
 CRC_BYTES = 4
 
 
@@ -76,7 +77,11 @@ def tensor_list_sha256(shapes: dict[str, tuple[int, ...]], method: str | None = 
 def _fingerprint(header: PayloadHeader, shapes: dict[str, tuple[int, ...]], version: int = FORMAT_VERSION) -> str:
     if version == 2:
         return tensor_list_sha256(shapes)
-    full = tensor_list_sha256(shapes, header.method, header.structure)
+    structure = header.structure
+    if version < 5:  # the writer knew no option format 5 added: its fingerprint does not cover them
+        added = payload_header.ADDED_IN_FORMAT_5.get(header.method, {})
+        structure = {key: value for key, value in structure.items() if key not in added}
+    full = tensor_list_sha256(shapes, header.method, structure)
     return full if version == 3 else full[: 2 * payload_header.FINGERPRINT_BYTES]
 
 
@@ -178,18 +183,29 @@ def _split(data: bytes, source: str | Path | None) -> tuple[PayloadHeader, bytes
     if data[: len(LEGACY_MAGIC)] == LEGACY_MAGIC:
         if len(data) > len(LEGACY_MAGIC) and data[len(LEGACY_MAGIC)] not in payload_json.VERSIONS:
             _refuse_version(data[len(LEGACY_MAGIC)], LEGACY_MAGIC, payload_json.VERSIONS, source)
-        return payload_json.split_json_payload(data, source)
+        header, stream, version = payload_json.split_json_payload(data, source)
+        return _with_added_options(header, source), stream, version
     if data[: len(MAGIC)] != MAGIC:
         raise BitstreamError(source, "not an adaptjobs weight payload (wrong magic bytes)")
-    if len(data) > len(MAGIC) and data[len(MAGIC)] != FORMAT_VERSION:
-        _refuse_version(data[len(MAGIC)], MAGIC, (FORMAT_VERSION,), source)
+    if len(data) > len(MAGIC) and data[len(MAGIC)] not in payload_header.READ_VERSIONS:
+        _refuse_version(data[len(MAGIC)], MAGIC, payload_header.READ_VERSIONS, source)
     if len(data) < len(MAGIC) + 1 + CRC_BYTES:
         raise BitstreamError(source, f"truncated payload ({len(data)} bytes)")
     (crc,) = struct.unpack_from("<I", data, len(data) - CRC_BYTES)
     if zlib.crc32(data[len(MAGIC): -CRC_BYTES]) != crc:
         raise BitstreamError(source, "payload CRC mismatch (corrupted, truncated or extended)")
     header, stream_start = payload_header.unpack_header(data[:-CRC_BYTES], len(MAGIC), source)
-    return header, data[stream_start: -CRC_BYTES], FORMAT_VERSION
+    return header, data[stream_start: -CRC_BYTES], data[len(MAGIC)]
+
+
+def _with_added_options(header: PayloadHeader, source: str | Path | None) -> PayloadHeader:
+    """A format 2/3 header with the values of the structure options added later (ADDED_IN_FORMAT_5) that
+    its payload implies; a JSON structure that names one itself is refused (no such writer existed)."""
+    added = payload_header.ADDED_IN_FORMAT_5.get(header.method, {})
+    named = sorted(set(added) & set(header.structure))
+    if named:
+        raise BitstreamError(source, f"invalid payload header (structure.{named[0]} is a format-5 option)")
+    return header.model_copy(update={"structure": header.structure | added}) if added else header
 
 
 def _refuse_version(version: int, magic: bytes, versions: tuple[int, ...], source: str | Path | None):
@@ -214,8 +230,8 @@ def decode_payload(data: bytes, base_weights_sha256: str,
         raise BitstreamError(source, f"payload tensors do not match the {header.method} update this base model gives "
                                      f"for {json.dumps(header.structure, sort_keys=True)}")
     counts = [int(np.prod(shape, dtype=np.int64)) for shape in shapes.values()]
-    if version == FORMAT_VERSION:
-        stream += bytes(-len(stream) % 4)  # the zero bytes the writer left out
+    if version in payload_header.READ_VERSIONS:
+        stream += bytes(-len(stream) % 4)  # the zero bytes the writer left out (formats 4 and 5)
     symbols = _decode_symbols(stream, header, sum(counts), source)
     flat = torch.from_numpy(np.asarray(symbols, dtype=np.int64)) - header.bound
     indices, offset = {}, 0

@@ -2,20 +2,22 @@
 
 Byte layout after the magic (integers little-endian)::
 
-    version      u8       4
+    version      u8       5 (4 still read)
     base_id      8 bytes  first 8 bytes of the base model's weights sha256
     method       u8       PAYLOAD_METHOD_IDS (assigned by hand, never by order; 0 is no method)
     structure    the method's STRUCTURE_LAYOUTS entry:
                    decoder-lora  variant u8 (LORA_VARIANT_IDS), count u8 (1..MAX_STRUCTURE_ITEMS),
-                                 count x rank u16 (1..MAX_LORA_RANK), init_seed u32 (< 2^31)
+                                 count x rank u16 (0..MAX_LORA_RANK; format 4: 1..), init_seed u32
+                                 (< 2^31), then from format 5 biases u8 (0 or 1); not all ranks 0
+                                 without biases (an update with no tensor is never written)
                    full-decoder  nothing (every decoder weight: there is nothing to choose)
     prior        u8       PRIOR_PRESETS id, or 0 (EXPLICIT_PRIOR) followed by 4 x f32: grid, slab_std,
                           spike_std, alpha (the values the tables are built from, on both sides)
     bound        u32      K: the table covers grid indices -K..K (1..MAX_BOUND)
     fingerprint  4 bytes  first 4 bytes of the sha256 of the method, structure and tensor list
 
-33 bytes for decoder-lora with its default prior; with the magic and the CRC a payload spends 39 bytes
-besides its coded weights (format 3: 316, its JSON header alone 302). Why each width: 8 bytes of base
+34 bytes for decoder-lora with its default prior (format 4: 33, no biases byte); with the magic and the
+CRC a payload spends 40 bytes besides its coded weights (format 3: 316, its JSON header alone 302). Why each width: 8 bytes of base
 hash tell the models adaptjobs ships apart (schemas/side_info.py ``filter_id``: n^2 / 2^65 for n models;
 the bitstream's own header still carries the full sha256 of the weights it was coded with). 4 bytes of
 fingerprint catch a decoder that rebuilds another tensor list than the encoder coded (a version skew, not
@@ -34,7 +36,11 @@ from schemas.adapt import PayloadHeader, WeightPrior
 from workers.errors import BitstreamError
 from workers.limits import MAX_LORA_RANK, MAX_STRUCTURE_ITEMS
 
-VERSION = 4
+VERSION = 5
+READ_VERSIONS = (4, 5)  # format 4: decoder-lora without the biases byte, ranks >= 1
+# Structure options a format added, with the value every payload of an older format implies: the decoder
+# rebuilds an old payload's tensors with these (and its fingerprint leaves them out, as its writer did).
+ADDED_IN_FORMAT_5 = {"decoder-lora": {"biases": False}}
 BASE_ID_BYTES = 8
 FINGERPRINT_BYTES = 4
 MAX_BOUND = 1 << 20  # the decoder builds a table of 2K+1 float64 (8 MiB): bounded memory for hostile headers
@@ -55,8 +61,8 @@ _TAIL = struct.Struct(f"<I{FINGERPRINT_BYTES}s")      # bound, fingerprint
 class _Fields:
     """Bounds-checked cursor over header bytes: a short read is a one-line BitstreamError."""
 
-    def __init__(self, data: bytes, offset: int, source: str | Path | None):
-        self.data, self.pos, self.source = data, offset, source
+    def __init__(self, data: bytes, offset: int, source: str | Path | None, version: int = VERSION):
+        self.data, self.pos, self.source, self.version = data, offset, source, version
 
     def take(self, layout: struct.Struct, what: str) -> tuple:
         if layout.size > len(self.data) - self.pos:
@@ -72,16 +78,18 @@ class _Fields:
 
 @dataclass(frozen=True)
 class _LoraLayout:
-    """decoder-lora's structure: variant, ranks (first deconv first), init_seed."""
+    """decoder-lora's structure: variant, ranks (first deconv first), init_seed, biases (format 5)."""
 
-    fields = ("variant", "ranks", "init_seed")
+    fields = ("variant", "ranks", "init_seed", "biases")
 
     def pack(self, structure: dict) -> bytes:
-        ranks, seed, variant = list(structure["ranks"]), structure["init_seed"], structure["variant"]
+        ranks, seed, variant, biases = (list(structure["ranks"]), structure["init_seed"], structure["variant"],
+                                        structure["biases"])
         if variant not in LORA_VARIANT_IDS or not 1 <= len(ranks) <= MAX_STRUCTURE_ITEMS \
-                or not all(1 <= r <= MAX_LORA_RANK for r in ranks) or not 0 <= seed <= MAX_SEED:
+                or not all(0 <= r <= MAX_LORA_RANK for r in ranks) or not 0 <= seed <= MAX_SEED \
+                or not isinstance(biases, bool) or not (biases or any(ranks)):
             raise ValueError(f"decoder-lora structure {structure} is outside the payload's field bounds")
-        return struct.pack(f"<BB{len(ranks)}HI", LORA_VARIANT_IDS[variant], len(ranks), *ranks, seed)
+        return struct.pack(f"<BB{len(ranks)}HIB", LORA_VARIANT_IDS[variant], len(ranks), *ranks, seed, int(biases))
 
     def unpack(self, fields: _Fields) -> dict:
         variant_id, count = fields.take(struct.Struct("<BB"), "the LoRA variant and rank count")
@@ -91,13 +99,22 @@ class _LoraLayout:
         if not 1 <= count <= MAX_STRUCTURE_ITEMS:
             fields.refuse(f"{count} LoRA ranks, not 1..{MAX_STRUCTURE_ITEMS}")
         ranks = list(fields.take(struct.Struct(f"<{count}H"), f"{count} LoRA ranks"))
-        bad = [r for r in ranks if not 1 <= r <= MAX_LORA_RANK]
+        lowest = 0 if fields.version >= 5 else 1
+        bad = [r for r in ranks if not lowest <= r <= MAX_LORA_RANK]
         if bad:
-            fields.refuse(f"structure.ranks: rank {bad[0]} is outside 1..{MAX_LORA_RANK}")
+            fields.refuse(f"structure.ranks: rank {bad[0]} is outside {lowest}..{MAX_LORA_RANK}")
         (seed,) = fields.take(struct.Struct("<I"), "the LoRA init_seed")
         if seed > MAX_SEED:
             fields.refuse(f"structure.init_seed {seed} is outside 0..2^31-1")
-        return {"variant": variants[variant_id], "ranks": ranks, "init_seed": seed}
+        structure = {"variant": variants[variant_id], "ranks": ranks, "init_seed": seed}
+        if fields.version < 5:
+            return structure | ADDED_IN_FORMAT_5["decoder-lora"]
+        (biases,) = fields.take(struct.Struct("<B"), "the biases flag")
+        if biases > 1:
+            fields.refuse(f"structure.biases flag {biases} is not 0 or 1")
+        if not biases and not any(ranks):
+            fields.refuse("structure codes no tensor (every rank 0, biases off)")
+        return structure | {"biases": bool(biases)}
 
 
 @dataclass(frozen=True)
@@ -153,12 +170,14 @@ def pack_header(header: PayloadHeader) -> bytes:
 
 
 def unpack_header(data: bytes, offset: int, source: str | Path | None = None) -> tuple[PayloadHeader, int]:
-    """Parse the header that starts at ``offset`` (the version byte); (header, offset of the stream).
-    Every field is checked against its bounds as it is read; nothing is allocated from a field first."""
+    """Parse the header that starts at ``offset`` (the version byte, one of READ_VERSIONS); (header, offset of
+    the stream). Every field is checked against its bounds as it is read; nothing is allocated from a field
+    first. A format-4 header's structure gets the ADDED_IN_FORMAT_5 values its payload implies."""
     fields = _Fields(data, offset, source)
     version, base_id, method_id = fields.take(_FIXED, "the version, base id and method")
-    if version != VERSION:
-        fields.refuse(f"version {version} in a format-{VERSION} header")
+    if version not in READ_VERSIONS:
+        fields.refuse(f"version {version} in a format-{'/'.join(map(str, READ_VERSIONS))} header")
+    fields.version = version
     methods = {number: name for name, number in PAYLOAD_METHOD_IDS.items()}
     if method_id not in methods:
         known = ", ".join(f"{n} {name}" for n, name in sorted(methods.items()))

@@ -194,6 +194,7 @@ class _Progress:
     best_cost: float = math.inf
     best_step: int = 0
     base_cost: float | None = None
+    first_stage_dropped: bool = False  # the first stage ended with the base still the best: its tensors stay zero
 
 
 def _save_progress(path: Path, config_json: str, update: DecoderUpdate, optimizer: torch.optim.Optimizer,
@@ -203,7 +204,8 @@ def _save_progress(path: Path, config_json: str, update: DecoderUpdate, optimize
     tensors |= {f"best.{n}": t for n, t in (run.best or {}).items()}
     save_state(path, tensors, {"config": config_json, "epoch": run.epoch, "step_in_epoch": run.step_in_epoch,
                                "global_step": run.global_step, "param_groups": groups, "has_best": run.best is not None,
-                               "best_cost": None if run.best is None else run.best_cost, "best_step": run.best_step, "base_cost": run.base_cost})
+                               "best_cost": None if run.best is None else run.best_cost, "best_step": run.best_step, "base_cost": run.base_cost,
+                               "first_stage_dropped": run.first_stage_dropped})
 
 
 def _load_progress(path: Path, config_json: str, update: DecoderUpdate, optimizer: torch.optim.Optimizer) -> _Progress:
@@ -219,7 +221,7 @@ def _load_progress(path: Path, config_json: str, update: DecoderUpdate, optimize
     log.info("resumed from checkpoint %s at step %d (epoch %d)", path, info["global_step"], info["epoch"])
     best_cost = math.inf if info["best_cost"] is None else info["best_cost"]
     return _Progress(info["epoch"], info["step_in_epoch"], info["global_step"], best, best_cost,
-                     info["best_step"], info["base_cost"])
+                     info["best_step"], info["base_cost"], info.get("first_stage_dropped", False))
 
 
 def _keep_if_best(run: _Progress, update: DecoderUpdate, evaluate, on_log, candidate: bool) -> None:
@@ -236,15 +238,42 @@ def _keep_if_best(run: _Progress, update: DecoderUpdate, evaluate, on_log, candi
                 "best_cost": None if run.best is None else run.best_cost, "best_step": run.best_step})
 
 
+def _drop_first_stage(run: _Progress, update: DecoderUpdate, on_log) -> None:
+    """The first stage ended and none of its states beat the base: its tensors go back to zero and stay there,
+    so the second stage trains the rest from the base model. Issue 14: on foreman q1 and q2 every bias-only
+    state cost 3-15% more than the base (coded), and the LoRA stage that followed from there never got back
+    below it, where the LoRA alone from zero had paid (-0.6%, -0.8% in lorafix)."""
+    run.first_stage_dropped = True
+    with torch.no_grad():
+        for key in update.first_stage:
+            update.coded[key].zero_()
+    if on_log is not None:
+        on_log({"first_stage_dropped": True, "epoch": run.epoch, "step": run.global_step})
+
+
+def _optimizer(update: DecoderUpdate, training: DecoderTraining,
+               prior: WeightPrior) -> tuple[torch.optim.Optimizer, list[torch.nn.Parameter]]:
+    """Adam over the update's coded tensors, one parameter group per peak learning rate (``group["peak"]``):
+    the first-stage tensors at ``first_stage_step_cells`` grid cells, the rest at :func:`peak_learning_rate`.
+    Also returns the tensors that wait for the first stage to end."""
+    first = [update.coded[key] for key in update.first_stage]
+    later = [p for key, p in update.coded.items() if key not in update.first_stage]
+    groups = [{"params": later, "peak": peak_learning_rate(training, prior)}] if later else []
+    if first:
+        groups.append({"params": first, "peak": training.first_stage_step_cells * prior.grid})
+    return torch.optim.Adam(groups, lr=groups[0]["peak"], eps=training.adam_eps), later
+
+
 def _train_decoder_update(model, update, prior, training, frames, sequence_pixels, lmbda, seed, state_path,
                           config_json, on_log, evaluate, include_base) -> tuple[int, int]:
-    peak = peak_learning_rate(training, prior)
-    optimizer = torch.optim.Adam(list(update.coded.values()), lr=peak, eps=training.adam_eps)
+    optimizer, later = _optimizer(update, training, prior)
+    first = [update.coded[key] for key in update.first_stage]
     starts = clip_starts(len(frames), training.train_gop)
     length = min(training.train_gop, len(frames))
     steps_per_epoch = math.ceil(len(starts) / training.batch)
     epochs = epochs_to_run(training, steps_per_epoch)
     total = epochs * steps_per_epoch
+    first_stage_epochs = math.floor(training.first_stage_fraction * epochs) if update.first_stage else 0
     run = _load_progress(state_path, config_json, update, optimizer)
     resumed_from = run.global_step
     if epochs == 0:
@@ -258,14 +287,17 @@ def _train_decoder_update(model, update, prior, training, frames, sequence_pixel
             batch = order[run.step_in_epoch * training.batch: (run.step_in_epoch + 1) * training.batch]
             clip = crop_batch(frames, [starts[i] for i in batch], length, training.crop,
                               _generator(seed, run.epoch, run.step_in_epoch, 1))
-            lr = learning_rate_at(training, peak, run.global_step, total)
             for group in optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = learning_rate_at(training, group["peak"], run.global_step, total)
+            lr = optimizer.param_groups[0]["lr"]
             terms = decoder_update_cost(model, update, prior, clip, lmbda, sequence_pixels,
                                         None if training.rate_gradient_spike_cells is None
                                         else training.rate_gradient_spike_cells * prior.grid)
             optimizer.zero_grad(set_to_none=True)
             terms["loss"].backward()
+            frozen = later if run.epoch < first_stage_epochs else (first if run.first_stage_dropped else [])
+            for p in frozen:
+                p.grad = None  # Adam skips a parameter without a gradient: it stays where it is
             optimizer.step()
             run.step_in_epoch, run.global_step = run.step_in_epoch + 1, run.global_step + 1
             if on_log is not None:
@@ -277,6 +309,8 @@ def _train_decoder_update(model, update, prior, training, frames, sequence_pixel
         run.epoch, run.step_in_epoch = run.epoch + 1, 0
         if run.epoch % training.eval_every == 0 or run.epoch == epochs:
             _keep_if_best(run, update, evaluate, on_log, candidate=True)
+        if run.epoch == first_stage_epochs and include_base and run.best_step == 0:
+            _drop_first_stage(run, update, on_log)
         _save_progress(state_path, config_json, update, optimizer, run)
     with torch.no_grad():
         for name, p in update.coded.items():
