@@ -33,6 +33,12 @@ class GopAdaptersConfig(BaseModel):
                                "cost, straight-through) or latents + U(-0.5, 0.5); the noisy proxy estimated 0.152 bpp "
                                "for 12 P-frames the rounded one put at 0.0185 (issue 14, carphone q1, base encoder), so "
                                "it optimised bits the coder never pays")
+    keep_best: bool = Field(True, description="per GoP, code its P-frames with the base encoder and with the adapters "
+                                             "every eval_every passes, and keep the cheapest by the coded RD cost "
+                                             "(nothing is sent either way, so the choice is free in the stream and "
+                                             "no GoP costs more than the base encoder)")
+    eval_every: int = Field(1, ge=1, description="passes between two coded evaluations of the adapters (and after "
+                                                 "the last pass), when keep_best")
     seed: int = Field(0, ge=0)
 
     @model_validator(mode="after")
