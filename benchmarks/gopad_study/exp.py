@@ -1,50 +1,35 @@
-"""Coded RD cost of one GoP's P-frames vs adapter passes / lr (gop-adapters schedule study)."""
-import sys, time, math, json, torch
-torch.set_num_threads(1)
-from workers.model_store import resolve_model
-from workers.video_io import read_video, SourceFrames
-from workers.codec.ssf import pad_frame
-from workers.adapt.adapters import with_adapters
+"""Coded RD cost of one GoP's P-frames vs adapter passes / lr (gop-adapters schedule study).
+
+    exp.py VIDEO Q GOP LR PASSES EVAL_PASSES [JSON options]   (README.md)"""
+import math
+import sys
+import time
+
+from benchmarks.gopad_study.exp_common import study_setup
 from workers.adapt.training import train_gop_adapters
-from workers.rd_loss import lambda_for_quality
-from workers.methods import parse_method_config
+
 video_name, q, gop, lr, passes = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5])
 evals = [int(e) for e in sys.argv[6].split(',')]
-opts = json.loads(sys.argv[7]) if len(sys.argv) > 7 else {}
-warm = int(opts.pop('warmup', 0)); decay = opts.pop('decay', 'none')
-paths = {'carphone': 'carphone_176x144_120f.mp4', 'foreman': 'foreman_352x288_10f.y4m', 'mobile': 'mobile_352x288_30f.y4m'}
-loaded = resolve_model(None, q); lmbda = loaded.metadata.lmbda or lambda_for_quality(q)
-video = read_video('/work/shared/data/eval-dev/' + paths[video_name])
-frames = SourceFrames(video, lambda f: pad_frame(f.unsqueeze(0)))
-base = loaded.model.eval()
-tables = base.entropy_tables()
-start, end = 12 * gop, min(12 * gop + 12, len(video))
-gf = [frames[i] for i in range(start, end)]
-h, w = video.height, video.width
-intra_hat, _ = base.encode_intra(gf[0], tables)
-def coded(model):
-    ref, cost, bits, sq = intra_hat, 0.0, 0, 0.0
-    for x in gf[1:]:
-        ref, m, r = model.encode_inter(x, ref, tables)
-        b = 8 * sum(len(s) for s in (m.y_stream, m.z_stream, r.y_stream, r.z_stream))
-        mse = float(torch.mean((x[..., :h, :w] - ref[..., :h, :w]) ** 2))
-        cost += lmbda * 255**2 * mse + b / (h * w); bits += b; sq += mse
-    return cost, bits, sq / (len(gf) - 1)
-cfg = parse_method_config('gop-adapters', {'learning_rate': lr, **opts})
-adapted, params = with_adapters(base, cfg)
-opt = torch.optim.Adam(params, lr=lr)
-c0 = coded(base); print('base', c0, flush=True)
-losses=[]; trl=[]
+s = study_setup(video_name, q, gop, lr, sys.argv[7] if len(sys.argv) > 7 else None)
+print('base', s.c0, flush=True)
+losses, trl = [], []
 t0 = time.perf_counter()
 for p in range(passes):
-    if p < warm: l = lr * (p + 1) / (warm + 1)
-    elif decay == 'cos': l = 0.05*lr + 0.95*lr * 0.5 * (1 + math.cos(math.pi * (p - warm) / max(passes - warm - 1, 1)))
-    else: l = lr
-    for g in opt.param_groups: g['lr'] = l
-    train_gop_adapters(adapted, params, opt, gf, intra_hat, (h, w), cfg.model_copy(update={'steps': p + 1}), lmbda, p, lambda s: None, lambda r: losses.append(r['loss']), gop)
-    trl.append(sum(losses[-len(losses):])/max(len(losses),1)); losses.clear()
+    if p < s.warm:
+        rate = lr * (p + 1) / (s.warm + 1)
+    elif s.decay == 'cos':
+        rate = 0.05 * lr + 0.95 * lr * 0.5 * (1 + math.cos(math.pi * (p - s.warm) / max(passes - s.warm - 1, 1)))
+    else:
+        rate = lr
+    for g in s.opt.param_groups:
+        g['lr'] = rate
+    train_gop_adapters(s.adapted, s.params, s.opt, s.gf, s.intra_hat, (s.h, s.w), s.cfg.model_copy(update={'steps': p + 1}),
+                       s.lmbda, p, lambda step: None, lambda r: losses.append(r['loss']), gop)
+    trl.append(sum(losses) / max(len(losses), 1))
+    losses.clear()
     if p + 1 in evals:
         el = time.perf_counter() - t0
-        c = coded(adapted)
-        print(f'pass {p+1} lr {l:.2e} cost {c[0]:.5f} ({100*(c[0]/c0[0]-1):+.2f}%) bits {c[1]} mse {c[2]:.6f} train_s {el:.1f} trainloss {trl[0]:.5f}->{trl[-1]:.5f}', flush=True)
+        c = s.coded(s.adapted)
+        print(f'pass {p+1} lr {rate:.2e} cost {c[0]:.5f} ({100*(c[0]/s.c0[0]-1):+.2f}%) bits {c[1]} mse {c[2]:.6f} '
+              f'train_s {el:.1f} trainloss {trl[0]:.5f}->{trl[-1]:.5f}', flush=True)
         t0 = time.perf_counter()
