@@ -8,6 +8,7 @@ import torch
 
 from workers.adapt.adapters import with_adapters
 from workers.codec.ssf import pad_frame
+from workers.methods._gop_encoder import coded_gop_cost
 from workers.methods import parse_method_config
 from workers.model_store import resolve_model
 from workers.rd_loss import lambda_for_quality
@@ -35,16 +36,9 @@ def study_setup(video_name: str, q: int, gop: int, lr: float, options_json: str 
     h, w = video.height, video.width
     intra_hat, _ = base.encode_intra(gf[0], tables)
 
-    def coded(model):
-        ref, cost, bits, sq = intra_hat, 0.0, 0, 0.0
-        for x in gf[1:]:
-            ref, m, r = model.encode_inter(x, ref, tables)
-            b = 8 * sum(len(s) for s in (m.y_stream, m.z_stream, r.y_stream, r.z_stream))
-            mse = float(torch.mean((x[..., :h, :w] - ref[..., :h, :w]) ** 2))
-            cost += lmbda * 255**2 * mse + b / (h * w)
-            bits += b
-            sq += mse
-        return cost, bits, sq / (len(gf) - 1)
+    def coded(model):  # the same measure gop-adapters' per-GoP choice uses
+        terms = coded_gop_cost(model, tables, intra_hat, gf[1:], (h, w), lmbda)
+        return terms["cost"], terms["bits"], terms["mse"]
 
     cfg = parse_method_config('gop-adapters', {'learning_rate': lr, **opts})
     adapted, params = with_adapters(base, cfg)
