@@ -126,3 +126,32 @@ def test_a_first_stage_that_never_beats_the_base_is_dropped_and_the_rest_trains_
     assert all(not last[f"coded.{k}"].any() for k in update.first_stage)
     assert any(last[f"coded.{k}"].any() for k in update.coded if k not in update.first_stage)
     assert all(not v.any() for v in update.coded.values())  # the base stays the kept state
+
+
+def test_an_extra_first_stage_runs_before_the_full_epochs_with_a_schedule_of_their_own(tmp_path, carphone,
+                                                                                      tiny_model):
+    """``first_stage_extra``: 2 epochs and a half-share first stage train 1 + 2 epochs; the biases alone in the
+    first, and the learning rate of the LoRA's epochs warms up again from the start of theirs."""
+    from workers.adapt.training import stage_epochs, train_decoder_update
+    from workers.codec.ssf import pad_frame
+    from workers.video_io import SourceFrames
+
+    training = {"epochs": 2, "crop": 128, "batch": 2, "train_gop": 2, "learning_rate": 0.02,
+                "first_stage_fraction": 0.5, "first_stage_step_cells": 4.0, "evaluate": "estimate",
+                "warmup_fraction": 0.5}
+    config = parse_method_config("decoder-lora", {"ranks": [2, 1], "training": {**training, "first_stage_extra": True}})
+    assert stage_epochs(config.training, 1, True) == (3, 1)
+    assert stage_epochs(config.training.model_copy(update={"first_stage_extra": False}), 1, True) == (2, 1)
+    assert stage_epochs(config.training, 1, False) == (2, 0)
+    frames = SourceFrames(carphone, lambda frame: pad_frame(frame.unsqueeze(0))[0])  # 4 frames: 1 step per epoch
+    update = make_update(tiny_model.model, config)
+    records = []
+    train_decoder_update(tiny_model.model, update, config.prior, config.training, frames, 176 * 144 * 4, 0.01, 0,
+                         tmp_path / "state.safetensors", "{}", on_log=records.append, eval_gop=2, include_base=False)
+    steps = [r for r in records if "lr" in r]
+    assert [r["step"] for r in steps] == [1, 2, 3]
+    first_lr, later_lrs = steps[0]["lr"], [r["lr"] for r in steps[1:]]
+    assert later_lrs[0] < later_lrs[1] == pytest.approx(0.02)  # a fresh warm-up, then the peak
+    assert first_lr == pytest.approx(0.02 / 2)  # the first stage's own one-step warm-up
+    first_state = [r for r in records if r.get("eval") and r["step"] == 1]
+    assert first_state, "the first stage's state is evaluated as a candidate"

@@ -28,9 +28,9 @@ class DecoderLoraConfig(BaseModel):
     ``biases``: every deconv's per-output-channel bias is coded too (BitFit-style: 441 numbers on the
     shipped model, the last deconvs' 3 a per-colour offset). Issue 14: on carphone q1 a LoRA index costs
     ~10-12 bits and none pays, while the biases alone lowered the estimated sequence RD cost by 2.3% with
-    2.6 kbit of payload (/tmp/lora2/bias.py, lr 5e-4, 120 steps). Training moves the biases alone for the
-    first ``training.first_stage_fraction`` of the epochs, then everything (the biases back at zero and
-    frozen if none of their states beat the base); the payload leaves out a group whose indices are all zero
+    2.6 kbit of payload (/tmp/lora2/bias.py, lr 5e-4, 120 steps). Training moves the biases alone for
+    ``training.first_stage_fraction`` x ``epochs`` extra epochs, then everything for ``epochs`` epochs (the
+    biases back at zero and frozen if none of their states beat the base); the payload leaves out a group whose indices are all zero
     (ranks 0 or biases off), so the coded evaluation judges bias-only states too.
     """
 
@@ -45,7 +45,7 @@ class DecoderLoraConfig(BaseModel):
     init_seed: int = Field(0, ge=0, lt=2**31)
     biases: bool = Field(True, description="also code every deconv's per-output-channel bias (payload format 5)")
     prior: WeightPrior = WeightPrior(grid=0.002)
-    training: DecoderTraining = DecoderTraining(min_steps=64, first_stage_fraction=0.5)
+    training: DecoderTraining = DecoderTraining(min_steps=64, first_stage_fraction=0.5, first_stage_extra=True)
     seed: int = Field(0, ge=0, description="crop and clip order")
 
     @model_validator(mode="after")

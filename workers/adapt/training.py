@@ -238,6 +238,28 @@ def _keep_if_best(run: _Progress, update: DecoderUpdate, evaluate, on_log, candi
                 "best_cost": None if run.best is None else run.best_cost, "best_step": run.best_step})
 
 
+def stage_epochs(training: DecoderTraining, steps_per_epoch: int, has_first_stage: bool) -> tuple[int, int]:
+    """(epochs in all, of which first-stage epochs). The first stage is ``first_stage_fraction`` of
+    :func:`epochs_to_run`'s epochs (rounded down), taken from them, or, with ``first_stage_extra``, run before
+    them (0 epochs stays 0: no training)."""
+    epochs = epochs_to_run(training, steps_per_epoch)
+    first = math.floor(training.first_stage_fraction * epochs) if has_first_stage else 0
+    return (epochs + first, first) if training.first_stage_extra else (epochs, first)
+
+
+def _schedule_position(training: DecoderTraining, step: int, first_stage_steps: int,
+                       total_steps: int) -> tuple[int, int]:
+    """(step within its schedule, that schedule's length) for the learning rate of global step ``step``: one
+    schedule over all steps, or with ``first_stage_extra`` one over the first stage and a fresh one over the
+    rest, so the epochs where everything trains get the warm-up and cosine they would get without a first
+    stage."""
+    if not training.first_stage_extra or first_stage_steps == 0:
+        return step, total_steps
+    if step < first_stage_steps:
+        return step, first_stage_steps
+    return step - first_stage_steps, total_steps - first_stage_steps
+
+
 def _drop_first_stage(run: _Progress, update: DecoderUpdate, on_log) -> None:
     """The first stage ended and none of its states beat the base: its tensors go back to zero and stay there,
     so the second stage trains the rest from the base model. Issue 14: on foreman q1 and q2 every bias-only
@@ -271,9 +293,7 @@ def _train_decoder_update(model, update, prior, training, frames, sequence_pixel
     starts = clip_starts(len(frames), training.train_gop)
     length = min(training.train_gop, len(frames))
     steps_per_epoch = math.ceil(len(starts) / training.batch)
-    epochs = epochs_to_run(training, steps_per_epoch)
-    total = epochs * steps_per_epoch
-    first_stage_epochs = math.floor(training.first_stage_fraction * epochs) if update.first_stage else 0
+    epochs, first_stage_epochs = stage_epochs(training, steps_per_epoch, bool(update.first_stage))
     run = _load_progress(state_path, config_json, update, optimizer)
     resumed_from = run.global_step
     if epochs == 0:
@@ -287,8 +307,10 @@ def _train_decoder_update(model, update, prior, training, frames, sequence_pixel
             batch = order[run.step_in_epoch * training.batch: (run.step_in_epoch + 1) * training.batch]
             clip = crop_batch(frames, [starts[i] for i in batch], length, training.crop,
                               _generator(seed, run.epoch, run.step_in_epoch, 1))
+            step, steps = _schedule_position(training, run.global_step, first_stage_epochs * steps_per_epoch,
+                                             epochs * steps_per_epoch)
             for group in optimizer.param_groups:
-                group["lr"] = learning_rate_at(training, group["peak"], run.global_step, total)
+                group["lr"] = learning_rate_at(training, group["peak"], step, steps)
             lr = optimizer.param_groups[0]["lr"]
             terms = decoder_update_cost(model, update, prior, clip, lmbda, sequence_pixels,
                                         None if training.rate_gradient_spike_cells is None
