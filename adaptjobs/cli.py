@@ -234,7 +234,7 @@ def _add_run_parsers(commands) -> None:
                              "codec of the run is a standard one; ms-ssim is compared in dB, -10 log10(1 - MS-SSIM))")
     report.add_argument("--out", help="folder to write (default RUN/report)")
 
-    info = commands.add_parser("info", help="describe a stream (.bits, .h264, .hevc) or a checkpoint (.safetensors; "
+    info = commands.add_parser("info", help="describe a stream (.bits, .h264, .hevc), a weight payload (.payload) or a checkpoint (.safetensors; "
                                             "a CompressAI .pth.tar: what it would import)")
     info.add_argument("input", help="a stream, a checkpoint, or (with --rates) a unit folder")
     info.add_argument("--rates", action="store_true",
@@ -469,6 +469,8 @@ def _cmd_info(args) -> int:
         return 0
     from workers.limits import MAX_BITSTREAM_BYTES, read_regular_file
 
+    if path.suffix == ".payload":
+        return _print_payload(path)
     data = read_regular_file(path, "stream", MAX_BITSTREAM_BYTES)  # a FIFO or a device must not hang us
     from workers.codecs.base import codec_for_path, stream_suffixes
 
@@ -481,6 +483,22 @@ def _cmd_info(args) -> int:
     print(header.model_dump_json(indent=2))
     for index, frame in enumerate(frames):
         print(f"frame {index}: {'IP'[frame.frame_type]} streams {[len(s) for s in frame.streams]} bytes")
+    return 0
+
+
+def _print_payload(path: Path) -> int:
+    """`info X.payload`: the weight payload's header and where its bytes go (framing and CRC checked, nothing
+    decoded: the base model is not needed)."""
+    import json
+
+    from workers.adapt.payload import payload_layout, read_payload_header
+    from workers.limits import MAX_PAYLOAD_BYTES, read_regular_file
+
+    data = read_regular_file(path, "payload", MAX_PAYLOAD_BYTES)
+    layout = payload_layout(data, path)
+    print(json.dumps({"bytes": len(data), "format": layout["version"], "header_bytes": layout["header"],
+                      "coded_weights_bytes": layout["stream"],
+                      **read_payload_header(data, path).model_dump(mode="json")}, indent=2))
     return 0
 
 

@@ -43,6 +43,24 @@ def test_info_lists_frames(tmp_path, carphone_path, tiny_checkpoint, capsys):
     assert '"frame_count": 2' in out and "frame 1: P" in out
 
 
+@pytest.mark.parametrize("name, version", [("golden-format4-tiny-lora.payload", 4),
+                                           ("golden-format3-tiny-lora.payload", 3)])
+def test_info_describes_a_weight_payload_and_refuses_a_corrupted_one(tmp_path, capsys, name, version):
+    """Payloads written by earlier adaptjobs (tests/data): the header as read, and bytes that add up."""
+    source = Path(__file__).parent / "data" / name
+    assert main(["info", str(source)]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["format"] == version and shown["method"] == "decoder-lora"
+    assert shown["bytes"] == source.stat().st_size == shown["header_bytes"] + shown["coded_weights_bytes"]
+    corrupted = tmp_path / "bad.payload"
+    data = bytearray(source.read_bytes())
+    data[len(data) // 2] ^= 0x40
+    corrupted.write_bytes(bytes(data))
+    assert main(["info", str(corrupted)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(corrupted) in err
+
+
 def test_init_model_writes_a_loadable_checkpoint(tmp_path, capsys):
     path = tmp_path / "m.safetensors"
     assert main(["init-model", str(path), "--arch", "tiny", "--quality", "3", "--seed", "5"]) == 0
