@@ -89,6 +89,10 @@ def test_update_bytes_are_the_payload_plus_the_stream_header_growth(lora_context
     assert added == len(named.data) + len(payload) - len(plain.data)
     assert added - len(payload) >= 64 + len('"payload_sha256":""')  # the sha256 alone is 64 hex digits
     assert update_bytes(lora_context, config, None) == 0
+    # a method that wraps the update names itself in the header: training pays what that stream pays
+    combined = codec.encode(carphone, 2, method="gop-adapters+decoder-lora", payload=payload)
+    wrapped = update_bytes(lora_context, config, payload, "gop-adapters+decoder-lora")
+    assert wrapped == len(combined.data) + len(payload) - len(plain.data) > added
 
 
 def test_whole_frame_evaluation_sees_the_coded_latent_bits(lora_context, carphone, tiny_model):

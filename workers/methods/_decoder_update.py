@@ -12,10 +12,12 @@ from workers.errors import BitstreamError, InputError
 from workers.methods.registry import AdaptContext, Method, MethodOutcome, parse_method_config
 
 
-def train_update(context: AdaptContext, config) -> tuple[DecoderUpdate, int, int, float]:
+def train_update(context: AdaptContext, config, stream_method: str | None = None) -> tuple[DecoderUpdate, int, int, float]:
     """Train (or continue from the unit's checkpoint) the update ``config`` describes on the padded frames;
     the update left is the best state by the sequence RD cost with the real payload bytes (the base model,
-    i.e. a zero update, included). Returns (update, steps, steps found in the checkpoint, seconds)."""
+    i.e. a zero update, included). ``stream_method``: the method the unit's stream header will name (default
+    ``config.method``; a method that wraps this update names itself, and its header bytes are what is paid).
+    Returns (update, steps, steps found in the checkpoint, seconds)."""
     from workers.adapt.training import train_decoder_update
     from workers.codec.ssf import pad_frame
     from workers.device import module_device
@@ -30,43 +32,47 @@ def train_update(context: AdaptContext, config) -> tuple[DecoderUpdate, int, int
                                           context.lmbda, config.seed, context.checkpoint_dir / "decoder-state.safetensors",
                                           context.config_json, on_log=lambda r: context.log({"phase": "decoder", **r}),
                                           eval_gop=context.intra_period or len(frames),
-                                          payload_bits=lambda u: 8 * update_bytes(context, config, payload_for(base, config, u)),
+                                          payload_bits=lambda u: 8 * update_bytes(context, config, payload_for(base, config, u),
+                                                                                  stream_method),
                                           include_base=config.send_update == "if-better",
-                                          coded_cost=(lambda u: coded_rd_cost(context, config, u))
+                                          coded_cost=(lambda u: coded_rd_cost(context, config, u, stream_method))
                                           if config.training.evaluate == "coded" else None)
     return update, steps, resumed, time.perf_counter() - began
 
 
-def coded_rd_cost(context: AdaptContext, config, update: DecoderUpdate) -> dict[str, float]:
+def coded_rd_cost(context: AdaptContext, config, update: DecoderUpdate,
+                  stream_method: str | None = None) -> dict[str, float]:
     """The RD cost of sending ``update`` as the unit would: its payload, the decoder rebuilt from it, the
     whole sequence coded with that decoder; every byte written counted (stream + payload), the distortion
     the codec measures. The zero update is the base model's stream. Same number as Candidate.cost. The
     cheapest trained state's stream stays in ``context.streams``: it is the state training keeps whenever
     one is sent, so the method's final candidate reuses it instead of coding the sequence again."""
     payload = payload_for(context.codec.loaded, config, update)
-    encoded = encode_with_payload(context, config, payload)
+    encoded = encode_with_payload(context, config, payload, stream_method)
     candidate = context.candidate(encoded, payload)
     cost = candidate.cost(context.lmbda, context.pixels)
-    kept = context.streams.get(config.method)
+    method = stream_method or config.method
+    kept = context.streams.get(method)
     if payload is not None and (kept is None or cost < kept[0]):
-        context.streams[config.method] = (cost, payload, encoded)
+        context.streams[method] = (cost, payload, encoded)
     return {"cost": cost, "mse": candidate.distortion,
             "bpp": 8 * len(encoded.data) / context.pixels, "payload_bits": 8 * len(payload or b"")}
 
 
-def encode_with_payload(context: AdaptContext, config, payload: bytes | None):
+def encode_with_payload(context: AdaptContext, config, payload: bytes | None, stream_method: str | None = None):
     """The unit's video coded with the decoder ``payload`` rebuilds (None: the base model), the stream naming
     the payload; the stream :func:`coded_rd_cost` kept for this payload when there is one (coding is
-    deterministic: the same bytes)."""
-    kept = context.streams.get(config.method)
+    deterministic: the same bytes). ``stream_method``: as in :func:`train_update`."""
+    method = stream_method or config.method
+    kept = context.streams.get(method)
     if payload is not None and kept is not None and kept[1] == payload:
         return kept[2]
-    options = {} if payload is None else {"method": config.method, "payload": payload,
+    options = {} if payload is None else {"method": method, "payload": payload,
                                           "model": rebuild_decoder(context.codec.loaded, payload, None)}
     return context.codec.encode(context.video, context.intra_period, **options)
 
 
-def update_bytes(context: AdaptContext, config, payload: bytes | None) -> int:
+def update_bytes(context: AdaptContext, config, payload: bytes | None, stream_method: str | None = None) -> int:
     """Every byte that sending ``payload`` adds to the unit: the payload itself plus what the stream header
     grows by when it names the payload (method and payload sha256: 92 bytes for decoder-lora). Training's
     state choice counts the same bytes as the final send decision (issue 14); 0 for no payload."""
@@ -75,7 +81,7 @@ def update_bytes(context: AdaptContext, config, payload: bytes | None) -> int:
     from workers.bitstream import header_json
 
     codec, video = context.codec, context.video
-    named = header_json(codec.header(video, context.intra_period, config.method, payload))
+    named = header_json(codec.header(video, context.intra_period, stream_method or config.method, payload))
     plain = header_json(codec.header(video, context.intra_period))
     return len(payload) + len(named) - len(plain)
 

@@ -6,7 +6,7 @@ send the base model's stream with adapters trained on the base model, which need
 
 from __future__ import annotations
 
-from workers.methods._decoder_update import payload_for, train_update
+from workers.methods._decoder_update import encode_with_payload, payload_for, train_update
 from workers.methods._gop_encoder import gop_adapter_encoder
 from workers.methods.registry import METHODS, AdaptContext, Method, MethodOutcome, register_method
 
@@ -18,7 +18,7 @@ class GopAdaptersDecoderLoraMethod(Method):
 
     def adapt(self, context: AdaptContext, config) -> MethodOutcome:
         base = context.codec.loaded
-        update, steps, resumed, seconds = train_update(context, config.lora)
+        update, steps, resumed, seconds = train_update(context, config.lora, stream_method=config.method)
         payload = payload_for(base, config.lora, update)
         # the payload names decoder-lora: its rebuild is exactly what the decoder will run
         model = base.model if payload is None else METHODS[config.lora.method].rebuild(base, payload)
@@ -29,7 +29,7 @@ class GopAdaptersDecoderLoraMethod(Method):
         outcome = MethodOutcome([context.candidate(adapted, payload)], steps + counters["steps"],
                                 resumed + counters["resumed"], seconds + counters["seconds"])
         if payload is not None and config.send_update != "always":
-            lora_only = context.codec.encode(context.video, context.intra_period, **encode)
+            lora_only = encode_with_payload(context, config.lora, payload, config.method)  # training coded it
             outcome.candidates.append(context.candidate(lora_only, payload, "sent-lora-only"))
             outcome.candidates.append(self._adapters_only(context, config, outcome))
         return outcome
