@@ -234,8 +234,9 @@ def _add_run_parsers(commands) -> None:
                              "codec of the run is a standard one; ms-ssim is compared in dB, -10 log10(1 - MS-SSIM))")
     report.add_argument("--out", help="folder to write (default RUN/report)")
 
-    info = commands.add_parser("info", help="describe a stream (.bits, .h264, .hevc), a weight payload (.payload) or a checkpoint (.safetensors; "
-                                            "a CompressAI .pth.tar: what it would import)")
+    info = commands.add_parser("info", help="describe a stream (.bits, .h264, .hevc), a weight payload (.payload) "
+                                            "or a checkpoint (.safetensors; a CompressAI .pth.tar: what it would "
+                                            "import)")
     info.add_argument("input", help="a stream, a checkpoint, or (with --rates) a unit folder")
     info.add_argument("--rates", action="store_true",
                       help="SSF: estimated (training's likelihoods) against coded bits per frame and per stream "

@@ -12,7 +12,8 @@ from workers.errors import BitstreamError, InputError
 from workers.methods.registry import AdaptContext, Method, MethodOutcome, parse_method_config
 
 
-def train_update(context: AdaptContext, config, stream_method: str | None = None) -> tuple[DecoderUpdate, int, int, float]:
+def train_update(context: AdaptContext, config,
+                 stream_method: str | None = None) -> tuple[DecoderUpdate, int, int, float]:
     """Train (or continue from the unit's checkpoint) the update ``config`` describes on the padded frames;
     the update left is the best state by the sequence RD cost with the real payload bytes (the base model,
     i.e. a zero update, included). ``stream_method``: the method the unit's stream header will name (default
