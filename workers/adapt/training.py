@@ -322,12 +322,12 @@ def _train_decoder_update(model, update, prior, training, frames, sequence_pixel
                 p.grad = None  # Adam skips a parameter without a gradient: it stays where it is
             optimizer.step()
             run.step_in_epoch, run.global_step = run.step_in_epoch + 1, run.global_step + 1
+            if run.global_step % training.checkpoint_every == 0:  # before the log line: a logged step is saved
+                _save_progress(state_path, config_json, update, optimizer, run)
             if on_log is not None:
                 on_log({"epoch": run.epoch, "step": run.global_step, "loss": float(terms["loss"].detach()),
                         "bpp": float(terms["bpp"].detach()), "psnr": float(terms["psnr"]),
                         "weight_bits": float(terms["weight_bits"].detach()), "lr": lr})
-            if run.global_step % training.checkpoint_every == 0:
-                _save_progress(state_path, config_json, update, optimizer, run)
         run.epoch, run.step_in_epoch = run.epoch + 1, 0
         if run.epoch % training.eval_every == 0 or run.epoch == epochs:
             _keep_if_best(run, update, evaluate, on_log, candidate=True)
