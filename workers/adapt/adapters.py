@@ -82,8 +82,8 @@ def with_adapters(model: ScaleSpaceFlow, config: GopAdaptersConfig) -> tuple[Sca
     adapted.to(next(model.parameters()).device)  # adapters are drawn on the CPU (seeded), trained on the model's device
     # adapters change what reaches the entropy models: train on exactly the symbols the coder will code
     tables = model.entropy_tables()
-    adapted.motion_hyperprior.match_coder(tables.motion, rate_noise=config.rate_proxy == "noise")
-    adapted.res_hyperprior.match_coder(tables.residual, rate_noise=config.rate_proxy == "noise")
+    for hyperprior, table in ((adapted.motion_hyperprior, tables.motion), (adapted.res_hyperprior, tables.residual)):
+        hyperprior.match_coder(table, rate_noise=config.rate_proxy == "noise", snap_scales=config.rate_proxy == "table")
     parameters = [p for m in adapted.modules() if isinstance(m, Adapter) for p in m.parameters()]
     for p in parameters:
         p.requires_grad_(True)

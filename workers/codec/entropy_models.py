@@ -148,6 +148,8 @@ class GaussianConditional(nn.Module):
 
     def likelihood(self, y: torch.Tensor, scales: torch.Tensor, means: torch.Tensor) -> torch.Tensor:
         scales = lower_bound(scales, SCALE_TABLE_MIN)
+        if self.snap_scales:  # the coder's scale (the table entry :meth:`indexes` picks), straight-through
+            scales = scales + (self.scale_table[self.indexes(scales)] - scales).detach()
         values = (y - means).abs()
         upper = self._standardized_cumulative((0.5 - values) / scales)
         lower = self._standardized_cumulative((-0.5 - values) / scales)
@@ -164,6 +166,9 @@ class GaussianConditional(nn.Module):
 
     clamp_like_coder: bool = False
     rate_noise: bool = False  # eval mode: likelihood at y + U(-0.5, 0.5) (see EntropyBottleneck.match_coder)
+    # likelihoods under the scale-table entry the coder uses (snapped up to the next entry, up to 13% wider)
+    # instead of the hyper-decoder's continuous scale; the gradient passes straight through to the scale
+    snap_scales: bool = False
 
     def quantize(self, y: torch.Tensor, scales: torch.Tensor, means: torch.Tensor) -> torch.Tensor:
         """round(y - mean) + mean with a straight-through gradient; with ``clamp_like_coder`` the rounded
