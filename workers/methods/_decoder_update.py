@@ -41,6 +41,12 @@ def train_update(context: AdaptContext, config,
     return update, steps, resumed, time.perf_counter() - began
 
 
+def _named_method(config, stream_method: str | None) -> str:
+    """The method the unit's stream header names: ``stream_method`` when a wrapping method gives one, else the
+    update's own (``config.method``)."""
+    return stream_method or config.method
+
+
 def coded_rd_cost(context: AdaptContext, config, update: DecoderUpdate,
                   stream_method: str | None = None) -> dict[str, float]:
     """The RD cost of sending ``update`` as the unit would: its payload, the decoder rebuilt from it, the
@@ -52,7 +58,7 @@ def coded_rd_cost(context: AdaptContext, config, update: DecoderUpdate,
     encoded = encode_with_payload(context, config, payload, stream_method)
     candidate = context.candidate(encoded, payload)
     cost = candidate.cost(context.lmbda, context.pixels)
-    method = stream_method or config.method
+    method = _named_method(config, stream_method)
     kept = context.streams.get(method)
     if payload is not None and (kept is None or cost < kept[0]):
         context.streams[method] = (cost, payload, encoded)
@@ -64,7 +70,7 @@ def encode_with_payload(context: AdaptContext, config, payload: bytes | None, st
     """The unit's video coded with the decoder ``payload`` rebuilds (None: the base model), the stream naming
     the payload; the stream :func:`coded_rd_cost` kept for this payload when there is one (coding is
     deterministic: the same bytes). ``stream_method``: as in :func:`train_update`."""
-    method = stream_method or config.method
+    method = _named_method(config, stream_method)
     kept = context.streams.get(method)
     if payload is not None and kept is not None and kept[1] == payload:
         return kept[2]
@@ -82,7 +88,7 @@ def update_bytes(context: AdaptContext, config, payload: bytes | None, stream_me
     from workers.bitstream import header_json
 
     codec, video = context.codec, context.video
-    named = header_json(codec.header(video, context.intra_period, stream_method or config.method, payload))
+    named = header_json(codec.header(video, context.intra_period, _named_method(config, stream_method), payload))
     plain = header_json(codec.header(video, context.intra_period))
     return len(payload) + len(named) - len(plain)
 

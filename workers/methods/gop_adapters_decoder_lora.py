@@ -24,8 +24,8 @@ class GopAdaptersDecoderLoraMethod(Method):
         model = base.model if payload is None else METHODS[config.lora.method].rebuild(base, payload)
         counters = {"steps": 0, "resumed": 0, "seconds": 0.0}
         inter_encoder = gop_adapter_encoder(model, config.adapters, context, counters)
-        encode = {"method": config.method, "payload": payload, "model": model}
-        adapted = context.codec.encode(context.video, context.intra_period, inter_encoder=inter_encoder, **encode)
+        adapted = context.codec.encode(context.video, context.intra_period, inter_encoder=inter_encoder,
+                                       method=config.method, payload=payload, model=model)
         outcome = MethodOutcome([context.candidate(adapted, payload)], steps + counters["steps"],
                                 resumed + counters["resumed"], seconds + counters["seconds"])
         if payload is not None and config.send_update != "always":
