@@ -51,10 +51,9 @@ from workers.errors import InputError
 from workers.postfilter.checkpoint import FilterTraining, save_filter
 from workers.postfilter.dataset import DatasetConfig, PairCache, build_cache, open_cache, unpack_i420
 from workers.postfilter.network import FilterArchitecture, PostFilter
+from workers.postfilter.objective import planes_loss
 
 STATE_FORMAT = "adaptjobs-postfilter-train-state-1"
-PLANE_WEIGHTS = (6.0 / 8.0, 1.0 / 8.0, 1.0 / 8.0)
-MSE_FLOOR = (0.5 / 255.0) ** 2
 
 
 @dataclass(frozen=True)
@@ -167,14 +166,7 @@ class Sampler:
 
 def batch_loss(model: PostFilter, batch: Batch, loss: str) -> tuple[torch.Tensor, torch.Tensor]:
     """(loss, relative error) of one codec's crops (all at one CRF); see the module docstring."""
-    filtered = model(*batch.decoded, batch.crf, batch.codec[0])
-    total, relative = 0.0, 0.0
-    for weight, out, ref, dec in zip(PLANE_WEIGHTS, filtered, batch.original, batch.decoded):
-        mse = (out - ref).pow(2).mean()
-        base = (dec - ref).pow(2).mean().clamp_min(MSE_FLOOR)
-        relative = relative + weight * (mse / base)
-        total = total + weight * (mse / base if loss == "relative" else mse)
-    return total, relative.detach().reshape(1)
+    return planes_loss(model(*batch.decoded, batch.crf, batch.codec[0]), batch.original, batch.decoded, loss)
 
 
 class Trainer:
