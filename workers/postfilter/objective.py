@@ -1,5 +1,5 @@
 """The post-filter's training objective, shared by the CPU trainer (workers/postfilter/pretrain.py) and the
-GPU trainer (scripts/filter_train_gpu.py); torch only, so it imports where pydantic is absent.
+GPU trainer (workers/postfilter/train_gpu.py); torch only, so it imports where pydantic is absent.
 
 ``planes_loss`` (see pretrain.py's docstring for why a ratio): per plane, the filtered MSE over the decoded
 MSE, both summed over every crop of the call (all crops at one CRF), weighted like PSNR-YUV (6 Y + U + V) / 8.

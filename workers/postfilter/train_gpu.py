@@ -1,4 +1,4 @@
-"""Continue training the post-filter on one GPU, from a pack (scripts/filter_pack.py), for a fixed wall time.
+"""Continue training the post-filter on one GPU, from a pack (workers/postfilter/pack.py), for a fixed wall time.
 
 Why a separate trainer: the GPU machine is lent for minutes, cannot hold the 2.2 GB pair cache, and has no
 pydantic/ray; the CPU trainer (workers/postfilter/pretrain.py) stays the reproducible, resumable path. This
@@ -14,7 +14,7 @@ decode, whole windows, every version, mean over versions) is logged at each chec
 Wall-time budget: after ``--calibrate`` steps the step time is measured and the cosine schedule is set to end
 when ``--seconds`` have passed; checkpoints (plain state_dict safetensors, float32) at quarters of it.
 
-    python scripts/filter_train_gpu.py --pack PACK --init FILTER.safetensors --out OUT --seconds 330
+    python -m workers.postfilter.train_gpu --pack PACK --init FILTER.safetensors --out OUT --seconds 330
 
 Getting it there (the device tool sends the checkout, 64 MiB at most; measured 2026-11-30): the pack of
 the 133-item cache at ``--crop 288`` is 33.7 MiB; PyAV 18.1's cp312 manylinux wheel, unzipped and re-packed
@@ -39,7 +39,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from workers.postfilter.linear_system import PLANE_WEIGHTS
 from workers.postfilter.network import FilterArchitecture, PostFilter
@@ -76,6 +75,8 @@ def decode_stream(data: bytes, codec: str) -> list[tuple[np.ndarray, np.ndarray,
 
 def decode_item(task: tuple[str, dict, list[str]]) -> tuple[int, list[np.ndarray]]:
     """Windows of the original and of every version: list of packed (F*3h/2, w) arrays, original first."""
+    from PIL import Image  # Pillow: a training-tool need only (the test extra names it)
+
     pack, item, versions = task
     pack = Path(pack)
     windows = [np.asarray(Image.open(pack / item["original"]))]
@@ -154,6 +155,8 @@ def validate(model, data: GpuData, rows: list[int], items: list[dict], versions:
     """dB gain over the unfiltered decode per version on the held-out windows (sums of weighted MSE)."""
     torch.backends.cudnn.allow_tf32 = False
     gains = {}
+    if not rows:
+        return {"mean_gain_db": None, "per_version": {}}
     for k, key in enumerate(versions, start=1):
         codec, crf = key.split("-")
         filtered_sum, decoded_sum = 0.0, 0.0
@@ -173,7 +176,7 @@ def validate(model, data: GpuData, rows: list[int], items: list[dict], versions:
     return {"mean_gain_db": float(np.mean(list(gains.values()))), "per_version": gains}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pack", type=Path, required=True)
     parser.add_argument("--init", type=Path, required=True, help="state_dict safetensors of the filter to continue")
@@ -190,7 +193,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--channels", type=int, default=44)
     parser.add_argument("--layers", type=int, default=8)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     from safetensors.torch import load_file, save_file
 
     started = time.monotonic()
@@ -216,6 +219,8 @@ def main() -> None:
     held = {s for k, s in enumerate(sources) if k % args.holdout_every == args.holdout_every // 2}
     train_rows = torch.tensor([k for k, i in enumerate(items) if i["source"] not in held], device=device)
     val_rows = [k for k, i in enumerate(items) if i["source"] in held]
+    if not len(train_rows):
+        raise SystemExit(f"{args.pack}: every item is held out (--holdout-every {args.holdout_every})")
     emit({"event": "data", "device": str(device), "items": len(items), "train_items": len(train_rows),
           "val_items": len(val_rows), "held_out": sorted(held), "versions": versions})
 
@@ -262,7 +267,7 @@ def main() -> None:
             torch.cuda.synchronize() if device.type == "cuda" else None
             per_step = (time.monotonic() - train_started) / step
             total_steps = max(step + 4, int(args.seconds / per_step))
-            checkpoints = [total_steps * q // 4 for q in (1, 2, 3, 4)]
+            checkpoints = sorted({max(step, total_steps * q // 4) for q in (1, 2, 3, 4)})  # none before now
             emit({"event": "calibrated", "seconds_per_step": round(per_step, 5), "total_steps": total_steps})
         if step % 500 == 0:
             emit({"event": "train", "step": step, "lr": rate(step - 1), "gain_db_sampled": round(window[-1], 4)})
