@@ -15,11 +15,12 @@ Every stream is decoded here too and compared with the cache before it is packed
 from the ones the CPU runs trained on is refused. Crop windows are drawn from a generator seeded with
 ``--seed``, so the same cache gives the same pack.
 
-    python -m workers.postfilter.pack --cache CACHE --data ../shared/data/train --out PACK [--crop 288]
+    python -m workers.postfilter.pack --cache CACHE --data ../shared/data/train --out PACK [--crop 256]
 
 The sources must be the ones the cache was built from (the items name them) and the cache's own
-DatasetConfig (cache.json) re-reads their clips. Measured 2026-11-30 on the 133-item cache: 33.7 MiB at
-``--crop 288``, 75 s on 2 cores. The GPU side is workers/postfilter/train_gpu.py.
+DatasetConfig (cache.json) re-reads their clips. Measured 2026-11-30 on the 133-item cache: 30.6 MiB at
+``--crop 256`` (33.7 MiB at 288: too much beside PyAV and the wheels, benchmarks/device/prepare.sh), 75 s on
+2 idle cores. The GPU side is workers/postfilter/train_gpu.py.
 """
 
 from __future__ import annotations
@@ -111,7 +112,7 @@ def pack_item(task: dict, frames: list) -> dict:
             "size_y": sy, "size_x": sx, "original": f"{stem}.png", "versions": versions}
 
 
-def build_pack(cache_dir: Path, data: list[Path], out: Path, crop: int = 288, crfs: tuple[int, ...] = (32, 37, 42, 47, 51),
+def build_pack(cache_dir: Path, data: list[Path], out: Path, crop: int = 256, crfs: tuple[int, ...] = (32, 37, 42, 47, 51),
                codecs: tuple[str, ...] = ("x264", "x265"), seed: int = 0, processes: int = 2,
                progress: bool = False) -> dict:
     """Pack every item of the cache at ``cache_dir`` into ``out``; returns pack.json's content (written last)."""
@@ -146,7 +147,7 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, required=True)
     parser.add_argument("--data", type=Path, nargs="+", default=[Path("../shared/data/train")])
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--crop", type=int, default=288)
+    parser.add_argument("--crop", type=int, default=256)
     parser.add_argument("--crfs", type=int, nargs="+", default=[32, 37, 42, 47, 51])
     parser.add_argument("--codecs", nargs="+", default=["x264", "x265"])
     parser.add_argument("--seed", type=int, default=0)

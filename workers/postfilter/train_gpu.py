@@ -16,21 +16,16 @@ when ``--seconds`` have passed; checkpoints (plain state_dict safetensors, float
 
     python -m workers.postfilter.train_gpu --pack PACK --init FILTER.safetensors --out OUT --seconds 330
 
-Getting it there (the device tool sends the checkout, 64 MiB at most; measured 2026-11-30): the pack of
-the 133-item cache at ``--crop 288`` is 33.7 MiB; PyAV 18.1's cp312 manylinux wheel, unzipped and re-packed
-as ``tar.xz``, is 23.5 MiB (the wheel itself 34 MiB); the checkout is 31 MB of which 29 MB are the SSF
-weights, which this run does not need (send it from a temporary branch without them). Put the pack and the
-tarball in an ignored folder (``.gpu/``), carry it, and start with
-``tar xJf .gpu/av.tar.xz -C /tmp/site && export PYTHONPATH=/tmp/site:$PWD``. The GPU image has torch,
-numpy, Pillow and safetensors; a filter is a plain state_dict, so ``--init`` takes a shipped filter file.
-The output's ``step-*.safetensors`` become shipped filters through workers.postfilter.checkpoint.save_filter.
+What the GPU machine lacks (PyAV, and pydantic etc. for benchmarks/bench_device.py) and the pack travel in
+``.gpu/``, prepared by benchmarks/device/prepare.sh; benchmarks/device/run.sh is the device call's command. A
+filter is a plain state_dict, so ``--init`` takes a shipped filter file; the output's ``step-*.safetensors``
+become shipped filters through workers.postfilter.checkpoint.save_filter.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
-import io
 import json
 import math
 import time
