@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from workers.postfilter.dataset import DatasetConfig, build_cache, open_cache
-from workers.postfilter.pack import build_pack, crop_packed
+from workers.postfilter.i420 import crop_packed
+from workers.postfilter.pack import build_pack
 from workers.postfilter.train_gpu import decode_item, main as train_gpu
 
 DATA = DatasetConfig(codecs=("x264", "x265"), crfs=(32, 47), clips_per_video=1, max_frames_per_video=24, max_items=2)
@@ -42,7 +43,7 @@ def test_pack_decodes_to_the_cache_pairs(packed):
         expected_versions = [None] + [[c, q] for c in DATA.codecs for q in DATA.crfs]
         for window, version in zip(windows, expected_versions):
             row = cache.versions.index(version)
-            expected = np.concatenate([crop_packed(frame, item["height"], item["top"], item["left"], CROP, CROP)
+            expected = np.concatenate([crop_packed(frame, item["top"], item["left"], CROP, CROP)
                                        for frame in array[row]])
             assert np.array_equal(window, expected)
         assert item["top"] % 2 == 0 and item["left"] % 2 == 0

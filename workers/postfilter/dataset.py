@@ -39,6 +39,7 @@ import torch.nn.functional as F
 
 from workers.atomic import atomic_write, atomic_write_text
 from workers.errors import InputError
+from workers.postfilter.i420 import pack_i420, unpack_i420  # noqa: F401 (re-exported: the cache's layout)
 from workers.pretrain.dataset import find_sources
 from workers.standard.encoder import decode_stream, encode_planes
 from workers.video_io import read_video
@@ -68,19 +69,6 @@ class DatasetConfig:
 
     def to_json(self) -> dict:
         return {"format": CACHE_FORMAT, **asdict(self)}
-
-
-def pack_i420(planes: Planes) -> np.ndarray:
-    """(Y (H,W), U, V (H/2,W/2)) -> one (3H/2, W) uint8 array: Y on top, U beside V below."""
-    y, u, v = planes
-    return np.concatenate([y, np.concatenate([u, v], axis=1)], axis=0)
-
-
-def unpack_i420(packed: np.ndarray) -> Planes:
-    """Inverse of :func:`pack_i420` for (..., 3H/2, W) arrays (views, no copy)."""
-    h = packed.shape[-2] * 2 // 3
-    w = packed.shape[-1]
-    return packed[..., :h, :], packed[..., h:, : w // 2], packed[..., h:, w // 2:]
 
 
 def downscale_planes(planes: Planes, factor: int) -> Planes:

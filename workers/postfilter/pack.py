@@ -35,22 +35,11 @@ from pathlib import Path
 
 import numpy as np
 
-from workers.postfilter.dataset import DatasetConfig, _image_frame, _video_clips, pack_i420
+from workers.atomic import atomic_write_bytes, atomic_write_text
+from workers.postfilter.dataset import DatasetConfig, _image_frame, _video_clips
+from workers.postfilter.i420 import crop_packed, pack_i420
 from workers.pretrain.dataset import find_sources
-from workers.standard.encoder import decode_stream, encode_planes
-
-SUFFIX = {"x264": "h264", "x265": "hevc"}
-
-
-def crop_packed(packed: np.ndarray, height: int, top: int, left: int, size_y: int, size_x: int) -> np.ndarray:
-    """The (3*sy/2, sx) packed I420 window of a (3H/2, W) packed frame."""
-    width = packed.shape[1]
-    y = packed[:height]
-    u, v = packed[height:, : width // 2], packed[height:, width // 2:]
-    return pack_i420((y[top:top + size_y, left:left + size_x],
-                      u[top // 2:(top + size_y) // 2, left // 2:(left + size_x) // 2],
-                      v[top // 2:(top + size_y) // 2, left // 2:(left + size_x) // 2]))
-
+from workers.standard.encoder import codec_info, decode_stream, encode_planes
 
 PACK_FORMAT = "adaptjobs-postfilter-pack-1"
 
@@ -89,12 +78,12 @@ def pack_item(task: dict, frames: list) -> dict:
     if not np.array_equal(original, cached[0]):
         raise RuntimeError(f"{item['file']}: the source frames differ from the cache's originals")
     stem = f"{task['number']:03d}"
-    window = np.concatenate([crop_packed(f, height, top, left, sy, sx) for f in original])
+    window = np.concatenate([crop_packed(f, top, left, sy, sx) for f in original])
     from PIL import Image  # Pillow: a training-tool need only (the test extra names it)
 
     buffer = io.BytesIO()
     Image.fromarray(window).save(buffer, "PNG", optimize=True)
-    (out / f"{stem}.png").write_bytes(buffer.getvalue())
+    atomic_write_bytes(out / f"{stem}.png", buffer.getvalue())
     versions = {}
     for codec, crf in task["versions"]:
         data = encode_planes(frames, width, height, Fraction(25), codec, crf, config.intra_period)
@@ -103,9 +92,9 @@ def pack_item(task: dict, frames: list) -> dict:
         index = task["cache_versions"].index([codec, crf])
         if not np.array_equal(kept, cached[index]):
             raise RuntimeError(f"{item['file']}: {codec} CRF {crf} decodes differently from the cache")
-        name = f"{stem}-{codec}-{crf}.{SUFFIX[codec]}"
-        (out / name).write_bytes(data)
-        window = np.concatenate([crop_packed(f, height, top, left, sy, sx) for f in kept])
+        name = f"{stem}-{codec}-{crf}{codec_info(codec).suffix}"
+        atomic_write_bytes(out / name, data)
+        window = np.concatenate([crop_packed(f, top, left, sy, sx) for f in kept])
         versions[f"{codec}-{crf}"] = {"stream": name, "window_sha256": hashlib.sha256(window.tobytes()).hexdigest()}
     return {"number": task["number"], "cache_file": item["file"], "source": item["source"], "height": height,
             "width": width, "keep": keep, "frame_types": item["frame_types"], "top": top, "left": left,
@@ -138,7 +127,7 @@ def build_pack(cache_dir: Path, data: list[Path], out: Path, crop: int = 256, cr
     items.sort(key=lambda item: item["number"])
     pack = {"format": PACK_FORMAT, "cache_versions": index["versions"], "crop": crop, "crfs": list(crfs),
             "codecs": list(codecs), "seed": seed, "items": items}
-    (out / "pack.json").write_text(json.dumps(pack, indent=1))
+    atomic_write_text(out / "pack.json", json.dumps(pack, indent=1))  # last: the pack is complete
     return pack
 
 

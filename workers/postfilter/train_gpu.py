@@ -1,8 +1,8 @@
 """Continue training the post-filter on one GPU, from a pack (workers/postfilter/pack.py), for a fixed wall time.
 
-Why a separate trainer: the GPU machine is lent for minutes, cannot hold the 2.2 GB pair cache, and has no
-pydantic/ray; the CPU trainer (workers/postfilter/pretrain.py) stays the reproducible, resumable path. This
-one decodes the pack's streams (PyAV, 16 processes), checks every decoded window against the SHA-256 the
+Why a separate trainer: the GPU machine is lent for minutes and cannot receive the 2.2 GB pair cache; the CPU
+trainer (workers/postfilter/pretrain.py) stays the reproducible, resumable path. This one decodes the pack's
+streams (workers.standard.encoder.decode_stream, 16 processes), checks every decoded window against the SHA-256 the
 pack recorded (the pairs are the cache's, bit for bit), holds all windows on the GPU and draws crops there.
 
 The objective is the CPU trainer's (workers.postfilter.objective: per codec half one CRF, per plane the filtered
@@ -16,7 +16,7 @@ when ``--seconds`` have passed; checkpoints (plain state_dict safetensors, float
 
     python -m workers.postfilter.train_gpu --pack PACK --init FILTER.safetensors --out OUT --seconds 330
 
-What the GPU machine lacks (PyAV, and pydantic etc. for benchmarks/bench_device.py) and the pack travel in
+What the GPU machine lacks (PyAV, pydantic and the rest of benchmarks/bench_device.py's needs) and the pack travel in
 ``.gpu/``, prepared by benchmarks/device/prepare.sh; benchmarks/device/run.sh is the device call's command. A
 filter is a plain state_dict, so ``--init`` takes a shipped filter file; the output's ``step-*.safetensors``
 become shipped filters through workers.postfilter.checkpoint.save_filter.
@@ -35,9 +35,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from workers.postfilter.i420 import crop_packed, pack_i420, unpack_i420
 from workers.postfilter.linear_system import PLANE_WEIGHTS
 from workers.postfilter.network import FilterArchitecture, PostFilter
 from workers.postfilter.objective import planes_loss
+from workers.standard.encoder import decode_stream
 
 INTRA_PERIOD = 12
 
@@ -45,27 +47,7 @@ INTRA_PERIOD = 12
 def unpack(packed: np.ndarray, frames: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(frames * 3h/2, w) stacked packed I420 -> Y (F,h,w), U (F,h/2,w/2), V (F,h/2,w/2)."""
     rows, width = packed.shape
-    stacked = packed.reshape(frames, rows // frames, width)
-    height = stacked.shape[1] * 2 // 3
-    return stacked[:, :height], stacked[:, height:, : width // 2], stacked[:, height:, width // 2:]
-
-
-def decode_stream(data: bytes, codec: str) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Every frame of an Annex B stream as (Y, U, V) uint8 planes. Plain PyAV: workers.standard.encoder's
-    decoder imports the schemas (pydantic), which the GPU machine lacks; the window hashes check the result."""
-    import av
-
-    decoder = av.CodecContext.create({"x264": "h264", "x265": "hevc"}[codec], "r")
-    decoder.thread_count = 1
-    frames = []
-    for packet in [*decoder.parse(data), *decoder.parse(None), None]:
-        for frame in decoder.decode(packet):
-            planes = []
-            for plane in frame.planes[:3]:
-                rows = np.frombuffer(plane, dtype=np.uint8).reshape(-1, plane.line_size)
-                planes.append(rows[: plane.height, : plane.width].copy())
-            frames.append(tuple(planes))
-    return frames
+    return unpack_i420(packed.reshape(frames, rows // frames, width))
 
 
 def decode_item(task: tuple[str, dict, list[str]]) -> tuple[int, list[np.ndarray]]:
@@ -79,14 +61,7 @@ def decode_item(task: tuple[str, dict, list[str]]) -> tuple[int, list[np.ndarray
     for key in versions:
         version = item["versions"][key]
         decoded = decode_stream((pack / version["stream"]).read_bytes(), key.split("-")[0])
-        parts = []
-        for t in item["keep"]:
-            y, u, v = decoded[t]
-            parts.append(np.concatenate([y[top:top + sy, left:left + sx],
-                                         np.concatenate([u[top // 2:(top + sy) // 2, left // 2:(left + sx) // 2],
-                                                         v[top // 2:(top + sy) // 2, left // 2:(left + sx) // 2]],
-                                                        axis=1)]))
-        window = np.concatenate(parts)
+        window = np.concatenate([crop_packed(pack_i420(decoded[t]), top, left, sy, sx) for t in item["keep"]])
         if hashlib.sha256(window.tobytes()).hexdigest() != version["window_sha256"]:
             raise RuntimeError(f"item {item['number']} {key}: decoded window differs from the pack's hash")
         windows.append(window)
