@@ -116,10 +116,6 @@ class GpuData:
         return out[0], out[1]
 
 
-def batch_loss(model, decoded, original, crf, codec):
-    return planes_loss(model(*decoded, crf, codec), original, decoded)
-
-
 @torch.no_grad()
 def validate(model, data: GpuData, rows: list[int], items: list[dict], versions: list[str]) -> dict:
     """dB gain over the unfiltered decode per version on the held-out windows (sums of weighted MSE)."""
@@ -227,7 +223,8 @@ def main(argv: list[str] | None = None) -> None:
             version = 1 + versions.index(f"{codec}-{crf}")
             rows = train_rows[torch.randint(len(train_rows), (per_codec,), device=device, generator=generator)]
             decoded, original = data.crops(generator, rows, version, args.crop)
-            loss, relative = batch_loss(model, decoded, original, torch.full((per_codec,), float(crf), device=device), codec)
+            crfs = torch.full((per_codec,), float(crf), device=device)
+            loss, relative = planes_loss(model(*decoded, crfs, codec), original, decoded)
             (loss / len(codecs)).backward()
             gains.append(relative)
         optimizer.step()
