@@ -58,8 +58,8 @@ STATE_FORMAT = "adaptjobs-postfilter-train-state-1"
 
 @dataclass(frozen=True)
 class TrainConfig:
-    # the defaults are the first of the four stages behind the shipped filter (pf-yuv-l8c44-w3): 32 channels from
-    # scratch; stages 2 (widened to 44 channels), 3 and 4 start from the previous stage with ``init_from`` and are
+    # the defaults are the first of the five stages behind the shipped filter (pf-yuv-l8c44-w4): 32 channels from
+    # scratch; stages 2 (widened to 44 channels), 3, 4 and 5 start from the previous stage with ``init_from`` and are
     # given with their commands in workers/models/postfilter/MODEL_CARD.md
     name: str = "pf-yuv-l8c32-hi"
     data: tuple[str, ...] = ("/work/shared/data/train",)
