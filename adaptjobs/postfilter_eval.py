@@ -7,9 +7,11 @@ and measure PSNR-Y/U/V/YUV (per frame, averaged; PSNR-YUV = (6 Y + U + V) / 8 as
 filtering.
 
 The ``postfilter`` rule (what the method's encoder does): per (video, codec, CRF) the filter is on only if it
-raises PSNR-YUV; otherwise off. Its rate is the whole stream plus ``SEI_BYTES`` (100) for the SEI record
-the method adds whether the filter is on or off (an estimate: the record's final size is the SEI
-engineer's); ``none`` is the stream alone. BD-rate (adaptjobs.bdrate, PCHIP on log rate) of postfilter
+raises PSNR-YUV; otherwise off. Its rate is the size of the stream with the method's SEI record attached
+(workers.standard.side_info.attach_side_info: the filter's id, the CRF, on/off, this run's thread count; 46
+bytes in H.264, 47 in HEVC, more if emulation prevention adds any), the record the method writes whether the
+filter is on or off; ``none`` is the stream alone. JSONs written before the points carried ``sei_bytes``
+priced the record at ``SEI_BYTES`` (100). BD-rate (adaptjobs.bdrate, PCHIP on log rate) of postfilter
 vs none, on PSNR-YUV, PSNR-Y and chroma ((PSNR-U + PSNR-V) / 2), per sequence and averaged over sequences.
 """
 
@@ -32,7 +34,7 @@ from workers.metrics import psnr_from_mse
 from workers.postfilter.network import PostFilter, filter_planes
 from workers.standard.encoder import DEFAULT_CRFS, codec_info, decode_stream, encode_planes
 
-SEI_BYTES = 100
+SEI_BYTES = 100  # what a point without its own measured ``sei_bytes`` (an older JSON) is charged
 INTRA_PERIOD = 12
 PLANES = ("y", "u", "v")
 
@@ -40,7 +42,8 @@ PLANES = ("y", "u", "v")
 @dataclass
 class EvalPoint:
     """One (sequence, codec, CRF): stream bytes and per-plane PSNRs (dB, per-frame mean) without and with
-    the filter; ``filter_on`` is the postfilter rule's decision."""
+    the filter; ``filter_on`` is the postfilter rule's decision; ``sei_bytes``: what attaching the method's SEI
+    record adds to the stream."""
 
     sequence: str
     codec: str
@@ -51,13 +54,15 @@ class EvalPoint:
     stream_bytes: int
     none: dict[str, float]
     filtered: dict[str, float]
+    sei_bytes: int = SEI_BYTES
 
     @property
     def filter_on(self) -> bool:
         return self.filtered["yuv"] > self.none["yuv"]
 
-    def bpp(self, method: str, sei_bytes: int = SEI_BYTES) -> float:
-        extra = sei_bytes if method == "postfilter" else 0
+    def bpp(self, method: str, sei_bytes: int | None = None) -> float:
+        """Bits per pixel; ``sei_bytes`` overrides the point's record size (0: as if the record were free)."""
+        extra = (self.sei_bytes if sei_bytes is None else sei_bytes) if method == "postfilter" else 0
         return (self.stream_bytes + extra) * 8.0 / (self.width * self.height * self.frames)
 
     def quality(self, method: str, metric: str) -> float:
@@ -89,17 +94,38 @@ def coded_stream(frames: list[tuple], name: str, codec: str, crf: float, cache: 
     return data
 
 
+def sei_record_bytes(stream: bytes, codec: str, crf: float, filter_id: bytes, enabled: bool) -> int:
+    """Bytes the method's SEI record adds to ``stream`` (measured by attaching it, emulation prevention included)."""
+    from schemas.side_info import StandardSideInfo
+    from workers.standard.side_info import attach_side_info
+
+    info = StandardSideInfo(crf=crf, threads=torch.get_num_threads(), filter_id=filter_id, filter_enabled=enabled)
+    return len(attach_side_info(stream, codec, info)) - len(stream)
+
+
+def model_filter_id(model: PostFilter) -> bytes:
+    """The id a stream would name ``model`` by (the first bytes of its weights' sha256)."""
+    from schemas.side_info import filter_id
+    from workers.checkpoints import weights_sha256
+    from workers.postfilter.checkpoint import filter_weights
+
+    return filter_id(weights_sha256(filter_weights(model)))
+
+
 def evaluate_sequence(model: PostFilter, name: str, frames: list[tuple], codecs: tuple[str, ...],
                       crfs: tuple[float, ...], cache: Path | None) -> list[EvalPoint]:
     height, width = frames[0][0].shape
+    identity = model_filter_id(model)
     points = []
     for codec in codecs:
         for crf in crfs:
             data = coded_stream(frames, name, codec, crf, cache)
             decoded = decode_stream(data, codec)
             filtered = [filter_planes(model, planes, crf, codec) for planes in decoded]
-            points.append(EvalPoint(name, codec, float(crf), len(frames), width, height, len(data),
-                                    plane_psnrs(frames, decoded), plane_psnrs(frames, filtered)))
+            point = EvalPoint(name, codec, float(crf), len(frames), width, height, len(data),
+                              plane_psnrs(frames, decoded), plane_psnrs(frames, filtered))
+            point.sei_bytes = sei_record_bytes(data, codec, float(crf), identity, point.filter_on)
+            points.append(point)
     return points
 
 
@@ -122,7 +148,7 @@ def evaluate(model: PostFilter, sources: list[Path], codecs: tuple[str, ...] = (
     return points
 
 
-def _bd(points: list[EvalPoint], metric: str, sei_bytes: int = SEI_BYTES) -> float | None:
+def _bd(points: list[EvalPoint], metric: str, sei_bytes: int | None = None) -> float | None:
     from adaptjobs.bdrate import bd_rate
 
     anchor = [(p.bpp("none"), p.quality("none", metric)) for p in points]
@@ -137,7 +163,7 @@ def summarize(points: list[EvalPoint]) -> dict:
     """BD-rates (percent, postfilter vs none) per codec and sequence, and their mean over sequences,
     for PSNR-YUV, PSNR-Y and chroma; ``bd_rate_without_sei``: PSNR-YUV as if the SEI record were free
     (what the filter itself gives); plus the dB gain of the filter (always on) per point."""
-    summary: dict = {"sei_bytes": SEI_BYTES, "codecs": {}}
+    summary: dict = {"sei_bytes": sorted({p.sei_bytes for p in points}), "codecs": {}}
     for codec in sorted({p.codec for p in points}):
         per_sequence = {}
         for name in dict.fromkeys(p.sequence for p in points if p.codec == codec):
@@ -224,7 +250,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     summary = summarize(points)
     print(format_summary(summary))
-    print(f"({time.monotonic() - started:.0f} s; rates include {SEI_BYTES} bytes of SEI per postfilter stream)")
+    print(f"({time.monotonic() - started:.0f} s; rates include the SEI record of each postfilter stream: "
+          f"{'/'.join(map(str, summary['sei_bytes']))} bytes)")
     if args.json:
         report = {"filter": str(args.filter), "weights_sha256": loaded.metadata.weights_sha256,
                   "training": loaded.metadata.training.model_dump(exclude={"config"}), "frames": args.frames,

@@ -128,12 +128,20 @@ def card_markdown(card: dict, evaluation: dict) -> str:
              f"{', '.join(f'{c:g}' for c in card['crfs'])}. PSNR per frame averaged; PSNR-YUV = (6 Y + U + V) / 8; "
              "chroma = (PSNR-U + PSNR-V) / 2.", "",
              f"The `postfilter` rule applies the filter to a (video, CRF) only when it raises PSNR-YUV; its rate is the "
-             f"whole stream plus {evaluation['summary']['sei_bytes']} bytes for the SEI record (an estimate of the "
-             "record the method writes, on or off). BD-rate: PCHIP on log rate (adaptjobs/bdrate.py), "
+             f"whole stream plus {sei_text(evaluation['summary']['sei_bytes'])}. BD-rate: PCHIP on log rate (adaptjobs/bdrate.py), "
              "postfilter vs none (the plain stream = the anchor), negative = saving.", "",
              *bd_table(evaluation["summary"]), "", *gain_table(evaluation["summary"]),
              "### Every point", "", *rate_table(evaluation["points"]), ""]
     return "\n".join(lines)
+
+
+def sei_text(sei_bytes: int | list[int]) -> str:
+    """How the evaluation priced the SEI record: a list is what attaching the record measured (adaptjobs.postfilter_eval
+    now), an int the flat estimate older evaluations charged."""
+    if isinstance(sei_bytes, int):
+        return f"{sei_bytes} bytes for the SEI record (an estimate of the record the method writes, on or off)"
+    return (f"the SEI record the method writes, on or off ({' or '.join(map(str, sei_bytes))} bytes, measured by "
+            "attaching it to the stream)")
 
 
 def main(argv: list[str] | None = None) -> int:
