@@ -58,8 +58,8 @@ STATE_FORMAT = "adaptjobs-postfilter-train-state-1"
 
 @dataclass(frozen=True)
 class TrainConfig:
-    # the defaults are the first of the six stages behind the shipped filter (pf-yuv-l8c44-w5): 32 channels from
-    # scratch; stages 2 (widened to 44 channels), 3, 4, 5 and 6 start from the previous stage with ``init_from`` and are
+    # the defaults are the first of the seven stages behind the shipped filter (pf-yuv-l8c44-w6): 32 channels from
+    # scratch; stages 2 (widened to 44 channels) to 7 start from the previous stage with ``init_from`` and are
     # given with their commands in workers/models/postfilter/MODEL_CARD.md
     name: str = "pf-yuv-l8c32-hi"
     data: tuple[str, ...] = ("/work/shared/data/train",)
@@ -80,7 +80,7 @@ class TrainConfig:
     max_items: int | None = None  # dataset: tests only
     # CRFs 32-51 only: trained over every CRF from 17 (where a filter has nothing to gain) the low CRFs dominate
     # the gradient and the filter stays near the identity (600 steps: +0.004 dB against +0.027 dB for 32-51).
-    # A filter trained that way then learns CRFs 22 and 27 too (stage 6, ``--crfs 22 27 32 37 42 47 51``)
+    # A filter trained that way then learns CRFs 22 and 27 too (stages 6 and 7, ``--crfs 22 27 32 37 42 47 51``)
     crfs: tuple[int, ...] = (32, 37, 42, 47, 51)
     codecs: tuple[str, ...] = DatasetConfig.codecs
     # warm start: a trained filter (our checkpoint format) widened to ``channels`` (network.widened), identified by
