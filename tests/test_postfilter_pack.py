@@ -37,6 +37,7 @@ def test_pack_decodes_to_the_cache_pairs(packed):
     cache = open_cache(cache_dir)
     versions = [f"{c}-{q}" for c in DATA.codecs for q in DATA.crfs]
     assert len(pack["items"]) == 2 and json.loads((pack_dir / "pack.json").read_text()) == pack
+    assert pack["intra_period"] == DATA.intra_period  # the cache's: the GPU trainer weights I-frames by it
     for item, array in zip(pack["items"], cache.arrays):
         number, windows = decode_item((str(pack_dir), item, versions))
         assert number == item["number"] and len(windows) == 1 + len(versions)
@@ -89,3 +90,13 @@ def test_gpu_trainer_runs_from_a_pack(packed, tmp_path):
     model.load_state_dict(load_file(str(checkpoints[-1])))  # a plain state_dict of the same architecture
     moved = any(not torch.equal(a, b) for a, b in zip(model.state_dict().values(), shipped.model.state_dict().values()))
     assert moved
+
+
+def test_gpu_trainer_refuses_a_pack_of_another_format(packed, tmp_path):
+    """A pack an older adaptjobs wrote (no intra_period) is refused in one line before any decoding."""
+    _, pack_dir, pack = packed
+    old = tmp_path / "old-pack"
+    old.mkdir()
+    (old / "pack.json").write_text(json.dumps({**pack, "format": "adaptjobs-postfilter-pack-1"}))
+    with pytest.raises(SystemExit, match="format 'adaptjobs-postfilter-pack-1', this trainer reads"):
+        train_gpu(["--pack", str(old), "--init", str(tmp_path / "absent.safetensors"), "--out", str(tmp_path / "out")])

@@ -28,7 +28,10 @@ for package in pydantic pydantic-core annotated-types typing-inspection typing-e
                pytorch-msssim; do
   "$python" -m pip download -q --no-deps "${platforms[@]}" -d .gpu/wheels "$package==$(version "$package")"
 done
-[ -f .gpu/pack/pack.json ] || "$python" -m workers.postfilter.pack --cache "$cache" --out .gpu/pack
+# a pack of another format (an older adaptjobs) is rebuilt: the trainer refuses it
+pack_current() { "$python" -c "import json, sys; from workers.postfilter.i420 import PACK_FORMAT
+sys.exit(json.load(open('.gpu/pack/pack.json')).get('format') != PACK_FORMAT)" 2>/dev/null; }
+pack_current || { rm -rf .gpu/pack && "$python" -m workers.postfilter.pack --cache "$cache" --out .gpu/pack; }
 # what travels from the temporary branch: the checkout without the SSF weights, untracked files, .gpu/
 tracked=$(git ls-files -z | grep -zv '^workers/models/ssf-compact/.*\.safetensors$' | xargs -0 du -cb | tail -1 | cut -f1)
 extra=$(git ls-files -z --others --exclude-standard | xargs -0 -r du -cb | tail -1 | cut -f1)

@@ -10,6 +10,10 @@ import numpy as np
 
 Planes = tuple[np.ndarray, np.ndarray, np.ndarray]
 
+# The training pack's format (workers/postfilter/pack.py writes it, train_gpu.py reads it); 2 adds the cache's
+# intra_period to pack.json
+PACK_FORMAT = "adaptjobs-postfilter-pack-2"
+
 
 def pack_i420(planes: Planes) -> np.ndarray:
     """(Y (H,W), U, V (H/2,W/2)) -> one (3H/2, W) uint8 array: Y on top, U beside V below."""

@@ -8,7 +8,7 @@ send. Decoded frames are a function of their streams, so the pack holds, per cac
   vertically, lossless PNG;
 - ``NNN-<codec>-<crf>.<h264|hevc>``: the item's clip coded exactly as the cache coded it (same settings,
   single-threaded, deterministic), the stream the GPU machine decodes to get the decoded frames;
-- in ``pack.json``: the window, the kept frames, their types, and the SHA-256 of each version's cropped
+- in ``pack.json``: the cache's intra period; per item the window, the kept frames, their types, and the SHA-256 of each version's cropped
   decoded frames, so the far side can check that its decoder reproduced the cache (any mismatch stops it).
 
 Every stream is decoded here too and compared with the cache before it is packed: a pack whose pairs differ
@@ -37,11 +37,10 @@ import numpy as np
 
 from workers.atomic import atomic_write_bytes, atomic_write_text
 from workers.postfilter.dataset import DatasetConfig, _image_frame, _video_clips
-from workers.postfilter.i420 import crop_packed, pack_i420
+from workers.postfilter.i420 import PACK_FORMAT, crop_packed, pack_i420
 from workers.pretrain.dataset import find_sources
 from workers.standard.encoder import codec_info, decode_stream, encode_planes
 
-PACK_FORMAT = "adaptjobs-postfilter-pack-1"
 
 
 def cache_config(cache_dir: Path) -> DatasetConfig:
@@ -125,8 +124,9 @@ def build_pack(cache_dir: Path, data: list[Path], out: Path, crop: int = 256, cr
             if progress:
                 print(f"{len(items)}/{len(index['items'])} {done[0]['source']}", flush=True)
     items.sort(key=lambda item: item["number"])
+    # intra_period: the cache's, which fixes the frame types and how often the trainer draws I-frames
     pack = {"format": PACK_FORMAT, "cache_versions": index["versions"], "crop": crop, "crfs": list(crfs),
-            "codecs": list(codecs), "seed": seed, "items": items}
+            "codecs": list(codecs), "seed": seed, "intra_period": cache_config(cache_dir).intra_period, "items": items}
     atomic_write_text(out / "pack.json", json.dumps(pack, indent=1))  # last: the pack is complete
     return pack
 

@@ -35,13 +35,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from workers.postfilter.i420 import crop_packed, pack_i420, unpack_i420
+from workers.postfilter.i420 import PACK_FORMAT, crop_packed, pack_i420, unpack_i420
 from workers.postfilter.linear_system import PLANE_WEIGHTS
 from workers.postfilter.network import FilterArchitecture, PostFilter
 from workers.postfilter.objective import planes_loss
 from workers.standard.encoder import decode_stream
-
-INTRA_PERIOD = 12
 
 
 def unpack(packed: np.ndarray, frames: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -71,7 +69,8 @@ def decode_item(task: tuple[str, dict, list[str]]) -> tuple[int, list[np.ndarray
 class GpuData:
     """All windows on the device, padded to the pack's crop: Y (N,V,F,S,S), U/V (N,V,F,S/2,S/2) uint8."""
 
-    def __init__(self, items: list[dict], windows: dict[int, list[np.ndarray]], size: int, device: torch.device):
+    def __init__(self, items: list[dict], windows: dict[int, list[np.ndarray]], size: int, intra_period: int,
+                 device: torch.device):
         n, v, f = len(items), len(windows[items[0]["number"]]), 4
         self.y = torch.zeros((n, v, f, size, size), dtype=torch.uint8)
         self.u = torch.zeros((n, v, f, size // 2, size // 2), dtype=torch.uint8)
@@ -89,7 +88,7 @@ class GpuData:
             types = item["frame_types"]
             n_p = types.count("P")
             for t, kind in enumerate(types):
-                self.frame_weights[i, t] = 1.0 / INTRA_PERIOD if kind == "I" or not n_p else (1 - 1.0 / INTRA_PERIOD) / n_p
+                self.frame_weights[i, t] = 1.0 / intra_period if kind == "I" or not n_p else (1 - 1.0 / intra_period) / n_p
         self.y, self.u, self.v = self.y.to(device), self.u.to(device), self.v.to(device)
         self.sizes, self.frame_weights = self.sizes.to(device), self.frame_weights.to(device)
 
@@ -176,11 +175,14 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(line), flush=True)
 
     pack = json.loads((args.pack / "pack.json").read_text())
+    if pack.get("format") != PACK_FORMAT:
+        raise SystemExit(f"{args.pack / 'pack.json'}: format {pack.get('format')!r}, this trainer reads {PACK_FORMAT!r} "
+                         "(rebuild it: python -m workers.postfilter.pack)")
     versions = [f"{c}-{q}" for c in pack["codecs"] for q in pack["crfs"]]
     items = [i for i in pack["items"] if i["size_y"] >= args.crop and i["size_x"] >= args.crop]
     with ProcessPoolExecutor(args.processes) as pool:
         windows = dict(pool.map(decode_item, [(str(args.pack), i, versions) for i in items], chunksize=1))
-    data = GpuData(items, windows, pack["crop"], device)
+    data = GpuData(items, windows, pack["crop"], pack["intra_period"], device)
     sources = sorted({i["source"] for i in items})
     held = {s for k, s in enumerate(sources) if k % args.holdout_every == args.holdout_every // 2}
     train_rows = torch.tensor([k for k, i in enumerate(items) if i["source"] not in held], device=device)
