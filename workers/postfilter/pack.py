@@ -8,8 +8,9 @@ send. Decoded frames are a function of their streams, so the pack holds, per cac
   vertically, lossless PNG;
 - ``NNN-<codec>-<crf>.<h264|hevc>``: the item's clip coded exactly as the cache coded it (same settings,
   single-threaded, deterministic), the stream the GPU machine decodes to get the decoded frames;
-- in ``pack.json``: the cache's intra period; per item the window, the kept frames, their types, and the SHA-256 of each version's cropped
-  decoded frames, so the far side can check that its decoder reproduced the cache (any mismatch stops it).
+- in ``pack.json``: the cache's intra period; per item the window, the kept frames, their types, and the
+  SHA-256 of each version's cropped decoded frames, so the far side can check that its decoder reproduced
+  the cache (any mismatch stops it).
 
 Every stream is decoded here too and compared with the cache before it is packed: a pack whose pairs differ
 from the ones the CPU runs trained on is refused. Crop windows are drawn from a generator seeded with
@@ -40,7 +41,6 @@ from workers.postfilter.dataset import DatasetConfig, _image_frame, _video_clips
 from workers.postfilter.i420 import PACK_FORMAT, crop_packed, pack_i420
 from workers.pretrain.dataset import find_sources
 from workers.standard.encoder import codec_info, decode_stream, encode_planes
-
 
 
 def cache_config(cache_dir: Path) -> DatasetConfig:
