@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from workers.postfilter.checkpoint import load_filter
-from workers.postfilter.dataset import DatasetConfig, build_cache, open_cache, pack_i420, unpack_i420
+from workers.postfilter.dataset import DatasetConfig, build_cache, open_cache
+from workers.postfilter.i420 import pack_i420, unpack_i420
 from workers.postfilter.pretrain import TrainConfig, main, train
 
 TINY_DATA = DatasetConfig(codecs=("x264", "x265"), crfs=(32, 47), clips_per_video=2, max_frames_per_video=24,

@@ -39,7 +39,7 @@ import torch.nn.functional as F
 
 from workers.atomic import atomic_write, atomic_write_text
 from workers.errors import InputError
-from workers.postfilter.i420 import pack_i420, unpack_i420  # noqa: F401 (re-exported: the cache's layout)
+from workers.postfilter.i420 import pack_i420
 from workers.pretrain.dataset import find_sources
 from workers.standard.encoder import decode_stream, encode_planes
 from workers.video_io import read_video

@@ -49,7 +49,8 @@ from workers.atomic import atomic_write_bytes, atomic_write_text
 from workers.device import on_cpu, to_cpu_state_dict
 from workers.errors import InputError
 from workers.postfilter.checkpoint import FilterTraining, save_filter
-from workers.postfilter.dataset import DatasetConfig, PairCache, build_cache, open_cache, unpack_i420
+from workers.postfilter.dataset import DatasetConfig, PairCache, build_cache, open_cache
+from workers.postfilter.i420 import unpack_i420
 from workers.postfilter.network import FilterArchitecture, PostFilter
 from workers.postfilter.objective import planes_loss
 
