@@ -23,6 +23,7 @@ MAX_UPDATE_BYTES = 1 << 20
 MAX_THREADS = 4096  # the same bound as schemas.bitstream.BitstreamHeader.threads
 FILTER_ID_BYTES = 8
 CRF_STEPS = 100  # crf travels in hundredths (u16)
+MAX_CRF_OFFSET = 7  # a frame type's CRF offset travels in a signed 4-bit field whose -8 means "unfiltered"
 
 
 class UpdateMethod(IntEnum):
@@ -77,6 +78,13 @@ class StandardSideInfo(BaseModel):
     ``filter_enabled`` False: the encoder measured that the filter does not help this video at this CRF,
     so the decoder outputs the plain decoded frames (the filter is still named, for the record).
     ``update``: an update of that filter, sent with the record (needs ``filter_enabled``).
+    ``intra_crf_offset`` / ``inter_crf_offset``: what the filter is told, per frame type: it runs on an intra
+    frame (FFmpeg's picture type I) conditioned on ``crf + intra_crf_offset`` and on every other frame on
+    ``crf + inter_crf_offset`` (whole CRF steps, -7..7); None: frames of that type are shown unfiltered. The
+    encoder picks them per video by measuring (workers/postfilter/frame_offsets.py): x264 and x265 code I
+    frames at a lower QP than P frames at the same CRF, and the filter, conditioned on the CRF alone, cannot
+    tell them apart. Both 0: the filter sees the CRF on every frame (all a record without the offsets byte
+    can say).
     """
 
     # bytes as hex in JSON (`adaptjobs info`, logs): a filter id is rarely valid UTF-8
@@ -88,6 +96,8 @@ class StandardSideInfo(BaseModel):
     filter_id: bytes = Field(min_length=FILTER_ID_BYTES, max_length=FILTER_ID_BYTES)
     filter_enabled: bool = False
     update: UpdateRef | None = None
+    intra_crf_offset: int | None = Field(0, ge=-MAX_CRF_OFFSET, le=MAX_CRF_OFFSET)
+    inter_crf_offset: int | None = Field(0, ge=-MAX_CRF_OFFSET, le=MAX_CRF_OFFSET)
 
     @field_validator("crf")
     @classmethod
@@ -101,7 +111,21 @@ class StandardSideInfo(BaseModel):
     def _update_needs_the_filter(self) -> "StandardSideInfo":
         if self.update is not None and not self.filter_enabled:
             raise ValueError("an update needs filter_enabled")
+        if self.has_crf_offsets and not self.filter_enabled:
+            raise ValueError("CRF offsets need filter_enabled")
+        if self.filter_enabled and self.intra_crf_offset is None and self.inter_crf_offset is None:
+            raise ValueError("a filter switched off for both frame types is filter_enabled false")
         return self
+
+    @property
+    def has_crf_offsets(self) -> bool:
+        """Whether the record needs its offsets byte (anything but 0 and 0)."""
+        return (self.intra_crf_offset, self.inter_crf_offset) != (0, 0)
+
+    def filter_crf(self, intra: bool) -> float | None:
+        """The CRF the filter is conditioned on for a frame of this type; None: shown unfiltered."""
+        offset = self.intra_crf_offset if intra else self.inter_crf_offset
+        return None if not self.filter_enabled or offset is None else self.crf + offset
 
     @property
     def crf_steps(self) -> int:

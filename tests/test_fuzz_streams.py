@@ -260,15 +260,17 @@ def carried(pf_seeds, codec: str, record: bytes, step: int | None = None, units:
        filter_id=st.one_of(st.none(), st.binary(min_size=8, max_size=8)),
        method=st.one_of(st.none(), st.sampled_from([0, 1, 2, 3, 4, 5, 6, 7, 255])),
        length=st.one_of(st.none(), st.sampled_from([0, 1, 146, 148, 1 << 20, (1 << 20) + 1, 2**32 - 1])),
-       blob=st.one_of(st.none(), st.binary(max_size=64), escape_patterns), cut=st.one_of(st.none(), st.integers(0, 2000)))
+       blob=st.one_of(st.none(), st.binary(max_size=64), escape_patterns),
+       cut=st.one_of(st.none(), st.integers(0, 2000)),
+       offsets=st.one_of(st.none(), st.sampled_from([0x00, 0x08, 0x80, 0x88, 0x7F, 0xC1, 0xFF]), st.integers(0, 255)))
 def test_fuzzed_side_info_records_decode_or_are_refused_in_one_line(pf_seeds, codec, name, flags, crf, threads,
-                                                                    filter_id, method, length, blob, cut):
+                                                                    filter_id, method, length, blob, cut, offsets):
     from workers.fuzz_cases import decode_standard_action, side_info_record
 
     update = pf_seeds["blobs"][name] if blob is None else blob
     record = side_info_record(flags, crf, threads, pf_seeds["filter_id"] if filter_id is None else filter_id,
                               PF_METHOD_IDS[name] if method is None and flags & 2 else method,
-                              update[:cut] if cut is not None else update, length)
+                              update[:cut] if cut is not None else update, length, offsets=offsets)
     bounded(decode_standard_action(carried(pf_seeds, codec, record), codec))
 
 

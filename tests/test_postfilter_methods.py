@@ -173,7 +173,8 @@ def test_filter_switched_off_decodes_plainly(units, filters, tmp_path):
     plain = strip_side_info(data, "x265")
     info, _ = read_side_info(data, "x265")
     off = tmp_path / "off.hevc"
-    off.write_bytes(attach_side_info(plain, "x265", StandardSideInfo(**{**info.model_dump(), "filter_enabled": False})))
+    switched_off = {**info.model_dump(), "filter_enabled": False, "intra_crf_offset": 0, "inter_crf_offset": 0}
+    off.write_bytes(attach_side_info(plain, "x265", StandardSideInfo(**switched_off)))
     (tmp_path / "plain.hevc").write_bytes(plain)
     assert cli(["decode", str(off), "-o", str(tmp_path / "off.y4m")]) == 0  # the filter is not even looked up
     assert cli(["decode", str(tmp_path / "plain.hevc"), "-o", str(tmp_path / "plain.y4m")]) == 0
@@ -181,11 +182,48 @@ def test_filter_switched_off_decodes_plainly(units, filters, tmp_path):
     assert (tmp_path / "off.y4m").read_bytes() != (units["x265", "postfilter"][1] / "recon.y4m").read_bytes()
 
 
+@pytest.mark.parametrize("codec", SUFFIX)
+def test_each_frame_type_is_filtered_at_its_own_crf_offset(units, filters, tmp_path, codec):
+    """`decode` conditions the filter per picture type: intra frames on crf + the intra offset (unfiltered when
+    the record says so), the others on crf + the inter offset; and the unit's own record names offsets whose
+    frames are its recon."""
+    from workers.limits import capped_threads
+    from workers.postfilter.stream import filter_frames
+    from workers.standard.encoder import decode_stream_typed
+    from workers.video_io import read_video
+
+    result, out = units[codec, "postfilter"]
+    data = (out / f"clip{SUFFIX[codec]}").read_bytes()
+    info, _ = read_side_info(data, codec)
+    chosen = result.method_details["crf_offsets"]
+    assert (info.intra_crf_offset, info.inter_crf_offset) == (chosen["intra"], chosen["inter"])
+    plain = strip_side_info(data, codec)
+    decoded = decode_stream_typed(plain, codec)
+    assert decoded.intra == [True, False, False]
+    model, threads = load_filter(filters[0]).model, capped_threads(info.threads, torch.get_num_threads())
+    for intra_offset, inter_offset in [(None, 3), (-5, 0), (2, None)]:
+        record = info.model_copy(update={"intra_crf_offset": intra_offset, "inter_crf_offset": inter_offset})
+        stream = tmp_path / f"s{SUFFIX[codec]}"
+        stream.write_bytes(attach_side_info(plain, codec, record))
+        assert cli(["decode", str(stream), "-o", str(tmp_path / "d.y4m"), "--model", str(filters[0])]) == 0
+        shown = read_video(tmp_path / "d.y4m")
+        for index, (planes, intra) in enumerate(zip(decoded.frames, decoded.intra)):
+            offset = intra_offset if intra else inter_offset
+            expected = planes if offset is None else filter_frames(model, [planes], 32 + offset, codec, threads)[0]
+            assert all(np.array_equal(a, b) for a, b in zip(shown.frame_yuv420(index), expected)), (index, offset)
+
+
 def test_a_filter_that_does_not_pay_is_not_sent(clip, tmp_path):
     harmful = seeded_filter(tmp_path / "harmful.safetensors", 2, tail_std=0.5)
     result = adapt(clip, tmp_path / "u", "x264", "postfilter", harmful)
-    assert result.decision == "base-cheaper" and result.rd_cost == result.rd_cost_base < result.rd_cost_adapted
+    # no candidate offset helps either frame type: nothing to try, the plain stream goes out
+    assert result.method_details["crf_offsets"] == {"intra": None, "inter": None}
+    assert result.decision == "zero-update" and result.rd_cost == result.rd_cost_base and result.rd_cost_adapted is None
     assert read_side_info((tmp_path / "u" / "clip.h264").read_bytes(), "x264") is None  # the plain stream
+    forced = adapt(clip, tmp_path / "f", "x264", "postfilter", harmful, "--set", 'send_update="always"')
+    info, _ = read_side_info((tmp_path / "f" / "clip.h264").read_bytes(), "x264")
+    assert forced.decision == "filter-on" and forced.rd_cost > forced.rd_cost_base
+    assert None not in (info.intra_crf_offset, info.inter_crf_offset)
 
 
 class _Interrupt(Exception):

@@ -82,6 +82,12 @@ def test_record_golden_bytes():
     assert with_update[17:21 + len(blob)] == b"\x05\x00\x00\x00" + blob
     assert with_update[-4:] == struct.pack("<I", zlib.crc32(with_update[:-4])) and len(with_update) == 25 + len(blob)
     assert split_chunks(pack_record(info)) == [b"\x00\x01" + pack_record(info)]
+    # CRF offsets: flag bit 2 and one byte after the filter id (intra nibble high, inter low, 8 = unfiltered)
+    shifted = pack_record(side_info(intra_crf_offset=-4, inter_crf_offset=None))
+    assert shifted[:17].hex(" ") == "41 4a 02 05 74 0e 02 00 01 23 45 67 89 ab cd ef c8"
+    assert len(shifted) == 21 and shifted[-4:] == struct.pack("<I", zlib.crc32(shifted[:-4]))
+    both = pack_record(side_info(blob, UpdateMethod.LORA, intra_crf_offset=7, inter_crf_offset=-7), blob)
+    assert both[16:22] == b"\x79\x02\x05\x00\x00\x00" and len(both) == 26 + len(blob)
 
 
 def test_update_method_ids_are_fixed():
@@ -140,7 +146,11 @@ def test_stream_without_record_reads_none(streams, codec):
     assert read_side_info(other, codec, "plain") is None
 
 
+offsets = st.one_of(st.none(), st.integers(-7, 7))
 infos = st.builds(
+    StandardSideInfo, crf=st.integers(0, 5100).map(lambda n: n / 100), threads=st.integers(1, 4096),
+    filter_id=st.binary(min_size=8, max_size=8), filter_enabled=st.just(True), intra_crf_offset=offsets,
+    inter_crf_offset=st.integers(-7, 7)) | st.builds(
     StandardSideInfo, crf=st.integers(0, 5100).map(lambda n: n / 100), threads=st.integers(1, 4096),
     filter_id=st.binary(min_size=8, max_size=8), filter_enabled=st.booleans())
 
@@ -196,7 +206,7 @@ def test_corrupted_or_truncated_record_is_refused(streams, codec):
     (lambda: record(magic=b"AX"), "starts with b'AX', expected b'AJ'"),
     (lambda: record(version=1), "format version 1; this adaptjobs reads 2"),
     (lambda: b"AJSI\x01" + record()[5:], "format version 83"),  # format 1's magic and version
-    (lambda: record(flags=0x05), "unknown flags 0x05"),
+    (lambda: record(flags=0x09), "unknown flags 0x09"),
     (lambda: record(flags=0x80), "unknown flags 0x80"),
     (lambda: record(crf=5101), "crf: Input should be less than or equal to 51"),
     (lambda: record(threads=0), "threads: Input should be greater than or equal to 1"),
@@ -210,6 +220,12 @@ def test_corrupted_or_truncated_record_is_refused(streams, codec):
     (lambda: record(flags=3, tail=struct.pack("<BI", 1, 1) + b"uv"), "says the update has 1 bytes, 2 are present"),
     (lambda: record(flags=3, tail=b"\x01\x01"), "truncated \\(22 bytes, at least 25 with an update\\)"),
     (lambda: record()[:19], "truncated \\(19 bytes, at least 20 needed\\)"),
+    (lambda: record(flags=0x05), "truncated \\(20 bytes, at least 21 with CRF offsets\\)"),
+    (lambda: record(flags=0x05, tail=b"\x00"), "CRF offsets byte that says 0 and 0"),
+    (lambda: record(flags=0x04, tail=b"\x10"), "CRF offsets need filter_enabled"),
+    (lambda: record(flags=0x05, tail=b"\x88"), "switched off for both frame types is filter_enabled false"),
+    (lambda: record(flags=0x05, tail=b"\x1f\x00"), "1 bytes after its fields and no update"),
+    (lambda: record(flags=0x07, tail=b"\x1f\x01"), "truncated \\(22 bytes, at least 26 with an update\\)"),
 ])
 @pytest.mark.parametrize("codec", CODECS)
 def test_bad_fields_behind_a_valid_crc_are_refused(streams, codec, make_record, cause):

@@ -251,14 +251,17 @@ SAMPLE_CODECS = {"x264": "case.h264", "x265": "case.hevc"}
 
 def side_info_record(flags: int = 1, crf: int = 3200, threads: int = 1, filter_id: bytes = bytes(8),
                      method: int | None = None, blob: bytes = b"", length: int | None = None,
-                     version: int | None = None, magic: bytes = b"AJ") -> bytes:
-    """A side info record with any field values (``method`` None: no update fields) and a correct CRC32;
-    ``length`` defaults to ``len(blob)``. Integers are wrapped to their field widths."""
+                     version: int | None = None, magic: bytes = b"AJ", offsets: int | None = None) -> bytes:
+    """A side info record with any field values (``method`` None: no update fields; ``offsets`` None: no CRF
+    offsets byte, whatever the flags say) and a correct CRC32; ``length`` defaults to ``len(blob)``. Integers
+    are wrapped to their field widths."""
     from workers.standard.side_info import FORMAT_VERSION
 
     version = FORMAT_VERSION if version is None else version
     body = magic + struct.pack("<BBHH", version & 0xFF, flags & 0xFF, crf & 0xFFFF, threads & 0xFFFF)
     body += (filter_id + bytes(8))[:8]
+    if offsets is not None:
+        body += bytes([offsets & 0xFF])
     if method is not None:
         size = len(blob) if length is None else length
         body += struct.pack("<BI", method & 0xFF, size & 0xFFFFFFFF) + blob

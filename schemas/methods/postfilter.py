@@ -4,10 +4,29 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from schemas.methods._shared import SEND_UPDATE_HELP, SendUpdate
 from schemas.methods.registry import register_method_config
+from schemas.side_info import MAX_CRF_OFFSET
+
+# measured on eval-dev with pf-yuv-l8c44-w6 (every integer -7..7 gained 0.02 BD-rate points more than these
+# six, -8 and +6 nothing): benchmarks/RESULTS.md section postfilter-crf-offsets
+DEFAULT_CRF_OFFSETS = (-6, -4, -2, 0, 2, 4)
+CRF_OFFSETS_HELP = (
+    "candidate CRF offsets of the filter's conditioning, tried on every frame; the encoder keeps the best per frame "
+    "type (intra, inter), or no filter for a type it does not help, and signals them in the SEI "
+    f"(each within -{MAX_CRF_OFFSET}..{MAX_CRF_OFFSET}; one filter pass per candidate)")
+
+
+def check_crf_offsets(offsets: tuple[int, ...]) -> tuple[int, ...]:
+    """Candidates: at least one, distinct, each signalable."""
+    if not offsets or len(set(offsets)) != len(offsets):
+        raise ValueError("crf_offsets needs at least one candidate, each once")
+    outside = [o for o in offsets if abs(o) > MAX_CRF_OFFSET]
+    if outside:
+        raise ValueError(f"crf_offsets {outside} lie outside -{MAX_CRF_OFFSET}..{MAX_CRF_OFFSET}")
+    return offsets
 
 
 @register_method_config
@@ -17,3 +36,9 @@ class PostFilterConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     method: Literal["postfilter"] = "postfilter"
     send_update: SendUpdate = Field("if-better", description=SEND_UPDATE_HELP.replace("update", "filtered stream"))
+    crf_offsets: tuple[int, ...] = Field(DEFAULT_CRF_OFFSETS, description=CRF_OFFSETS_HELP)
+
+    @field_validator("crf_offsets")
+    @classmethod
+    def _candidates(cls, offsets: tuple[int, ...]) -> tuple[int, ...]:
+        return check_crf_offsets(offsets)

@@ -39,11 +39,13 @@ from workers.errors import InputError
 @dataclass
 class Encoded:
     """A coded video: the stream bytes, the decoder's reconstruction (codec frames), bits per kind of data
-    (None where the codec does not break them down)."""
+    (None where the codec does not break them down), and per frame whether it is an intra picture (None where
+    the codec does not say: the standard codecs do, for the post-filter's per-frame-type conditioning)."""
 
     data: bytes
     reconstruction: list
     bits: FrameTypeBits | None = None
+    intra: list[bool] | None = None
 
 
 class BaseCodec(ABC):

@@ -53,7 +53,7 @@ class StandardCodec(BaseCodec):
         self.shipped_filter_sha256 = shipped_filter_sha256
         self._plain: tuple[tuple, Encoded] | None = None  # the last plain encode, shared by a unit's candidates
         # the frames stream_info decoded, handed once to the decode of the same bytes (decode them once)
-        self._decoded: tuple[bytes, list, Fraction | None] | None = None
+        self._decoded: tuple[bytes, Any] | None = None  # (bytes, workers.standard.encoder.DecodedStream)
 
     # ---------------------------------------------------------------- opening
     @classmethod
@@ -147,25 +147,26 @@ class StandardCodec(BaseCodec):
         if postfilter.enabled:
             frames = postfilter.filtered
             if frames is None:
-                from workers.postfilter.stream import rebuild_update
+                from workers.postfilter.stream import frame_crfs, rebuild_update
 
                 model = rebuild_update(postfilter.loaded, info, postfilter.blob, None)
-                frames = filter_frames(model, plain.reconstruction, self.quality, self.encoder_name, threads)
-        return Encoded(data, list(frames), None)
+                frames = filter_frames(model, plain.reconstruction, frame_crfs(info, plain.intra), self.encoder_name,
+                                       threads)
+        return Encoded(data, list(frames), None, plain.intra)
 
     def plain_encode(self, video, intra_period: int) -> Encoded:
         """The plain stream and its decoded frames (kept for the unit's other candidates: same bytes anyway)."""
-        from workers.standard.encoder import decode_stream, encode_planes
+        from workers.standard.encoder import decode_stream_typed, encode_planes
 
         key = (id(video), str(getattr(video, "path", "")), len(video), intra_period)
         if self._plain is not None and self._plain[0] == key:
             return self._plain[1]
         data = encode_planes((video.frame_yuv420(i) for i in range(len(video))), video.width, video.height,
                              video.fps, self.encoder_name, self.quality, intra_period, self.preset)
-        decoded = decode_stream(data, self.encoder_name, max_frames=len(video))
-        if len(decoded) != len(video):
-            raise RuntimeError(f"{self.describe()}: decoded {len(decoded)} frames of {len(video)}")
-        self._plain = (key, Encoded(data, decoded, None))
+        decoded = decode_stream_typed(data, self.encoder_name, max_frames=len(video))
+        if len(decoded.frames) != len(video):
+            raise RuntimeError(f"{self.describe()}: decoded {len(decoded.frames)} frames of {len(video)}")
+        self._plain = (key, Encoded(data, decoded.frames, None, decoded.intra))
         return self._plain[1]
 
     def decode(self, data: bytes, source: str | Path | None = None, payload: bytes | None = None,
@@ -177,23 +178,24 @@ class StandardCodec(BaseCodec):
         if payload is not None:
             raise BitstreamError(payload_source, f"{source} is a {self.name} stream; it takes no payload")
         side = read_side_info(data, self.encoder_name, source)  # a damaged record is refused before decoding
-        frames, _ = self._plain_frames_and_rate(data, source)
+        decoded = self._plain_decode(data, source)
         self._decoded = None  # handed out: the caller owns them now (decode_filtered replaces them in place)
-        return decode_filtered(frames, side, self.encoder_name, self.user_filter, source)
+        return decode_filtered(decoded.frames, decoded.intra, side, self.encoder_name, self.user_filter, source)
 
-    def _plain_frames_and_rate(self, data: bytes, source) -> tuple[list, Fraction | None]:
-        """FFmpeg's frames of ``data`` and its frame rate. Kept for the next call with the same bytes object
-        (`decode_file` asks stream_info, then decode: one decode, not two; the frames were held anyway)."""
-        from workers.standard.encoder import decode_stream_and_rate
+    def _plain_decode(self, data: bytes, source):
+        """FFmpeg's frames of ``data``, their picture types and its frame rate (a DecodedStream). Kept for the
+        next call with the same bytes object (`decode_file` asks stream_info, then decode: one decode, not two;
+        the frames were held anyway)."""
+        from workers.standard.encoder import decode_stream_typed
 
         if self._decoded is not None and self._decoded[0] is data:
-            return self._decoded[1], self._decoded[2]
+            return self._decoded[1]
         self._decoded = None  # drop another stream's frames before decoding this one
-        frames, rate = decode_stream_and_rate(data, self.encoder_name, source, max_frames=MAX_STREAM_FRAMES)
-        if not frames:
+        decoded = decode_stream_typed(data, self.encoder_name, source, max_frames=MAX_STREAM_FRAMES)
+        if not decoded.frames:
             raise BitstreamError(source, f"holds no decodable {self.name} frame")
-        self._decoded = (data, frames, rate)
-        return frames, rate
+        self._decoded = (data, decoded)
+        return decoded
 
     def stream_info(self, data: bytes, source: str | Path | None = None) -> dict:
         """Frames, size, bytes and the side info (filter id, CRF, threads, update), without filtering."""
@@ -201,7 +203,8 @@ class StandardCodec(BaseCodec):
         from workers.standard.side_info import read_side_info
 
         side = read_side_info(data, self.encoder_name, source)
-        frames, rate = self._plain_frames_and_rate(data, source)
+        decoded = self._plain_decode(data, source)
+        frames, rate = decoded.frames, decoded.rate
         height, width = frames[0][0].shape
         timing = {} if rate is None else {"fps_num": rate.numerator, "fps_den": rate.denominator}
         return {"codec": self.name, "frames": len(frames), "width": width, "height": height, **timing,

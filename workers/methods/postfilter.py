@@ -1,8 +1,11 @@
 """Method ``postfilter``: the plain x264/x265 stream plus the shipped post-filter, named in the stream's SEI.
 
-One candidate: the stream with the side info (filter on) and the filtered frames. The unit loop compares it
+The encoder tries the filter at each candidate CRF offset of its conditioning (config ``crf_offsets``) and keeps,
+per frame type, the best one or no filter (workers/postfilter/frame_offsets.py); the SEI names them. One
+candidate: the stream with that side info and the frames the decoder will show. The unit loop compares it
 with the plain stream at the codec's RD trade-off, SEI bytes counted, and sends the plain stream when the
-filter does not pay (decision ``base-cheaper``), so the method never costs more than ``none``.
+filter does not pay (decision ``base-cheaper``), so the method never costs more than ``none``; when no frame
+type gains from the filter there is no candidate at all.
 Config: schemas/methods/postfilter.py; the SEI side: workers/postfilter/stream.py.
 """
 
@@ -21,11 +24,24 @@ class PostFilterMethod(Method):
     codecs = STANDARD_CODECS
 
     def adapt(self, context: AdaptContext, config) -> MethodOutcome:
-        from workers.postfilter.stream import FilterSignal
+        from workers.postfilter.frame_offsets import choose_crf_offsets
+        from workers.postfilter.stream import FilterSignal, encoder_threads
 
         began = time.perf_counter()
-        loaded = context.codec.postfilter()
-        encoded = context.codec.encode(context.video, context.intra_period, postfilter=FilterSignal(loaded))
-        details = {"filter": loaded.metadata.name, "filter_sha256": loaded.metadata.weights_sha256}
-        return MethodOutcome([context.candidate(encoded, None, "filter-on")], train_seconds=0.0,
-                             details={**details, "filter_seconds": time.perf_counter() - began})
+        codec, video = context.codec, context.video
+        loaded = codec.postfilter()
+        plain = codec.plain_encode(video, context.intra_period)
+        originals = [video.frame_yuv420(i) for i in range(len(video))]
+        choice = choose_crf_offsets(loaded.model, originals, plain.reconstruction, plain.intra, codec.quality,
+                                    codec.encoder_name, encoder_threads(), config.crf_offsets,
+                                    allow_unfiltered=config.send_update != "always")
+        details = {"filter": loaded.metadata.name, "filter_sha256": loaded.metadata.weights_sha256,
+                   "crf_offsets": {"intra": choice.offsets[0], "inter": choice.offsets[1]},
+                   "psnr_yuv_sums": choice.scores}
+        outcome = MethodOutcome(train_seconds=0.0, details=details)
+        if choice.enabled:
+            signal = FilterSignal(loaded, filtered=choice.frames, crf_offsets=choice.offsets)
+            outcome.candidates.append(context.candidate(codec.encode(video, context.intra_period, postfilter=signal),
+                                                        None, "filter-on"))
+        details["filter_seconds"] = time.perf_counter() - began
+        return outcome

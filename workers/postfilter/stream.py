@@ -5,7 +5,8 @@
     decoder:  read_side_info(stream) -> None: plain frames
                                      -> (info, blob): resolve_filter(info.filter_id among the user's filter and
                                         the shipped ones) -> decoder_filter (base + update, if any) ->
-                                        filter_frames under info.threads torch threads (if filter_enabled)
+                                        filter_frames under info.threads torch threads (if filter_enabled),
+                                        each frame conditioned on crf + its picture type's offset
 
 The record's thread count is adopted by the decoder (capped to the cores available: workers.limits.capped_threads)
 because the last bit of a filtered pixel depends on how CPU kernels split their sums (same rule as the neural
@@ -48,13 +49,15 @@ class FilterSignal:
     """What a standard-codec encode signals besides the plain stream: the filter (by its weights hash), whether
     the decoder applies it, the coded update (empty: none) and its parameterisation. ``filtered``: the frames
     the decoder will show, when the caller computed them already under the current thread count (skips a pass;
-    the unit loop's decode check still compares them with the decoder's)."""
+    the unit loop's decode check still compares them with the decoder's). ``crf_offsets``: (intra, inter) CRF
+    offsets of the filter's conditioning, None for a frame type shown unfiltered (schemas.side_info)."""
 
     loaded: LoadedFilter
     enabled: bool = True
     blob: bytes = b""
     parameterisation: str | None = None
     filtered: list[Planes] | None = None
+    crf_offsets: tuple[int | None, int | None] = (0, 0)
 
     def side_info(self, crf: float, threads: int) -> StandardSideInfo:
         update = None
@@ -63,7 +66,8 @@ class FilterSignal:
                 raise ValueError(f"an update needs its parameterisation, got {self.parameterisation!r}")
             update = UpdateRef(method=UPDATE_METHODS[self.parameterisation], bytes=len(self.blob))
         return StandardSideInfo(crf=crf, threads=threads, filter_id=filter_id(self.loaded.metadata.weights_sha256),
-                                filter_enabled=self.enabled, update=update)
+                                filter_enabled=self.enabled, update=update, intra_crf_offset=self.crf_offsets[0],
+                                inter_crf_offset=self.crf_offsets[1])
 
 
 def known_filters(user: LoadedFilter | None) -> list[LoadedFilter]:
@@ -103,23 +107,32 @@ def rebuild_update(base: LoadedFilter, info: StandardSideInfo, blob: bytes, sour
     return adapted_filter(base.model, built["update"], coded.values())
 
 
-def filter_frames(model: PostFilter, frames: Sequence[Planes], crf: float, codec: str, threads: int) -> list[Planes]:
-    """Every frame through the filter with ``threads`` torch threads (the record's count)."""
-    from workers.video_codec import torch_threads
+def filter_frames(model: PostFilter, frames: Sequence[Planes], crf: float | Sequence[float | None], codec: str,
+                  threads: int) -> list[Planes]:
+    """Every frame through the filter with ``threads`` torch threads (the record's count). ``crf``: one
+    conditioning CRF for all frames, or one per frame (None: that frame is passed through unfiltered)."""
+    return filter_frames_in_place(model, list(frames), crf, codec, threads)
 
-    with torch_threads(threads):
-        return [filter_planes(model, planes, crf, codec) for planes in frames]
 
-
-def filter_frames_in_place(model: PostFilter, frames: list[Planes], crf: float, codec: str, threads: int) -> list[Planes]:
+def filter_frames_in_place(model: PostFilter, frames: list[Planes], crf: float | Sequence[float | None], codec: str,
+                           threads: int) -> list[Planes]:
     """:func:`filter_frames`, each filtered frame replacing its decoded one in ``frames`` (returned): the
     decoder holds one copy of the clip, not two (workers.limits.MAX_DECODED_FRAME_BYTES counts one)."""
     from workers.video_codec import torch_threads
 
+    crfs = [crf] * len(frames) if isinstance(crf, (int, float)) else list(crf)
+    if len(crfs) != len(frames):
+        raise ValueError(f"{len(crfs)} conditioning CRFs for {len(frames)} frames")
     with torch_threads(threads):
-        for index, planes in enumerate(frames):
-            frames[index] = filter_planes(model, planes, crf, codec)
+        for index, (planes, frame_crf) in enumerate(zip(frames, crfs)):
+            if frame_crf is not None:
+                frames[index] = filter_planes(model, planes, frame_crf, codec)
     return frames
+
+
+def frame_crfs(info: StandardSideInfo, intra: Sequence[bool]) -> list[float | None]:
+    """The CRF the filter is conditioned on for each frame (by its picture type; None: shown unfiltered)."""
+    return [info.filter_crf(is_intra) for is_intra in intra]
 
 
 def encoder_threads() -> int:
@@ -127,10 +140,11 @@ def encoder_threads() -> int:
     return torch.get_num_threads()
 
 
-def decode_filtered(frames: list[Planes], side: tuple[StandardSideInfo, bytes] | None, codec: str,
-                    user: LoadedFilter | None, source: str | Path | None) -> list[Planes]:
-    """What a decoder shows for decoded ``frames`` and the stream's side info (None: a plain stream).
-    ``frames`` is the caller's to give away: filtered frames replace the decoded ones in it."""
+def decode_filtered(frames: list[Planes], intra: Sequence[bool], side: tuple[StandardSideInfo, bytes] | None,
+                    codec: str, user: LoadedFilter | None, source: str | Path | None) -> list[Planes]:
+    """What a decoder shows for decoded ``frames`` (``intra``: each one's picture type is I) and the stream's
+    side info (None: a plain stream). ``frames`` is the caller's to give away: filtered frames replace the
+    decoded ones in it."""
     if side is None or not side[0].filter_enabled:
         return frames
     from workers.limits import capped_threads
@@ -140,7 +154,8 @@ def decode_filtered(frames: list[Planes], side: tuple[StandardSideInfo, bytes] |
     # the record's count, capped to the cores (as BitstreamHeader.threads: a record saying 4096 started 4096
     # OpenMP threads, 5.3 s instead of 0.05 s for 2 frames of 64x48; workers.limits.capped_threads has the
     # bit-exactness caveat)
-    return filter_frames_in_place(model, frames, info.crf, codec, capped_threads(info.threads, torch.get_num_threads()))
+    return filter_frames_in_place(model, frames, frame_crfs(info, intra), codec,
+                                  capped_threads(info.threads, torch.get_num_threads()))
 
 
 def describe_side_info(side: tuple[StandardSideInfo, bytes] | None) -> dict | str:
@@ -152,4 +167,7 @@ def describe_side_info(side: tuple[StandardSideInfo, bytes] | None) -> dict | st
     described["filter_id"] = info.filter_id.hex()
     if info.update is not None:
         described["update"] = {"method": info.update.method.name.lower().replace("_", "-"), "bytes": info.update.bytes}
+    for kind in ("intra", "inter"):  # "unfiltered" reads better than null
+        if described[f"{kind}_crf_offset"] is None:
+            described[f"{kind}_crf_offset"] = "unfiltered"
     return described

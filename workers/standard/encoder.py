@@ -145,7 +145,25 @@ def decode_stream(data: bytes, codec: str, source: str | None = None, max_frames
 def decode_stream_and_rate(data: bytes, codec: str, source: str | None = None,
                            max_frames: int | None = None) -> tuple[list[Planes], Fraction | None]:
     """:func:`decode_stream` plus the frame rate the stream's VUI timing gives (x264 and x265 write the
-    encoder's; None when the stream has none), so a decoded .y4m carries the source's rate.
+    encoder's; None when the stream has none), so a decoded .y4m carries the source's rate."""
+    decoded = decode_stream_typed(data, codec, source, max_frames)
+    return decoded.frames, decoded.rate
+
+
+@dataclass
+class DecodedStream:
+    """What FFmpeg decodes from a stream: ``frames`` (planes, display order), ``intra`` (per frame: FFmpeg's
+    picture type is I, the stream's own word for it: the post-filter's per-frame-type CRF offsets key on it)
+    and ``rate`` (VUI timing; None when the stream has none)."""
+
+    frames: list[Planes]
+    intra: list[bool]
+    rate: Fraction | None
+
+
+def decode_stream_typed(data: bytes, codec: str, source: str | None = None,
+                        max_frames: int | None = None) -> DecodedStream:
+    """:func:`decode_stream_and_rate` plus each frame's picture type.
 
     Memory is bounded frame by frame, because a few bytes of stream can stand for a whole frame (a flat
     720p x264 frame: ~45 bytes, 1.4 MB decoded). At the first frame, the stream's access units times that
@@ -159,10 +177,11 @@ def decode_stream_and_rate(data: bytes, codec: str, source: str | None = None,
     decoder = av.CodecContext.create(codec_info(codec).decoder, "r")
     decoder.thread_count = 1
     frames: list[Planes] = []
+    intra: list[bool] = []
     held = 0
     try:
         units = count_access_units(data, codec)
-        for planes in _decoded_planes(decoder, access_units(decoder, data)):
+        for planes, is_intra in _decoded_planes(decoder, access_units(decoder, data)):
             size = sum(plane.nbytes for plane in planes)
             shape = f"{planes[0].shape[1]}x{planes[0].shape[0]}"
             if not frames:
@@ -170,12 +189,14 @@ def decode_stream_and_rate(data: bytes, codec: str, source: str | None = None,
             held += size
             check_decoded_frame_bytes(source, held, f"frame {len(frames)} is {shape}")
             frames.append(planes)
+            intra.append(is_intra)
             if max_frames is not None and len(frames) > max_frames:
                 raise InputError(source, f"the {codec} stream holds more than the {max_frames} frames it declares")
     except av.FFmpegError as exc:
         raise InputError(source, f"not a decodable {codec} stream ({exc.__class__.__name__})") from None
     rate = decoder.framerate
-    return frames, (Fraction(rate.numerator, rate.denominator) if rate and rate.numerator > 0 else None)
+    return DecodedStream(frames, intra, Fraction(rate.numerator, rate.denominator) if rate and rate.numerator > 0
+                         else None)
 
 
 def access_units(context, data: bytes) -> Iterator:
@@ -196,14 +217,17 @@ def count_access_units(data: bytes, codec: str) -> int:
     return sum(1 for _ in access_units(parser, data))
 
 
-def _decoded_planes(decoder, packets: Iterable) -> Iterator[Planes]:
-    """Each frame FFmpeg decodes from ``packets`` (then the flush), as planes, one at a time: a frame is
-    converted only when the caller asks for it, so nothing is materialised before the caller's checks."""
+def _decoded_planes(decoder, packets: Iterable) -> Iterator[tuple[Planes, bool]]:
+    """Each frame FFmpeg decodes from ``packets`` (then the flush), as (planes, picture type is I), one at a
+    time: a frame is converted only when the caller asks for it, so nothing is materialised before the
+    caller's checks."""
+    import av
+
     from workers.video_io import yuv420_planes
 
     for packet in chain(packets, [None]):
         for frame in decoder.decode(packet):
-            yield yuv420_planes(frame)
+            yield yuv420_planes(frame), frame.pict_type == av.video.frame.PictureType.I
 
 
 def x264_settings(data: bytes) -> str | None:

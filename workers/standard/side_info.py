@@ -6,18 +6,25 @@ The record (format 2; every integer little-endian)::
     offset size  field
      0     2     magic    b"AJ"
      2     1     version  u8, FORMAT_VERSION
-     3     1     flags    u8: bit 0 filter enabled, bit 1 update present, bits 2-7 zero
+     3     1     flags    u8: bit 0 filter enabled, bit 1 update present, bit 2 CRF offsets present, bits 3-7 zero
      4     2     crf      u16, hundredths (0..5100)
      6     2     threads  u16, torch intra-op threads of the filter run (1..4096)
      8     8     filter   first 8 bytes of the sha256 of the filter's weights (schemas.side_info.filter_id)
+    only with flag bit 2 (k = 1, else k = 0):
+    16     1     offsets  u8: high nibble intra frames, low nibble the others, each a signed 4-bit CRF offset
+                          (-7..7, two's complement) or 8 (-8): frames of that type are shown unfiltered
     only with flag bit 1:
-    16     1     method   u8, schemas.side_info.UpdateMethod (1 scale-bias, 2 lora, 3 last-layer, 4 cross-linear, 5 cross-linear-tied)
-    17     4     length   u32, update bytes (1..MAX_UPDATE_BYTES)
-    21     n     update   the coded filter update
+    16+k   1     method   u8, schemas.side_info.UpdateMethod (1 scale-bias, 2 lora, 3 last-layer, 4 cross-linear, ...)
+    17+k   4     length   u32, update bytes (1..MAX_UPDATE_BYTES)
+    21+k   n     update   the coded filter update
     always last:
     -4     4     crc      u32, CRC32 (zlib) of every byte before it
 
-A record is 20 bytes without an update and 25 + n with one. Nothing the stream already says is in it
+A record is 20 bytes without an update and 25 + n with one, one more with CRF offsets. The offsets came
+after the first streams were written, behind a flag rather than a new version: every record written before
+reads as it did (offsets 0 and 0), a record with offsets 0 and 0 is written exactly as before, and a reader
+that predates the flag refuses a record that has it ("unknown flags") instead of filtering with the wrong
+conditioning. Nothing the stream already says is in it
 (codec, frame size, frame count, intra period: the decoder reads them from the stream; the encoder can
 check them with :func:`check_side_info_against_stream`). Format 1 (magic ``AJSI``, a JSON header with two
 sha256 hex strings: 261 bytes without an update, 291 added to an x264 stream) never left the ``sei``
@@ -65,12 +72,16 @@ MAGIC = b"AJ"  # short: the 16-byte UUID already says whose message it is; the m
 FORMAT_VERSION = 2
 FLAG_FILTER_ENABLED = 0x01
 FLAG_UPDATE = 0x02
+FLAG_CRF_OFFSETS = 0x04
+KNOWN_FLAGS = FLAG_FILTER_ENABLED | FLAG_UPDATE | FLAG_CRF_OFFSETS
+UNFILTERED_NIBBLE = 0x8  # -8 in a signed nibble: that frame type is shown unfiltered
 CHUNK_BYTES = 16384  # record bytes per SEI message
 _FIXED = struct.Struct("<2sBBHH8s")  # magic, version, flags, crf hundredths, threads, filter id
+_OFFSETS = struct.Struct("<B")  # intra nibble, inter nibble
 _UPDATE = struct.Struct("<BI")  # method, length
 _CRC = struct.Struct("<I")
 _CHUNK = struct.Struct("<BB")  # index, count
-MAX_RECORD_BYTES = _FIXED.size + _UPDATE.size + MAX_UPDATE_BYTES + _CRC.size
+MAX_RECORD_BYTES = _FIXED.size + _OFFSETS.size + _UPDATE.size + MAX_UPDATE_BYTES + _CRC.size
 MAX_CHUNKS = -(-MAX_RECORD_BYTES // CHUNK_BYTES)
 assert MAX_CHUNKS <= 255, "chunk index and count are u8"
 
@@ -80,11 +91,24 @@ def pack_record(info: StandardSideInfo, blob: bytes = b"") -> bytes:
     expected = 0 if info.update is None else info.update.bytes
     if len(blob) != expected:
         raise ValueError(f"side info update: the record says {expected} bytes, {len(blob)} given")
-    flags = (FLAG_FILTER_ENABLED if info.filter_enabled else 0) | (FLAG_UPDATE if info.update else 0)
+    flags = ((FLAG_FILTER_ENABLED if info.filter_enabled else 0) | (FLAG_UPDATE if info.update else 0)
+             | (FLAG_CRF_OFFSETS if info.has_crf_offsets else 0))
     body = _FIXED.pack(MAGIC, FORMAT_VERSION, flags, info.crf_steps, info.threads, info.filter_id)
+    if info.has_crf_offsets:
+        body += _OFFSETS.pack(_nibble(info.intra_crf_offset) << 4 | _nibble(info.inter_crf_offset))
     if info.update is not None:
         body += _UPDATE.pack(int(info.update.method), info.update.bytes) + blob
     return body + _CRC.pack(zlib.crc32(body))
+
+
+def _nibble(offset: int | None) -> int:
+    """A frame type's CRF offset as its signed nibble (None: UNFILTERED_NIBBLE)."""
+    return UNFILTERED_NIBBLE if offset is None else offset & 0xF
+
+
+def _offset(nibble: int) -> int | None:
+    """The inverse of :func:`_nibble`."""
+    return None if nibble == UNFILTERED_NIBBLE else nibble - 16 if nibble & 0x8 else nibble
 
 
 def _fail(source: str | Path | None, cause: str) -> BitstreamError:
@@ -105,17 +129,18 @@ def _check_frame(record: bytes, source: str | Path | None) -> int:
     (crc,) = _CRC.unpack_from(record, len(record) - _CRC.size)
     if crc != zlib.crc32(record[: -_CRC.size]):
         raise _fail(source, "is corrupted (CRC32 mismatch)")
-    if flags & ~(FLAG_FILTER_ENABLED | FLAG_UPDATE):
+    if flags & ~KNOWN_FLAGS:
         raise _fail(source, f"has unknown flags 0x{flags:02x}")
     return flags
 
 
-def _read_update(record: bytes, source: str | Path | None) -> tuple[dict, bytes]:
-    """(update fields, blob) of a record whose flags say it has an update; lengths checked first."""
-    start = _FIXED.size + _UPDATE.size
+def _read_update(record: bytes, at: int, source: str | Path | None) -> tuple[dict, bytes]:
+    """(update fields, blob) of a record whose flags say it has an update, its fields at ``at``; lengths
+    checked first."""
+    start = at + _UPDATE.size
     if len(record) < start + _CRC.size:
         raise _fail(source, f"is truncated ({len(record)} bytes, at least {start + _CRC.size} with an update)")
-    method, length = _UPDATE.unpack_from(record, _FIXED.size)
+    method, length = _UPDATE.unpack_from(record, at)
     present = len(record) - start - _CRC.size
     if length != present:
         raise _fail(source, f"says the update has {length} bytes, {present} are present")
@@ -129,13 +154,23 @@ def unpack_record(record: bytes, source: str | Path | None = None) -> tuple[Stan
     """Parse and check a whole record; the inverse of :func:`pack_record`."""
     flags = _check_frame(record, source)
     _, _, _, crf_steps, threads, filter_id_bytes = _FIXED.unpack_from(record)
+    at, offsets = _FIXED.size, (0, 0)
+    if flags & FLAG_CRF_OFFSETS:
+        if len(record) < at + _OFFSETS.size + _CRC.size:
+            raise _fail(source, f"is truncated ({len(record)} bytes, at least {at + _OFFSETS.size + _CRC.size} "
+                                "with CRF offsets)")
+        (packed,) = _OFFSETS.unpack_from(record, at)
+        offsets, at = (_offset(packed >> 4), _offset(packed & 0xF)), at + _OFFSETS.size
+        if offsets == (0, 0):
+            raise _fail(source, "has a CRF offsets byte that says 0 and 0 (written without the byte)")
     update, blob = None, b""
     if flags & FLAG_UPDATE:
-        update, blob = _read_update(record, source)
-    elif len(record) != _FIXED.size + _CRC.size:
-        raise _fail(source, f"has {len(record) - _FIXED.size - _CRC.size} bytes after its fields and no update")
+        update, blob = _read_update(record, at, source)
+    elif len(record) != at + _CRC.size:
+        raise _fail(source, f"has {len(record) - at - _CRC.size} bytes after its fields and no update")
     fields = {"crf": crf_steps / CRF_STEPS, "threads": threads, "filter_id": filter_id_bytes,
-              "filter_enabled": bool(flags & FLAG_FILTER_ENABLED), "update": update}
+              "filter_enabled": bool(flags & FLAG_FILTER_ENABLED), "update": update,
+              "intra_crf_offset": offsets[0], "inter_crf_offset": offsets[1]}
     try:
         info = StandardSideInfo.model_validate(fields)
     except ValidationError as exc:
