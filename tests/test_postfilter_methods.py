@@ -127,6 +127,10 @@ def test_info_shows_the_side_info(units, clip, tmp_path, capsys):
     info, _ = read_side_info(stream.read_bytes(), "x264")
     assert shown["filter_id"] == info.filter_id.hex() and shown["crf"] == 32.0 and shown["threads"] == info.threads
     assert shown["update"] == {"method": "classified-linear-on-base", "bytes": info.update.bytes}  # the default
+    assert shown["intra_crf_offset"] == shown["inter_crf_offset"] == 0  # postfilter-adapt keeps the plain CRF
+    from workers.postfilter.stream import describe_side_info
+    some = describe_side_info((info.model_copy(update={"intra_crf_offset": None, "inter_crf_offset": -3}), b""))
+    assert some["intra_crf_offset"] == "unfiltered" and some["inter_crf_offset"] == -3
     plain = tmp_path / "plain.h264"
     assert cli(["encode", str(clip), "-o", str(plain), "--codec", "x264"]) == 0
     assert cli(["info", str(plain)]) == 0
