@@ -27,7 +27,6 @@ from workers.postfilter.network import PostFilter
 from workers.postfilter.stream import Planes, filter_frames
 
 
-
 @dataclass
 class OffsetChoice:
     """``offsets``: (intra, inter), None for a frame type left unfiltered; ``frames``: what the decoder will
