@@ -127,7 +127,8 @@ def test_info_shows_the_side_info(units, clip, tmp_path, capsys):
     info, _ = read_side_info(stream.read_bytes(), "x264")
     assert shown["filter_id"] == info.filter_id.hex() and shown["crf"] == 32.0 and shown["threads"] == info.threads
     assert shown["update"] == {"method": "classified-linear-on-base", "bytes": info.update.bytes}  # the default
-    assert shown["intra_crf_offset"] == shown["inter_crf_offset"] == 0  # postfilter-adapt keeps the plain CRF
+    chosen = units["x264", "postfilter-adapt"][0].method_details["crf_offsets"]  # the update travels with them
+    assert (shown["intra_crf_offset"], shown["inter_crf_offset"]) == (chosen["intra"], chosen["inter"]) != (0, 0)
     from workers.postfilter.stream import describe_side_info
     some = describe_side_info((info.model_copy(update={"intra_crf_offset": None, "inter_crf_offset": -3}), b""))
     assert some["intra_crf_offset"] == "unfiltered" and some["inter_crf_offset"] == -3
@@ -268,7 +269,7 @@ def test_method_config_mirrors_the_workers_config():
     from schemas.methods.postfilter_adapt import PostFilterAdaptConfig
     from workers.postfilter.adapt import FilterAdaptConfig
 
-    ours = PostFilterAdaptConfig().model_dump(exclude={"method"})
+    ours = PostFilterAdaptConfig().model_dump(exclude={"method", "crf_offsets"})  # chosen before adapt_filter
     assert ours == FilterAdaptConfig().model_dump()
 
 

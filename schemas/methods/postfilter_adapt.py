@@ -6,9 +6,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from schemas.methods._shared import SEND_UPDATE_HELP, SendUpdate, WeightPrior
+from schemas.methods.postfilter import CRF_OFFSETS_HELP, DEFAULT_CRF_OFFSETS, check_crf_offsets
 from schemas.methods.registry import register_method_config
 
 
@@ -85,3 +86,10 @@ class PostFilterAdaptConfig(BaseModel):
     log_rate_per_db: float = Field(0.2, gt=0, description="psnr-yuv: d ln(rate) / d PSNR-YUV of the codec's curve")
     classified: ClassifiedSearchOptions = ClassifiedSearchOptions()
     seed: int = Field(0, ge=0)
+    crf_offsets: tuple[int, ...] = Field(DEFAULT_CRF_OFFSETS, description=CRF_OFFSETS_HELP + "; the update is "
+                                         "adapted on the generic filter at the chosen offsets and travels with them")
+
+    @field_validator("crf_offsets")
+    @classmethod
+    def _candidates(cls, offsets: tuple[int, ...]) -> tuple[int, ...]:
+        return check_crf_offsets(offsets)

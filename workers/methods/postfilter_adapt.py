@@ -2,8 +2,11 @@
 carried in the stream's SEI (one file, no sidecar payload).
 
     plain stream, decoded frames (the unit's base candidate, shared through the codec)
-      -> workers.postfilter.adapt.adapt_filter (trains or solves the update, checkpointed in the unit's
-         checkpoint/ folder, so a resumed unit ends with the same bytes)
+      -> the generic filter at the CRF offsets per picture type that method postfilter would pick
+         (workers.postfilter.frame_offsets; config crf_offsets)
+      -> workers.postfilter.adapt.adapt_filter on that generic output (trains or solves the update, checkpointed
+         in the unit's checkpoint/ folder, so a resumed unit ends with the same bytes); the decoder conditions
+         the adapted filter on the same per-frame CRFs, so the record carries the offsets with the update
       -> candidates: adapted (SEI + update; the primary) and generic (SEI, no update); the unit loop adds the
          plain stream and sends the cheapest by lambda * 255^2 * D + every byte of the file / pixels.
 
@@ -31,7 +34,7 @@ def filter_adapt_config(config):
     counts the SEI's bytes too); with psnr-yuv adapt_filter's decision gates the update (module docstring)."""
     from workers.postfilter.adapt import FilterAdaptConfig
 
-    fields = config.model_dump(exclude={"method"})
+    fields = config.model_dump(exclude={"method", "crf_offsets"})  # the offsets are chosen before adapt_filter
     if config.rd_measure == "wmse":
         fields["send_update"] = "always"
     return FilterAdaptConfig.model_validate(fields)
@@ -43,32 +46,46 @@ class PostFilterAdaptMethod(Method):
     codecs = STANDARD_CODECS
 
     def adapt(self, context: AdaptContext, config) -> MethodOutcome:
+        from schemas.side_info import StandardSideInfo
         from workers.postfilter.adapt import adapt_filter
-        from workers.postfilter.stream import FilterSignal, encoder_threads, filter_frames
+        from workers.postfilter.frame_offsets import choose_crf_offsets
+        from workers.postfilter.stream import FilterSignal, encoder_threads, frame_crfs
 
         codec, video = context.codec, context.video
         loaded = codec.postfilter()
         plain = codec.plain_encode(video, context.intra_period)
-        generic = filter_frames(loaded.model, plain.reconstruction, codec.quality, codec.encoder_name,
-                                encoder_threads())
         originals = [video.frame_yuv420(i) for i in range(len(video))]
+        # the generic filter as method postfilter sends it; a filter that helps neither picture type is adapted
+        # from the plain conditioning instead (offsets 0 and 0: the adaptation may still make it pay)
+        choice = choose_crf_offsets(loaded.model, originals, plain.reconstruction, plain.intra, codec.quality,
+                                    codec.encoder_name, encoder_threads(), config.crf_offsets,
+                                    allow_unfiltered=config.send_update != "always")
+        if not choice.enabled:
+            choice = choose_crf_offsets(loaded.model, originals, plain.reconstruction, plain.intra, codec.quality,
+                                        codec.encoder_name, encoder_threads(), (0,), allow_unfiltered=False)
+        shown = StandardSideInfo(crf=codec.quality, threads=encoder_threads(), filter_id=bytes(8), filter_enabled=True,
+                                 intra_crf_offset=choice.offsets[0], inter_crf_offset=choice.offsets[1])
         began = time.perf_counter()
         adaptation = adapt_filter(loaded, loaded.metadata.weights_sha256, originals, plain.reconstruction,
                                   codec.quality, codec.encoder_name, filter_adapt_config(config),
                                   context.checkpoint_dir,
                                   lambda record: context.log({"phase": "postfilter-adapt", **record}),
                                   lmbda=context.lmbda if config.rd_measure == "wmse" else None,
-                                  generic_planes=generic, stream_bytes=len(plain.data))
+                                  generic_planes=choice.frames, stream_bytes=len(plain.data),
+                                  frame_crfs=frame_crfs(shown, plain.intra))
         seconds = time.perf_counter() - began
         stats = adaptation.stats
         details = {"filter": loaded.metadata.name, "filter_sha256": loaded.metadata.weights_sha256,
+                   "crf_offsets": {"intra": choice.offsets[0], "inter": choice.offsets[1]},
                    "adaptation": adaptation.decision.to_dict(), **stats}
         outcome = MethodOutcome(steps=stats["steps"], resumed=stats["resumed_from"], train_seconds=seconds,
                                 details=details)
         if adaptation.blob is not None:
-            signal = FilterSignal(loaded, True, adaptation.blob, stats["structure"], adaptation.planes)
+            signal = FilterSignal(loaded, True, adaptation.blob, stats["structure"], adaptation.planes,
+                                  crf_offsets=choice.offsets)
             encoded = codec.encode(video, context.intra_period, postfilter=signal)
             outcome.candidates.append(context.candidate(encoded, None, "sent", len(adaptation.blob)))
-        generic_encoded = codec.encode(video, context.intra_period, postfilter=FilterSignal(loaded, filtered=generic))
-        outcome.candidates.append(context.candidate(generic_encoded, None, "filter-on"))
+        generic = FilterSignal(loaded, filtered=choice.frames, crf_offsets=choice.offsets)
+        outcome.candidates.append(context.candidate(codec.encode(video, context.intra_period, postfilter=generic),
+                                                    None, "filter-on"))
         return outcome

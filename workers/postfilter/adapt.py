@@ -286,11 +286,15 @@ def evenly_spaced(count: int, wanted: int) -> list[int]:
     return sorted({round(i * (count - 1) / (wanted - 1)) for i in range(wanted)}) if wanted > 1 else [count // 2]
 
 
-def filter_all(model: PostFilter | None, decoded: Sequence[Planes], crf: float, codec: str) -> list[Planes]:
-    """Every frame through ``filter_planes`` (None: the decoded frames as they are)."""
+def filter_all(model: PostFilter | None, decoded: Sequence[Planes], crf: float | Sequence[float | None],
+               codec: str) -> list[Planes]:
+    """Every frame through ``filter_planes`` (None: the decoded frames as they are). ``crf``: one conditioning
+    CRF, or one per frame (None: that frame as it is; workers.postfilter.stream.frame_crfs)."""
     if model is None:
         return list(decoded)
-    return [filter_planes(model, planes, crf, codec) for planes in decoded]
+    crfs = [crf] * len(decoded) if isinstance(crf, (int, float)) else list(crf)
+    return [planes if c is None else filter_planes(model, planes, c, codec)
+            for planes, c in zip(decoded, crfs, strict=True)]
 
 
 def mean_psnr_yuv(originals: Sequence[Planes], frames: Sequence[Planes]) -> float:
@@ -704,7 +708,8 @@ def psnr_rd_weights(originals: Sequence[Planes], generic: Sequence[Planes], conf
 def adapt_filter(base, base_sha256: str, originals: Sequence[Planes], decoded: Sequence[Planes], crf: float,
                  codec: str, config: FilterAdaptConfig = FilterAdaptConfig(), checkpoint_dir: str | Path | None = None,
                  log: Callable[[dict], None] | None = None, lmbda: float | None = None,
-                 generic_planes: Sequence[Planes] | None = None, stream_bytes: int | None = None) -> FilterAdaptation:
+                 generic_planes: Sequence[Planes] | None = None, stream_bytes: int | None = None,
+                 frame_crfs: Sequence[float | None] | None = None) -> FilterAdaptation:
     """Adapt the base filter (a PostFilter or a loaded filter with ``.model``, weights hashing to
     ``base_sha256``) to this (video, codec, CRF) and decide what to send (module docstring).
 
@@ -714,12 +719,16 @@ def adapt_filter(base, base_sha256: str, originals: Sequence[Planes], decoded: S
     the decision (the decoded frames for 'none'), byte for byte. ``generic_planes``: the base filter's
     output on ``decoded`` if the caller has it already (saves a pass when comparing parameterisations).
     ``stream_bytes``: the plain stream's size; with it, no ``lmbda`` and ``config.rd_measure`` psnr-yuv, the RD
-    cost is in PSNR-YUV (:func:`psnr_rd_weights`), else in wMSE."""
+    cost is in PSNR-YUV (:func:`psnr_rd_weights`), else in wMSE. ``frame_crfs``: the conditioning of each frame
+    at the decoder (the record's per-picture-type CRF offsets; None for a frame shown unfiltered), used for the
+    generic and the adapted frames; training and solving still condition on ``crf`` (the solves read the generic
+    frames, so classified-linear-on-base corrects the output the decoder really computes)."""
     _check_frames(originals, decoded)
     began = time.perf_counter()
     model = _frozen_copy(_base_model(base))
+    shown_crfs = float(crf) if frame_crfs is None else list(frame_crfs)
     if generic_planes is None:
-        generic_planes = filter_all(model, decoded, float(crf), codec)
+        generic_planes = filter_all(model, decoded, shown_crfs, codec)
     psnr_rd = lmbda is None and stream_bytes is not None and config.rd_measure == "psnr-yuv"
     weights = PLANE_WEIGHTS
     if psnr_rd:
@@ -731,7 +740,8 @@ def adapt_filter(base, base_sha256: str, originals: Sequence[Planes], decoded: S
                  codec_lambda(crf, codec) if lmbda is None else float(lmbda), plane_weights=weights)
     config_json = json.dumps({"config": config.model_dump(mode="json"), "crf": unit.crf, "codec": codec,
                               "base": base_sha256, "lmbda": unit.lmbda, "weights": unit.plane_weights,
-                              "frames": unit_fingerprint(originals, decoded)},
+                              "frames": unit_fingerprint(originals, decoded),
+                              **({} if frame_crfs is None else {"frame_crfs": list(frame_crfs)})},
                              sort_keys=True, separators=(",", ":"))
     state_path = None if checkpoint_dir is None else Path(checkpoint_dir) / f"postfilter-{config.parameterisation}.safetensors"
     unit.generic = generic_planes
@@ -746,7 +756,7 @@ def adapt_filter(base, base_sha256: str, originals: Sequence[Planes], decoded: S
     fitted = time.perf_counter()
     blob = update_blob(unit, update)
     adapted = None if blob is None else rebuild_filter(unit.base, base_sha256, blob)  # exactly the decoder's
-    adapted_planes = None if adapted is None else filter_all(adapted, decoded, unit.crf, codec)
+    adapted_planes = None if adapted is None else filter_all(adapted, decoded, shown_crfs, codec)
     decision = decide(originals, decoded, generic_planes, adapted_planes, 0 if blob is None else len(blob),
                       unit.lmbda, lambda_source, config.send_update, psnr_rd)
     planes = {"none": list(decoded), "generic": list(generic_planes), "adapted": adapted_planes}[decision.decision]
