@@ -46,7 +46,6 @@ class PostFilterAdaptMethod(Method):
     codecs = STANDARD_CODECS
 
     def adapt(self, context: AdaptContext, config) -> MethodOutcome:
-        from schemas.side_info import StandardSideInfo
         from workers.postfilter.adapt import adapt_filter
         from workers.postfilter.frame_offsets import choose_crf_offsets
         from workers.postfilter.stream import FilterSignal, encoder_threads, frame_crfs
@@ -63,8 +62,8 @@ class PostFilterAdaptMethod(Method):
         if not choice.enabled:
             choice = choose_crf_offsets(loaded.model, originals, plain.reconstruction, plain.intra, codec.quality,
                                         codec.encoder_name, encoder_threads(), (0,), allow_unfiltered=False)
-        shown = StandardSideInfo(crf=codec.quality, threads=encoder_threads(), filter_id=bytes(8), filter_enabled=True,
-                                 intra_crf_offset=choice.offsets[0], inter_crf_offset=choice.offsets[1])
+        generic = FilterSignal(loaded, filtered=choice.frames, crf_offsets=choice.offsets)
+        shown_crfs = frame_crfs(generic.side_info(codec.quality, encoder_threads()), plain.intra)  # the decoder's
         began = time.perf_counter()
         adaptation = adapt_filter(loaded, loaded.metadata.weights_sha256, originals, plain.reconstruction,
                                   codec.quality, codec.encoder_name, filter_adapt_config(config),
@@ -72,7 +71,7 @@ class PostFilterAdaptMethod(Method):
                                   lambda record: context.log({"phase": "postfilter-adapt", **record}),
                                   lmbda=context.lmbda if config.rd_measure == "wmse" else None,
                                   generic_planes=choice.frames, stream_bytes=len(plain.data),
-                                  frame_crfs=frame_crfs(shown, plain.intra))
+                                  frame_crfs=shown_crfs)
         seconds = time.perf_counter() - began
         stats = adaptation.stats
         details = {"filter": loaded.metadata.name, "filter_sha256": loaded.metadata.weights_sha256,
@@ -85,7 +84,6 @@ class PostFilterAdaptMethod(Method):
                                   crf_offsets=choice.offsets)
             encoded = codec.encode(video, context.intra_period, postfilter=signal)
             outcome.candidates.append(context.candidate(encoded, None, "sent", len(adaptation.blob)))
-        generic = FilterSignal(loaded, filtered=choice.frames, crf_offsets=choice.offsets)
         outcome.candidates.append(context.candidate(codec.encode(video, context.intra_period, postfilter=generic),
                                                     None, "filter-on"))
         return outcome
