@@ -20,15 +20,17 @@ The record (format 2; every integer little-endian)::
     always last:
     -4     4     crc      u32, CRC32 (zlib) of every byte before it
 
-A record is 20 bytes without an update and 25 + n with one, one more with CRF offsets. The offsets came
-after the first streams were written, behind a flag rather than a new version: every record written before
-reads as it did (offsets 0 and 0), a record with offsets 0 and 0 is written exactly as before, and a reader
-that predates the flag refuses a record that has it ("unknown flags") instead of filtering with the wrong
-conditioning. Nothing the stream already says is in it
-(codec, frame size, frame count, intra period: the decoder reads them from the stream; the encoder can
-check them with :func:`check_side_info_against_stream`). Format 1 (magic ``AJSI``, a JSON header with two
-sha256 hex strings: 261 bytes without an update, 291 added to an x264 stream) never left the ``sei``
-branch; it is not read (its version byte reads as 83).
+A record is 20 bytes without an update and 25 + n with one, one more with CRF offsets. Nothing the stream
+already says is in it (codec, frame size, frame count, intra period, each frame's picture type: the decoder
+reads them from the stream; the encoder can check them with :func:`check_side_info_against_stream`).
+
+The CRF offsets came after the first streams were written, behind a flag rather than a new version: every
+record written before reads as it did (offsets 0 and 0), a record with offsets 0 and 0 is written exactly as
+before, and a reader that predates the flag refuses a record that has it ("unknown flags") instead of
+filtering with the wrong conditioning.
+
+Format 1 (magic ``AJSI``, a JSON header with two sha256 hex strings: 261 bytes without an update, 291 added
+to an x264 stream) never left the ``sei`` branch; it is not read (its version byte reads as 83).
 
 The update has no hash of its own: the CRC32 covers it, and a sha256 stored next to the bytes it hashes
 proves nothing that the CRC does not (whoever can change the bytes can recompute either); the update's
@@ -39,8 +41,8 @@ parameter sets, before the first slice), cut into chunks of at most CHUNK_BYTES 
 user_data_unregistered message each, every chunk prefixed by ``index u8, count u8``; the reader wants
 indexes 0..count-1 in order with one count, joins them and checks the CRC. Without an update that is a
 single 22-byte message, and the whole SEI NAL unit (start code 4, NAL header 1 | 2, payloadType 1,
-payloadSize 1, UUID 16, chunk 2, record 20, trailing bits 1) is 46 bytes in H.264 and 47 in HEVC, one
-more when the record's bytes need an emulation-prevention byte (8 of 20,000 random records). On carphone
+payloadSize 1, UUID 16, chunk 2, record 20, trailing bits 1) is 46 bytes in H.264 and 47 in HEVC (one more
+with CRF offsets), one more when the record's bytes need an emulation-prevention byte (8 of 20,000 random records). On carphone
 (176x144, 120 frames, CRF 51) that is 1.07% of the x264 stream (4,296 bytes) and 1.27% of the x265 one
 (3,701 bytes); format 1 added 6.8% and 7.9% (the commit introducing format 2 gives the script).
 
