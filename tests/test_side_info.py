@@ -100,9 +100,11 @@ def test_update_method_ids_are_fixed():
 @pytest.mark.parametrize("codec,nal_bytes", [("x264", 46), ("x265", 47)])
 def test_whole_sei_nal_unit_is_small(streams, codec, nal_bytes):
     """Start code 4 + NAL header 1|2 + payloadType 1 + payloadSize 1 + UUID 16 + chunk 2 + record 20 +
-    trailing bits 1: what a record without update adds to a stream."""
+    trailing bits 1: what a record without update adds to a stream; CRF offsets add their one byte."""
     out = attach_side_info(streams[codec], codec, side_info())
     assert len(out) - len(streams[codec]) == nal_bytes
+    shifted = attach_side_info(streams[codec], codec, side_info(intra_crf_offset=-2, inter_crf_offset=2))
+    assert len(shifted) - len(streams[codec]) == nal_bytes + 1
 
 
 def test_filter_id_is_the_sha256_prefix_and_crf_is_in_hundredths():
