@@ -352,8 +352,8 @@ def test_stream_info_then_decode_decodes_a_standard_stream_once(monkeypatch, tmp
     from workers.encode_job import decode_file
 
     data = flat_stream(64, 48, 5)
-    calls, real = [], encoder.decode_stream_and_rate
-    monkeypatch.setattr(encoder, "decode_stream_and_rate", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
+    calls, real = [], encoder.decode_stream_typed
+    monkeypatch.setattr(encoder, "decode_stream_typed", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
     info = decode_file(write(tmp_path, "flat.h264", data), tmp_path / "out.y4m")
     assert len(calls) == 1 and info["frames"] == 5
     frames = encoder.decode_stream(data, "x264")
