@@ -18,30 +18,40 @@ from workers.methods.registry import AdaptContext, Method, MethodOutcome, regist
 STANDARD_CODECS = ("x264", "x265")
 
 
+def generic_filter_choice(context: AdaptContext, config):
+    """What both post-filter methods start from: (the filter the codec uses, the plain encode, the original
+    frames, the CRF offsets per picture type the encoder picks among ``config.crf_offsets``, an OffsetChoice). With
+    ``send_update`` "always" the filter stays on for both picture types."""
+    from workers.postfilter.frame_offsets import choose_crf_offsets
+    from workers.postfilter.stream import encoder_threads
+
+    codec, video = context.codec, context.video
+    loaded = codec.postfilter()
+    plain = codec.plain_encode(video, context.intra_period)
+    originals = [video.frame_yuv420(i) for i in range(len(video))]
+    choice = choose_crf_offsets(loaded.model, originals, plain.reconstruction, plain.intra, codec.quality,
+                                codec.encoder_name, encoder_threads(), config.crf_offsets,
+                                allow_unfiltered=config.send_update != "always")
+    return loaded, plain, originals, choice
+
+
 @register_method
 class PostFilterMethod(Method):
     name = "postfilter"
     codecs = STANDARD_CODECS
 
     def adapt(self, context: AdaptContext, config) -> MethodOutcome:
-        from workers.postfilter.frame_offsets import choose_crf_offsets
-        from workers.postfilter.stream import FilterSignal, encoder_threads
+        from workers.postfilter.stream import FilterSignal
 
         began = time.perf_counter()
-        codec, video = context.codec, context.video
-        loaded = codec.postfilter()
-        plain = codec.plain_encode(video, context.intra_period)
-        originals = [video.frame_yuv420(i) for i in range(len(video))]
-        choice = choose_crf_offsets(loaded.model, originals, plain.reconstruction, plain.intra, codec.quality,
-                                    codec.encoder_name, encoder_threads(), config.crf_offsets,
-                                    allow_unfiltered=config.send_update != "always")
+        loaded, _, _, choice = generic_filter_choice(context, config)
         details = {"filter": loaded.metadata.name, "filter_sha256": loaded.metadata.weights_sha256,
                    "crf_offsets": {"intra": choice.offsets[0], "inter": choice.offsets[1]},
                    "psnr_yuv_sums": choice.scores}
         outcome = MethodOutcome(train_seconds=0.0, details=details)
         if choice.enabled:
             signal = FilterSignal(loaded, filtered=choice.frames, crf_offsets=choice.offsets)
-            outcome.candidates.append(context.candidate(codec.encode(video, context.intra_period, postfilter=signal),
-                                                        None, "filter-on"))
+            encoded = context.codec.encode(context.video, context.intra_period, postfilter=signal)
+            outcome.candidates.append(context.candidate(encoded, None, "filter-on"))
         details["filter_seconds"] = time.perf_counter() - began
         return outcome

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import time
 
-from workers.methods.postfilter import STANDARD_CODECS
+from workers.methods.postfilter import STANDARD_CODECS, generic_filter_choice
 from workers.methods.registry import AdaptContext, Method, MethodOutcome, register_method
 
 
@@ -51,14 +51,9 @@ class PostFilterAdaptMethod(Method):
         from workers.postfilter.stream import FilterSignal, encoder_threads, frame_crfs
 
         codec, video = context.codec, context.video
-        loaded = codec.postfilter()
-        plain = codec.plain_encode(video, context.intra_period)
-        originals = [video.frame_yuv420(i) for i in range(len(video))]
         # the generic filter as method postfilter sends it; a filter that helps neither picture type is adapted
         # from the plain conditioning instead (offsets 0 and 0: the adaptation may still make it pay)
-        choice = choose_crf_offsets(loaded.model, originals, plain.reconstruction, plain.intra, codec.quality,
-                                    codec.encoder_name, encoder_threads(), config.crf_offsets,
-                                    allow_unfiltered=config.send_update != "always")
+        loaded, plain, originals, choice = generic_filter_choice(context, config)
         if not choice.enabled:
             choice = choose_crf_offsets(loaded.model, originals, plain.reconstruction, plain.intra, codec.quality,
                                         codec.encoder_name, encoder_threads(), (0,), allow_unfiltered=False)
