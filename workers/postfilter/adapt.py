@@ -53,7 +53,8 @@ from workers.adapt.state import load_state, optimizer_tensors, restore_optimizer
 from workers.metrics import psnr_yuv
 from workers.postfilter.linear_system import (PLANE_WEIGHTS, LinearSystem, _channel_weights, _split_coded,  # noqa: F401
                                               _unshuffled, ridge_solution, tap_masks)
-from workers.postfilter.network import INPUT_PLANES, PostFilter, filter_planes
+from workers.postfilter.network import INPUT_PLANES, PostFilter
+from workers.postfilter.stream import filter_frames
 from workers.postfilter.update import (CLASSIFIED, CrossLinearUpdate, Parameterisation, UpdateStructure, adapted_filter,
                                        coded_shapes, make_filter_update)
 from workers.postfilter.update_payload import FIXED_BYTES, CodedUpdate, decode_update, encode_update, transmitted_prior
@@ -288,13 +289,12 @@ def evenly_spaced(count: int, wanted: int) -> list[int]:
 
 def filter_all(model: PostFilter | None, decoded: Sequence[Planes], crf: float | Sequence[float | None],
                codec: str) -> list[Planes]:
-    """Every frame through ``filter_planes`` (None: the decoded frames as they are). ``crf``: one conditioning
-    CRF, or one per frame (None: that frame as it is; workers.postfilter.stream.frame_crfs)."""
+    """Every frame through the filter under the current torch thread count (None: the decoded frames as they
+    are). ``crf``: one conditioning CRF, or one per frame (None: that frame as it is), as
+    :func:`workers.postfilter.stream.filter_frames` takes it."""
     if model is None:
         return list(decoded)
-    crfs = [crf] * len(decoded) if isinstance(crf, (int, float)) else list(crf)
-    return [planes if c is None else filter_planes(model, planes, c, codec)
-            for planes, c in zip(decoded, crfs, strict=True)]
+    return filter_frames(model, decoded, crf, codec, torch.get_num_threads())
 
 
 def mean_psnr_yuv(originals: Sequence[Planes], frames: Sequence[Planes]) -> float:
