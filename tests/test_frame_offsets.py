@@ -12,7 +12,8 @@ import torch
 
 from schemas.side_info import StandardSideInfo
 from tests.conftest import crop_planes
-from workers.postfilter.frame_offsets import choose_crf_offsets, frame_psnr_yuv
+from workers.metrics import psnr_yuv
+from workers.postfilter.frame_offsets import choose_crf_offsets
 from workers.postfilter.network import FilterArchitecture, PostFilter
 from workers.postfilter.stream import filter_frames, frame_crfs
 from workers.standard.encoder import decode_stream, decode_stream_typed, encode_planes
@@ -69,7 +70,7 @@ def test_choice_is_the_measured_argmax_and_its_frames_are_the_decoders(coded, cr
         expected = decoded.frames
     assert all(np.array_equal(a, b) for fa, fb in zip(choice.frames, expected, strict=True) for a, b in zip(fa, fb))
     # summed PSNR-YUV of the chosen frames is the sum of the chosen scores
-    total = sum(frame_psnr_yuv(o, f) for o, f in zip(originals, choice.frames))
+    total = sum(psnr_yuv(o, f) for o, f in zip(originals, choice.frames))
     chosen = sum(choice.scores[k]["off" if o is None else str(o)] for k, o in zip(("intra", "inter"), choice.offsets))
     assert total == pytest.approx(chosen, abs=1e-9)
 

@@ -20,9 +20,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-import numpy as np
-
 from schemas.methods.postfilter import DEFAULT_CRF_OFFSETS
+from workers.metrics import psnr_yuv
 from workers.postfilter.network import PostFilter
 from workers.postfilter.stream import Planes, filter_frames
 
@@ -41,15 +40,6 @@ class OffsetChoice:
         return self.offsets != (None, None)
 
 
-def frame_psnr_yuv(original: Planes, coded: Planes) -> float:
-    """PSNR-YUV (6 Y + U + V) / 8 of one frame, in dB (workers.metrics.psnr_from_mse per plane, peak 255)."""
-    from workers.metrics import psnr_from_mse
-
-    values = [psnr_from_mse(float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)), 255.0)
-              for a, b in zip(original, coded)]
-    return (6.0 * values[0] + values[1] + values[2]) / 8.0
-
-
 def choose_crf_offsets(model: PostFilter, originals: Sequence[Planes], decoded: Sequence[Planes], intra: Sequence[bool],
                        crf: float, codec: str, threads: int, candidates: Sequence[int] = DEFAULT_CRF_OFFSETS,
                        allow_unfiltered: bool = True) -> OffsetChoice:
@@ -63,13 +53,13 @@ def choose_crf_offsets(model: PostFilter, originals: Sequence[Planes], decoded: 
         raise ValueError("no candidate CRF offsets")
     kinds = {"intra": [i for i, flag in enumerate(intra) if flag],
              "inter": [i for i, flag in enumerate(intra) if not flag]}
-    plain = [frame_psnr_yuv(o, d) for o, d in zip(originals, decoded)]
+    plain = [psnr_yuv(o, d) for o, d in zip(originals, decoded)]
     scores = {kind: {"off": float(sum(plain[i] for i in where))} for kind, where in kinds.items()}
     best = {kind: None for kind in kinds}
     frames = list(decoded)
     for offset in dict.fromkeys(candidates):
         filtered = filter_frames(model, decoded, crf + offset, codec, threads)
-        psnrs = [frame_psnr_yuv(o, f) for o, f in zip(originals, filtered)]
+        psnrs = [psnr_yuv(o, f) for o, f in zip(originals, filtered)]
         for kind, where in kinds.items():
             scores[kind][str(offset)] = float(sum(psnrs[i] for i in where))
             forced = best[kind] is None and not allow_unfiltered
