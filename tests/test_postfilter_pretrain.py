@@ -152,3 +152,25 @@ def test_warm_start_begins_from_the_named_filter_and_checks_its_hash(sources, tm
     trained = train(config, tmp_path / "wide")
     assert trained.model.architecture.channels == 7 and trained.step == config.steps
     assert not torch.equal(trained.model.tail.weight[:, 4:], torch.zeros_like(trained.model.tail.weight[:, 4:]))
+
+
+def test_clip_options_reach_the_cache_and_an_older_config_resumes(sources, tmp_path):
+    """--clips-per-video / --max-frames-per-video shape the pair cache; a run folder whose config.json predates
+    those fields reads them as their defaults (what that run used), so it still resumes."""
+    args = ["--data", str(sources), "--layers", "3", "--channels", "4", "--steps", "2", "--batch", "2", "--crop", "32",
+            "--crfs", "32", "--codecs", "x264", "--threads", "1", "--checkpoint-every", "1"]
+    assert main(["--out", str(tmp_path / "many"), *args, "--clips-per-video", "3", "--max-frames-per-video", "30"]) == 0
+    many = json.loads((tmp_path / "many" / "cache" / "index.json").read_text())["items"]
+    cache_config = json.loads((tmp_path / "many" / "cache" / "cache.json").read_text())
+    assert len(many) == 3 and (cache_config["clips_per_video"], cache_config["max_frames_per_video"]) == (3, 30)
+    old = tmp_path / "old"
+    assert main(["--out", str(old), *args, "--stop-after", "1"]) == 0
+    written = json.loads((old / "config.json").read_text())
+    assert written["clips_per_video"] == DatasetConfig.clips_per_video
+    for name in ("clips_per_video", "max_frames_per_video"):
+        del written[name]
+    (old / "config.json").write_text(json.dumps(written))
+    assert main(["--out", str(old), *args]) == 0
+    assert json.loads((old / "state.json").read_text())["step"] == 2
+    with pytest.raises(SystemExit, match="another training config"):
+        main(["--out", str(old), *args, "--clips-per-video", "3"])

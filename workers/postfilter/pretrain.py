@@ -79,6 +79,10 @@ class TrainConfig:
     log_every: int = 25
     threads: int = 2
     max_items: int | None = None  # dataset: tests only
+    # dataset: clips of 12 frames taken per training video, spread evenly over its first max_frames_per_video frames
+    # (workers/postfilter/dataset.py); stages 1-7 used 4 clips of the first 240 frames
+    clips_per_video: int = DatasetConfig.clips_per_video
+    max_frames_per_video: int = DatasetConfig.max_frames_per_video
     # CRFs 32-51 only: trained over every CRF from 17 (where a filter has nothing to gain) the low CRFs dominate
     # the gradient and the filter stays near the identity (600 steps: +0.004 dB against +0.027 dB for 32-51).
     # A filter trained that way then learns CRFs 22 and 27 too (stages 6 and 7, ``--crfs 22 27 32 37 42 47 51``)
@@ -90,7 +94,8 @@ class TrainConfig:
     init_from_weights_sha256: str = ""
 
     def dataset_config(self) -> DatasetConfig:
-        return DatasetConfig(codecs=self.codecs, crfs=self.crfs, max_items=self.max_items)
+        return DatasetConfig(codecs=self.codecs, crfs=self.crfs, max_items=self.max_items,
+                             clips_per_video=self.clips_per_video, max_frames_per_video=self.max_frames_per_video)
 
     def architecture(self) -> FilterArchitecture:
         return FilterArchitecture(layers=self.layers, channels=self.channels)
@@ -310,7 +315,9 @@ def prepare_run(config: TrainConfig, out: Path) -> PairCache:
     path = out / "config.json"
     text = json.dumps(asdict(config), indent=1)
     if path.exists():
-        if json.loads(path.read_text()) != json.loads(text):
+        # a field added since the folder's config.json was written reads as its default (what that run used)
+        stored = {**json.loads(json.dumps(asdict(TrainConfig()))), **json.loads(path.read_text())}
+        if stored != json.loads(text):
             raise InputError(path, "this run folder holds another training config; use another --out")
     else:
         atomic_write_text(path, text)
