@@ -59,8 +59,8 @@ STATE_FORMAT = "adaptjobs-postfilter-train-state-1"
 
 @dataclass(frozen=True)
 class TrainConfig:
-    # the defaults are the first of the seven stages behind the shipped filter (pf-yuv-l8c44-w6): 32 channels from
-    # scratch; stages 2 (widened to 44 channels) to 7 start from the previous stage with ``init_from`` and are
+    # the defaults are the first of the eight stages behind the shipped filter (pf-yuv-l8c44-w7): 32 channels from
+    # scratch; stages 2 (widened to 44 channels) to 8 start from the previous stage with ``init_from`` and are
     # given with their commands in workers/models/postfilter/MODEL_CARD.md
     name: str = "pf-yuv-l8c32-hi"
     data: tuple[str, ...] = ("/work/shared/data/train",)
