@@ -10,7 +10,9 @@ records every frame's PSNR-Y/U/V plain and filtered at crf + d for each offset d
 round(x + s (filtered - x)) for each s, keyed "d@s"). ``analyse`` computes BD-rate against the plain stream
 (adaptjobs.bdrate on per-frame-averaged PSNR-YUV) for strategies chosen per (sequence, CRF) with the originals
 at hand, as the encoder would: one offset for all frames, or one per frame type (intra = frame index
-divisible by the intra period, 12), each option including "off"; the rate adds ``--sei`` bytes.
+divisible by the intra period, 12), each option including "off"; the rate adds ``--sei`` bytes. The last case
+picks per frame type one option for luma and one for chroma (a decoder would run the filter twice where they
+differ; its SEI would need one more byte, which the rate adds).
 """
 
 from __future__ import annotations
@@ -74,8 +76,9 @@ def yuv(psnrs) -> float:
     return float((6 * mean[0] + mean[1] + mean[2]) / 8)
 
 
-def choose(row, allowed, per_type: bool) -> tuple[float, tuple[str, str]]:
-    """PSNR-YUV of the best option ("off" or an offset key) for all frames, or per frame type."""
+def choose(row, allowed, per_type: bool, per_plane: bool = False) -> tuple[float, tuple]:
+    """PSNR-YUV of the best option ("off" or an offset key) for all frames, or per frame type; with
+    ``per_plane`` (per frame type only), luma and chroma each take their own best option."""
     options = {"off": np.array(row["none"])} | {key: np.array(v) for key, v in row["offsets"].items()}
     allowed = [option for option in allowed if option in options]
     if not per_type:
@@ -86,12 +89,21 @@ def choose(row, allowed, per_type: bool) -> tuple[float, tuple[str, str]]:
     def part(mask):
         return max(allowed, key=lambda o: ((6 * options[o][mask, 0] + options[o][mask, 1] + options[o][mask, 2]) / 8).sum())
 
+    if per_plane:  # the mean PSNR of each plane is a sum over frames: pick luma and chroma apart
+        frames = np.empty_like(options["off"])
+        picks = []
+        for mask in (intra, ~intra):
+            luma = max(allowed, key=lambda o: options[o][mask, 0].sum())
+            chroma = max(allowed, key=lambda o: (options[o][mask, 1] + options[o][mask, 2]).sum())
+            frames[mask, 0], frames[mask, 1:] = options[luma][mask, 0], options[chroma][mask, 1:]
+            picks.append((luma, chroma))
+        return yuv(frames), tuple(picks)
     best_intra, best_inter = part(intra), part(~intra)
     frames = np.where(intra[:, None], options[best_intra], options[best_inter])
     return yuv(frames), (best_intra, best_inter)
 
 
-def strategy(rows, allowed, per_type: bool, sei: int) -> dict[str, tuple[float, list]]:
+def strategy(rows, allowed, per_type: bool, sei: int, per_plane: bool = False) -> dict[str, tuple[float, list]]:
     from adaptjobs.bdrate import bd_rate
 
     out = {}
@@ -100,7 +112,7 @@ def strategy(rows, allowed, per_type: bool, sei: int) -> dict[str, tuple[float, 
         anchor = [(r["bytes"] * 8 / r["pixels"], yuv(r["none"])) for r in curve]
         test, picks = [], []
         for r in curve:
-            quality, pick = choose(r, allowed, per_type)
+            quality, pick = choose(r, allowed, per_type, per_plane)
             test.append(((r["bytes"] + sei) * 8 / r["pixels"], quality))
             picks.append(pick)
         out[sequence] = (bd_rate(anchor, test).percent, picks)
@@ -125,8 +137,10 @@ def analyse(args) -> None:
              ("one offset for all frames", unit, False), ("one offset per frame type", unit, True)]
     if any("@" in k for k in keys):
         cases.append(("offset and strength per frame type", keys, True))
+    cases.append(("per frame type, luma/chroma apart", unit, "planes"))
     for label, allowed, per_type in cases:
-        result = strategy(rows, ["off", *allowed], per_type, args.sei)
+        per_plane = per_type == "planes"
+        result = strategy(rows, ["off", *allowed], bool(per_type), args.sei + per_plane, per_plane)
         mean = np.mean([v[0] for v in result.values()])
         print(f"{label:<36} mean {mean:+.3f} | " + " ".join(f"{s.split('_')[0]} {v[0]:+.2f}" for s, v in result.items()))
         if args.picks:
