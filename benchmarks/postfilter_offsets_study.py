@@ -133,14 +133,15 @@ def analyse(args) -> None:
     if args.allowed:
         keys = [k for k in keys if k.split("@")[0] in args.allowed.split(",")]
     unit = [k for k in keys if "@" not in k or k.endswith("@1")]
-    cases = [("d = 0 (on/off)", [k for k in unit if k.split("@")[0] == "0"], False),
-             ("one offset for all frames", unit, False), ("one offset per frame type", unit, True)]
+    # (label, allowed options, per frame type, luma and chroma apart)
+    cases = [("d = 0 (on/off)", [k for k in unit if k.split("@")[0] == "0"], False, False),
+             ("one offset for all frames", unit, False, False), ("one offset per frame type", unit, True, False)]
     if any("@" in k for k in keys):
-        cases.append(("offset and strength per frame type", keys, True))
-    cases.append(("per frame type, luma/chroma apart", unit, "planes"))
-    for label, allowed, per_type in cases:
-        per_plane = per_type == "planes"
-        result = strategy(rows, ["off", *allowed], bool(per_type), args.sei + per_plane, per_plane)
+        cases.append(("offset and strength per frame type", keys, True, False))
+    cases.append(("per frame type, luma/chroma apart", unit, True, True))
+    for label, allowed, per_type, per_plane in cases:
+        sei = args.sei + (1 if per_plane else 0)  # the second offsets byte
+        result = strategy(rows, ["off", *allowed], per_type, sei, per_plane)
         mean = np.mean([v[0] for v in result.values()])
         print(f"{label:<36} mean {mean:+.3f} | " + " ".join(f"{s.split('_')[0]} {v[0]:+.2f}" for s, v in result.items()))
         if args.picks:
