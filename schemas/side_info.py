@@ -12,6 +12,7 @@ bound: the decoder trusts nothing it did not validate here.
 from __future__ import annotations
 
 from enum import IntEnum
+from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -24,6 +25,11 @@ MAX_THREADS = 4096  # the same bound as schemas.bitstream.BitstreamHeader.thread
 FILTER_ID_BYTES = 8
 CRF_STEPS = 100  # crf travels in hundredths (u16)
 MAX_CRF_OFFSET = 7  # a frame type's CRF offset travels in a signed 4-bit field whose -8 means "unfiltered"
+# A residual scale travels as a u8 numerator over RESIDUAL_SCALE_ONE: RESIDUAL_SCALE_ONE is the filter as trained
+RESIDUAL_SCALE_ONE = 16
+MAX_RESIDUAL_SCALE = 4 * RESIDUAL_SCALE_ONE  # 4x the trained residual: more is never useful, and is refused
+UNIT_SCALES = (RESIDUAL_SCALE_ONE,) * 3
+ResidualScales = tuple[int, int, int]  # numerators for Y, U, V
 
 
 class UpdateMethod(IntEnum):
@@ -65,6 +71,9 @@ class UpdateRef(BaseModel):
     bytes: int = Field(ge=1, le=MAX_UPDATE_BYTES)
 
 
+Scale = Annotated[int, Field(ge=0, le=MAX_RESIDUAL_SCALE)]
+
+
 class StandardSideInfo(BaseModel):
     """Side information of a standard-codec (x264/x265) stream with a learned post-filter.
 
@@ -85,6 +94,14 @@ class StandardSideInfo(BaseModel):
     frames at a lower QP than P frames at the same CRF, and the filter, conditioned on the CRF alone, cannot
     tell them apart. Both 0: the filter sees the CRF on every frame (all a record without the offsets byte
     can say).
+    ``intra_residual_scales`` / ``inter_residual_scales``: per frame type, the numerators (over
+    RESIDUAL_SCALE_ONE) by which the decoder scales the filter's residual on Y, U and V: a plane is shown as
+    x + (s / RESIDUAL_SCALE_ONE) (f(x) - x), rounded, where x is the decoded plane and f(x) the filter's
+    (unrounded) output; 0 shows that plane unfiltered. The encoder measures them per video
+    (workers/postfilter/frame_offsets.py), as JVET's NN loop filters signal a residual scaling factor: how
+    strongly the filter should act differs from one video and plane to the next, and one filter pass serves
+    every scale. All RESIDUAL_SCALE_ONE: the residual as trained (all a record without the scales can say).
+    They scale the generic filter only: a record with an update keeps unit scales.
     """
 
     # bytes as hex in JSON (`adaptjobs info`, logs): a filter id is rarely valid UTF-8
@@ -98,6 +115,8 @@ class StandardSideInfo(BaseModel):
     update: UpdateRef | None = None
     intra_crf_offset: int | None = Field(0, ge=-MAX_CRF_OFFSET, le=MAX_CRF_OFFSET)
     inter_crf_offset: int | None = Field(0, ge=-MAX_CRF_OFFSET, le=MAX_CRF_OFFSET)
+    intra_residual_scales: tuple[Scale, Scale, Scale] = UNIT_SCALES
+    inter_residual_scales: tuple[Scale, Scale, Scale] = UNIT_SCALES
 
     @field_validator("crf")
     @classmethod
@@ -115,7 +134,26 @@ class StandardSideInfo(BaseModel):
             raise ValueError("CRF offsets need filter_enabled")
         if self.filter_enabled and self.intra_crf_offset is None and self.inter_crf_offset is None:
             raise ValueError("a filter switched off for both frame types is filter_enabled false")
+        if self.has_residual_scales:
+            if not self.filter_enabled:
+                raise ValueError("residual scales need filter_enabled")
+            if self.update is not None:
+                raise ValueError("residual scales apply to the generic filter alone, not with an update")
+            for kind in ("intra", "inter"):
+                unfiltered = getattr(self, f"{kind}_crf_offset") is None
+                if unfiltered and getattr(self, f"{kind}_residual_scales") != UNIT_SCALES:
+                    raise ValueError(f"{kind} frames are shown unfiltered, so their residual scales stay "
+                                     f"{RESIDUAL_SCALE_ONE}")
         return self
+
+    @property
+    def has_residual_scales(self) -> bool:
+        """Whether the record needs its residual scales bytes (any scale but RESIDUAL_SCALE_ONE)."""
+        return (self.intra_residual_scales, self.inter_residual_scales) != (UNIT_SCALES, UNIT_SCALES)
+
+    def residual_scales(self, intra: bool) -> ResidualScales:
+        """The Y, U, V residual scale numerators for a frame of this type."""
+        return self.intra_residual_scales if intra else self.inter_residual_scales
 
     @property
     def has_crf_offsets(self) -> bool:

@@ -105,3 +105,80 @@ def test_typed_decode_gives_the_same_frames(coded):
     data = encode_planes(originals, 96, 64, Fraction(25), "x264", CRF, 3)
     plain = decode_stream(data, "x264")
     assert all(np.array_equal(a, b) for fa, fb in zip(plain, decoded.frames, strict=True) for a, b in zip(fa, fb))
+
+
+# --- residual scales -------------------------------------------------------------------------------------
+
+GRID = tuple(range(0, 33, 4))  # 0, 1/4, ..., 2
+
+
+@pytest.mark.parametrize("crf", [22, 47])
+def test_scales_are_the_measured_argmax_per_plane_and_their_frames_are_the_decoders(coded, crf):
+    """With a scale grid: each chosen candidate's Y, U, V scales are the per-plane argmax of what was measured
+    (checked against PSNRs recomputed here), the frames are what a decoder shows for the signalled record,
+    the summed PSNR-YUV of those frames is the chosen scores' sum, and no frame type scores below the choice
+    without scales (the grid holds the trained residual)."""
+    from workers.postfilter.checkpoint import shipped_filter
+    from workers.postfilter.network import filter_planes
+    from workers.postfilter.stream import frame_scales
+
+    originals, _ = coded
+    decoded = decode_stream_typed(encode_planes(originals, 96, 64, Fraction(25), "x264", crf, 3), "x264")
+    model = shipped_filter().model
+    candidates = (-2, 0, 3)
+    plain = choose_crf_offsets(model, originals, decoded.frames, decoded.intra, crf, "x264", 1, candidates)
+    scaled = choose_crf_offsets(model, originals, decoded.frames, decoded.intra, crf, "x264", 1, candidates,
+                                scale_grid=GRID)
+    assert scaled.enabled
+    for kind, offset in zip(("intra", "inter"), scaled.offsets):
+        assert scaled.scores[kind]["off" if offset is None else str(offset)] == max(scaled.scores[kind].values())
+        assert max(scaled.scores[kind].values()) >= max(plain.scores[kind].values()) - 1e-9
+        for candidate in map(str, candidates):  # the grid includes 16: never below the trained residual's score
+            assert scaled.scores[kind][candidate] >= plain.scores[kind][candidate] - 1e-9
+    # per plane argmax, recomputed from scratch for the intra frames' chosen candidate
+    intra_frames = [i for i, flag in enumerate(decoded.intra) if flag]
+    offset, scales = scaled.offsets[0], scaled.residual_scales[0]
+    if offset is not None:
+        for plane in range(3):
+            def summed(scale):
+                return sum(psnr_yuv((originals[i][plane],) * 3, (filter_planes(model, decoded.frames[i], crf + offset,
+                       "x264", (scale / 16,) * 3)[plane],) * 3) for i in intra_frames)
+            measured = {scale: summed(scale) for scale in (16, *GRID)}
+            assert measured[scales[plane]] == pytest.approx(max(measured.values()), abs=1e-9)
+    info = StandardSideInfo(crf=crf, threads=1, filter_id=bytes(8), filter_enabled=True,
+                            intra_crf_offset=scaled.offsets[0], inter_crf_offset=scaled.offsets[1],
+                            intra_residual_scales=scaled.residual_scales[0],
+                            inter_residual_scales=scaled.residual_scales[1])
+    expected = filter_frames(model, decoded.frames, frame_crfs(info, decoded.intra), "x264", 1,
+                             frame_scales(info, decoded.intra))
+    assert all(np.array_equal(a, b) for fa, fb in zip(scaled.frames, expected, strict=True) for a, b in zip(fa, fb))
+    total = sum(psnr_yuv(o, f) for o, f in zip(originals, scaled.frames))
+    chosen = sum(scaled.scores[k]["off" if o is None else str(o)] for k, o in zip(("intra", "inter"), scaled.offsets))
+    assert total == pytest.approx(chosen, abs=1e-9)
+
+
+def test_scale_zero_is_the_decoded_plane_and_one_is_the_filter(coded):
+    """x + 0 (f - x) rounds back to the decoded plane exactly; scale one is filter_planes' output bit for bit."""
+    from workers.postfilter.network import filter_planes
+
+    _, decoded = coded
+    model = tiny_filter(2, 0.05)
+    planes = decoded.frames[1]
+    zero = filter_planes(model, planes, CRF, "x264", (0.0, 0.0, 0.0))
+    assert all(np.array_equal(a, b) for a, b in zip(zero, planes))
+    mixed = filter_planes(model, planes, CRF, "x264", (1.0, 0.0, 1.5))
+    full = filter_planes(model, planes, CRF, "x264")
+    assert np.array_equal(mixed[0], full[0]) and np.array_equal(mixed[1], planes[1])
+    assert not np.array_equal(mixed[2], full[2])
+
+
+def test_a_harmful_filter_stays_off_with_scales(coded):
+    """Scale 0 on every plane scores as the plain frames: ties keep 'off', so nothing is signalled."""
+    originals, decoded = coded
+    choice = choose_crf_offsets(tiny_filter(3, 0.5), originals, decoded.frames, decoded.intra, CRF, "x264", 1,
+                                (-2, 0), scale_grid=GRID)
+    assert choice.offsets == (None, None) and choice.residual_scales == ((16,) * 3, (16,) * 3)
+    assert all(a is b for fa, fb in zip(choice.frames, decoded.frames) for a, b in zip(fa, fb))
+    forced = choose_crf_offsets(tiny_filter(3, 0.5), originals, decoded.frames, decoded.intra, CRF, "x264", 1,
+                                (-2, 0), allow_unfiltered=False, scale_grid=GRID)
+    assert None not in forced.offsets and all(scale > 0 for kind in forced.residual_scales for scale in kind)

@@ -130,8 +130,11 @@ def test_info_shows_the_side_info(units, clip, tmp_path, capsys):
     chosen = units["x264", "postfilter-adapt"][0].method_details["crf_offsets"]  # the update travels with them
     assert (shown["intra_crf_offset"], shown["inter_crf_offset"]) == (chosen["intra"], chosen["inter"]) != (0, 0)
     from workers.postfilter.stream import describe_side_info
-    some = describe_side_info((info.model_copy(update={"intra_crf_offset": None, "inter_crf_offset": -3}), b""))
+    some = describe_side_info((info.model_copy(update={"intra_crf_offset": None, "inter_crf_offset": -3,
+                                                       "inter_residual_scales": (8, 16, 20)}), b""))
     assert some["intra_crf_offset"] == "unfiltered" and some["inter_crf_offset"] == -3
+    assert some["inter_residual_scales"] == {"Y": 0.5, "U": 1.0, "V": 1.25}
+    assert some["intra_residual_scales"] == {"Y": 1.0, "U": 1.0, "V": 1.0}
     plain = tmp_path / "plain.h264"
     assert cli(["encode", str(clip), "-o", str(plain), "--codec", "x264"]) == 0
     assert cli(["info", str(plain)]) == 0
@@ -178,7 +181,8 @@ def test_filter_switched_off_decodes_plainly(units, filters, tmp_path):
     plain = strip_side_info(data, "x265")
     info, _ = read_side_info(data, "x265")
     off = tmp_path / "off.hevc"
-    switched_off = {**info.model_dump(), "filter_enabled": False, "intra_crf_offset": 0, "inter_crf_offset": 0}
+    switched_off = {**info.model_dump(), "filter_enabled": False, "intra_crf_offset": 0, "inter_crf_offset": 0,
+                    "intra_residual_scales": (16, 16, 16), "inter_residual_scales": (16, 16, 16)}
     off.write_bytes(attach_side_info(plain, "x265", StandardSideInfo(**switched_off)))
     (tmp_path / "plain.hevc").write_bytes(plain)
     assert cli(["decode", str(off), "-o", str(tmp_path / "off.y4m")]) == 0  # the filter is not even looked up
@@ -190,8 +194,8 @@ def test_filter_switched_off_decodes_plainly(units, filters, tmp_path):
 @pytest.mark.parametrize("codec", SUFFIX)
 def test_each_frame_type_is_filtered_at_its_own_crf_offset(units, filters, tmp_path, codec):
     """`decode` conditions the filter per picture type: intra frames on crf + the intra offset (unfiltered when
-    the record says so), the others on crf + the inter offset; and the unit's own record names offsets whose
-    frames are its recon."""
+    the record says so), the others on crf + the inter offset, each plane's residual scaled by its type's
+    scale; and the unit's own record names the offsets and scales the method chose."""
     from workers.limits import capped_threads
     from workers.postfilter.stream import filter_frames
     from workers.standard.encoder import decode_stream_typed
@@ -200,22 +204,33 @@ def test_each_frame_type_is_filtered_at_its_own_crf_offset(units, filters, tmp_p
     result, out = units[codec, "postfilter"]
     data = (out / f"clip{SUFFIX[codec]}").read_bytes()
     info, _ = read_side_info(data, codec)
-    chosen = result.method_details["crf_offsets"]
+    chosen, scales = result.method_details["crf_offsets"], result.method_details["residual_scales"]
     assert (info.intra_crf_offset, info.inter_crf_offset) == (chosen["intra"], chosen["inter"])
+    assert (info.intra_residual_scales, info.inter_residual_scales) == (tuple(scales["intra"]), tuple(scales["inter"]))
     plain = strip_side_info(data, codec)
     decoded = decode_stream_typed(plain, codec)
     assert decoded.intra == [True, False, False]
     model, threads = load_filter(filters[0]).model, capped_threads(info.threads, torch.get_num_threads())
-    for intra_offset, inter_offset in [(None, 3), (-5, 0), (2, None)]:
-        record = info.model_copy(update={"intra_crf_offset": intra_offset, "inter_crf_offset": inter_offset})
+    unit = (16, 16, 16)
+    for intra_offset, inter_offset, intra_scales, inter_scales in [(None, 3, unit, (8, 0, 24)), (-5, 0, unit, unit),
+                                                                   (2, None, (32, 16, 5), unit)]:
+        record = StandardSideInfo(**{**info.model_dump(), "intra_crf_offset": intra_offset,
+                                     "inter_crf_offset": inter_offset, "intra_residual_scales": intra_scales,
+                                     "inter_residual_scales": inter_scales})
         stream = tmp_path / f"s{SUFFIX[codec]}"
         stream.write_bytes(attach_side_info(plain, codec, record))
         assert cli(["decode", str(stream), "-o", str(tmp_path / "d.y4m"), "--model", str(filters[0])]) == 0
         shown = read_video(tmp_path / "d.y4m")
         for index, (planes, intra) in enumerate(zip(decoded.frames, decoded.intra)):
-            offset = intra_offset if intra else inter_offset
-            expected = planes if offset is None else filter_frames(model, [planes], 32 + offset, codec, threads)[0]
+            offset, frame_scales = (intra_offset, intra_scales) if intra else (inter_offset, inter_scales)
+            expected = planes if offset is None else filter_frames(model, [planes], 32 + offset, codec, threads,
+                                                                   [frame_scales])[0]
             assert all(np.array_equal(a, b) for a, b in zip(shown.frame_yuv420(index), expected)), (index, offset)
+        if (intra_scales, inter_scales) != (unit, unit):  # the scales changed what was shown
+            unscaled = filter_frames(model, [decoded.frames[1]], 32 + inter_offset, codec, threads)[0] \
+                if inter_offset is not None else None
+            if unscaled is not None:
+                assert not np.array_equal(shown.frame_yuv420(1)[0], unscaled[0])
 
 
 def test_a_filter_that_does_not_pay_is_not_sent(clip, tmp_path):

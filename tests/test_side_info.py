@@ -88,6 +88,12 @@ def test_record_golden_bytes():
     assert len(shifted) == 21 and shifted[-4:] == struct.pack("<I", zlib.crc32(shifted[:-4]))
     both = pack_record(side_info(blob, UpdateMethod.LORA, intra_crf_offset=7, inter_crf_offset=-7), blob)
     assert both[16:22] == b"\x79\x02\x05\x00\x00\x00" and len(both) == 26 + len(blob)
+    # residual scales: flag bit 3 and six bytes (intra Y U V, inter Y U V) after the offsets byte, if any
+    scaled = pack_record(side_info(intra_crf_offset=-4, inter_crf_offset=None, intra_residual_scales=(12, 16, 32)))
+    assert scaled[:23].hex(" ") == "41 4a 02 0d 74 0e 02 00 01 23 45 67 89 ab cd ef c8 0c 10 20 10 10 10"
+    assert len(scaled) == 27 and scaled[-4:] == struct.pack("<I", zlib.crc32(scaled[:-4]))
+    unshifted = pack_record(side_info(inter_residual_scales=(0, 17, 64)))
+    assert unshifted[3] == 0x09 and unshifted[16:22] == b"\x10\x10\x10\x00\x11\x40" and len(unshifted) == 26
 
 
 def test_update_method_ids_are_fixed():
@@ -105,6 +111,8 @@ def test_whole_sei_nal_unit_is_small(streams, codec, nal_bytes):
     assert len(out) - len(streams[codec]) == nal_bytes
     shifted = attach_side_info(streams[codec], codec, side_info(intra_crf_offset=-2, inter_crf_offset=2))
     assert len(shifted) - len(streams[codec]) == nal_bytes + 1
+    scaled = attach_side_info(streams[codec], codec, side_info(intra_crf_offset=-2, intra_residual_scales=(15, 18, 20)))
+    assert len(scaled) - len(streams[codec]) == nal_bytes + 7
 
 
 def test_filter_id_is_the_sha256_prefix_and_crf_is_in_hundredths():
@@ -154,15 +162,20 @@ infos = st.builds(
     filter_id=st.binary(min_size=8, max_size=8), filter_enabled=st.just(True), intra_crf_offset=offsets,
     inter_crf_offset=st.integers(-7, 7)) | st.builds(
     StandardSideInfo, crf=st.integers(0, 5100).map(lambda n: n / 100), threads=st.integers(1, 4096),
-    filter_id=st.binary(min_size=8, max_size=8), filter_enabled=st.booleans())
+    filter_id=st.binary(min_size=8, max_size=8), filter_enabled=st.booleans()) | st.builds(
+    StandardSideInfo, crf=st.integers(0, 5100).map(lambda n: n / 100), threads=st.integers(1, 4096),
+    filter_id=st.binary(min_size=8, max_size=8), filter_enabled=st.just(True), intra_crf_offset=st.integers(-7, 7),
+    intra_residual_scales=st.tuples(*[st.integers(0, 64)] * 3),
+    inter_residual_scales=st.tuples(*[st.integers(0, 64)] * 3))
 
 
 @PROPERTY
 @given(info=infos, blob=st.binary(max_size=3 * CHUNK_BYTES // 2), method=st.sampled_from(UpdateMethod),
        flip=st.integers(0, 1 << 30), bit=st.integers(0, 7))
 def test_record_round_trip_and_any_flipped_bit_is_refused(info, blob, method, flip, bit):
-    if blob:
-        info = StandardSideInfo(**{**info.model_dump(), "filter_enabled": True,
+    if blob:  # residual scales never travel with an update
+        info = StandardSideInfo(**{**info.model_dump(), "filter_enabled": True, "intra_residual_scales": (16,) * 3,
+                                   "inter_residual_scales": (16,) * 3,
                                    "update": UpdateRef(method=method, bytes=len(blob))})
     packed = pack_record(info, blob)
     assert unpack_record(packed) == (info, blob)
@@ -208,7 +221,7 @@ def test_corrupted_or_truncated_record_is_refused(streams, codec):
     (lambda: record(magic=b"AX"), "starts with b'AX', expected b'AJ'"),
     (lambda: record(version=1), "format version 1; this adaptjobs reads 2"),
     (lambda: b"AJSI\x01" + record()[5:], "format version 83"),  # format 1's magic and version
-    (lambda: record(flags=0x09), "unknown flags 0x09"),
+    (lambda: record(flags=0x11), "unknown flags 0x11"),
     (lambda: record(flags=0x80), "unknown flags 0x80"),
     (lambda: record(crf=5101), "crf: Input should be less than or equal to 51"),
     (lambda: record(threads=0), "threads: Input should be greater than or equal to 1"),
@@ -228,6 +241,14 @@ def test_corrupted_or_truncated_record_is_refused(streams, codec):
     (lambda: record(flags=0x05, tail=b"\x88"), "switched off for both frame types is filter_enabled false"),
     (lambda: record(flags=0x05, tail=b"\x1f\x00"), "1 bytes after its fields and no update"),
     (lambda: record(flags=0x07, tail=b"\x1f\x01"), "truncated \\(22 bytes, at least 26 with an update\\)"),
+    (lambda: record(flags=0x09, tail=b"\x10" * 5), "truncated \\(25 bytes, at least 26 with residual scales\\)"),
+    (lambda: record(flags=0x09, tail=b"\x10" * 6), "residual scales that are all 16"),
+    (lambda: record(flags=0x09, tail=b"\x10" * 5 + b"\x41"),
+     "inter_residual_scales.2: Input should be less than or equal to 64"),
+    (lambda: record(flags=0x08, tail=b"\x10" * 5 + b"\x11"), "residual scales need filter_enabled"),
+    (lambda: record(flags=0x0d, tail=b"\x8f" + b"\x11" + b"\x10" * 5), "intra frames are shown unfiltered"),
+    (lambda: record(flags=0x0b, tail=b"\x11" + b"\x10" * 5 + struct.pack("<BI", 1, 1) + b"u"),
+     "residual scales apply to the generic filter alone"),
 ])
 @pytest.mark.parametrize("codec", CODECS)
 def test_bad_fields_behind_a_valid_crc_are_refused(streams, codec, make_record, cause):

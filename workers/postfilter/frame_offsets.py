@@ -13,6 +13,14 @@ not |candidates|^2.
 The decoder runs exactly one pass, with the offsets the record names; what the encoder keeps are the frames
 of the very passes it measured (same model, same thread count), so decode == reconstruction holds bit for bit.
 Memory: the decoded clip, the best filtered frames so far and the current candidate's (three clips).
+
+With a ``scale_grid`` the encoder also picks, per frame type and candidate, the residual scale of each plane
+(schemas.side_info ``intra_residual_scales``): for every frame, candidate, plane and scale s in the grid it
+measures the PSNR of round(x + s (f - x)) (f: that pass's unrounded output), keeps per frame type and plane the
+scale with the highest summed PSNR, and scores the candidate with those. The PSNR-YUV of a frame is a weighted
+sum of its planes' PSNRs, so the planes are chosen independently: one filter pass per candidate still, plus
+one final pass with the chosen offsets and scales (the decoder's own computation, so its frames are the
+decoder's). Memory: the decoded clip and the chosen frames (two clips) and one frame's outputs at every scale.
 """
 
 from __future__ import annotations
@@ -20,20 +28,28 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
+import torch
+
 from schemas.methods.postfilter import DEFAULT_CRF_OFFSETS
-from workers.metrics import psnr_yuv
-from workers.postfilter.network import PostFilter
+from schemas.side_info import RESIDUAL_SCALE_ONE, UNIT_SCALES, ResidualScales
+from workers.metrics import psnr_from_mse, psnr_yuv
+from workers.postfilter.network import PostFilter, planes_to_tensors, scale_residuals, tensors_to_planes
 from workers.postfilter.stream import Planes, filter_frames
 
 
 @dataclass
 class OffsetChoice:
     """``offsets``: (intra, inter), None for a frame type left unfiltered; ``frames``: what the decoder will
-    show with them; ``scores``: summed PSNR-YUV (dB) per candidate ("off" for unfiltered) and frame type."""
+    show with them; ``scores``: summed PSNR-YUV (dB) per candidate ("off" for unfiltered) and frame type, each
+    candidate at its best residual scales; ``residual_scales``: (intra, inter) Y, U, V numerators (over
+    RESIDUAL_SCALE_ONE) of the chosen candidates, ``candidate_scales`` those of every candidate."""
 
     offsets: tuple[int | None, int | None]
     frames: list[Planes]
     scores: dict[str, dict[str, float]] = field(default_factory=dict)
+    residual_scales: tuple[ResidualScales, ResidualScales] = (UNIT_SCALES, UNIT_SCALES)
+    candidate_scales: dict[str, dict[str, ResidualScales]] = field(default_factory=dict)
 
     @property
     def enabled(self) -> bool:
@@ -42,17 +58,22 @@ class OffsetChoice:
 
 def choose_crf_offsets(model: PostFilter, originals: Sequence[Planes], decoded: Sequence[Planes], intra: Sequence[bool],
                        crf: float, codec: str, threads: int, candidates: Sequence[int] = DEFAULT_CRF_OFFSETS,
-                       allow_unfiltered: bool = True) -> OffsetChoice:
+                       allow_unfiltered: bool = True, scale_grid: Sequence[int] | None = None) -> OffsetChoice:
     """Try every candidate offset on every frame and keep, per frame type, the best candidate or no filter
     (see the module docstring). Ties keep the earlier option: unfiltered first, then candidates in the order
     given. ``allow_unfiltered`` False: the best candidate even where no filter would score higher (a method
-    told to send the filtered stream always). ``decoded`` is not modified."""
+    told to send the filtered stream always). ``scale_grid``: residual scale numerators (over
+    RESIDUAL_SCALE_ONE) each plane may take, per frame type and candidate; None: the residual as trained.
+    ``decoded`` is not modified."""
     if not (len(originals) == len(decoded) == len(intra)):
         raise ValueError(f"{len(originals)} originals, {len(decoded)} decoded frames, {len(intra)} frame types")
     if not candidates:
         raise ValueError("no candidate CRF offsets")
     kinds = {"intra": [i for i, flag in enumerate(intra) if flag],
              "inter": [i for i, flag in enumerate(intra) if not flag]}
+    if scale_grid is not None:
+        return _choose_with_scales(model, originals, decoded, intra, kinds, crf, codec, threads, candidates,
+                                   allow_unfiltered, scale_grid)
     plain = [psnr_yuv(o, d) for o, d in zip(originals, decoded)]
     scores = {kind: {"off": float(sum(plain[i] for i in where))} for kind, where in kinds.items()}
     best = {kind: None for kind in kinds}
@@ -72,3 +93,60 @@ def choose_crf_offsets(model: PostFilter, originals: Sequence[Planes], decoded: 
 
 def _key(offset: int | None) -> str:
     return "off" if offset is None else str(offset)
+
+
+def _choose_with_scales(model: PostFilter, originals: Sequence[Planes], decoded: Sequence[Planes],
+                        intra: Sequence[bool], kinds: dict[str, list[int]], crf: float, codec: str, threads: int, candidates: Sequence[int],
+                        allow_unfiltered: bool, scale_grid: Sequence[int]) -> OffsetChoice:
+    """:func:`choose_crf_offsets` with residual scales (module docstring). Ties between scales keep
+    RESIDUAL_SCALE_ONE, then the grid's order. ``allow_unfiltered`` False also leaves scale 0 out."""
+    from workers.video_codec import torch_threads
+
+    # told to filter (allow_unfiltered False), every plane is filtered: scale 0 would show it unfiltered
+    grid = [scale for scale in dict.fromkeys([RESIDUAL_SCALE_ONE, *scale_grid]) if scale or allow_unfiltered]
+    if any(not 0 <= scale <= 255 for scale in grid):
+        raise ValueError(f"residual scales {grid} must lie in 0..255")
+    plain = [psnr_yuv(o, d) for o, d in zip(originals, decoded)]
+    scores = {kind: {"off": float(sum(plain[i] for i in where))} for kind, where in kinds.items()}
+    chosen_scales: dict[str, dict[str, ResidualScales]] = {kind: {} for kind in kinds}
+    best: dict[str, int | None] = {kind: None for kind in kinds}
+    for offset in dict.fromkeys(candidates):
+        # sums[kind][plane, scale index]: summed PSNR of that plane over the frames of that kind
+        sums = {kind: np.zeros((3, len(grid))) for kind in kinds}
+        with torch_threads(threads), torch.no_grad():
+            for index, (original, planes) in enumerate(zip(originals, decoded)):
+                inputs = planes_to_tensors(planes)
+                outputs = model(*inputs, float(crf + offset), codec)
+                sums["intra" if intra[index] else "inter"] += _scaled_psnrs(original, inputs, outputs, grid)
+        for kind, where in kinds.items():
+            if not where:
+                continue
+            picks = sums[kind].argmax(axis=1)  # the first maximum: RESIDUAL_SCALE_ONE on ties
+            per_plane = sums[kind][np.arange(3), picks]
+            scores[kind][str(offset)] = float((6 * per_plane[0] + per_plane[1] + per_plane[2]) / 8)
+            chosen_scales[kind][str(offset)] = tuple(grid[i] for i in picks)
+            forced = best[kind] is None and not allow_unfiltered
+            if forced or scores[kind][str(offset)] > scores[kind][_key(best[kind])]:
+                best[kind] = offset
+    offsets = (best["intra"], best["inter"])
+    scales = tuple(UNIT_SCALES if best[kind] is None else chosen_scales[kind][str(best[kind])]
+                   for kind in ("intra", "inter"))
+    frames = list(decoded)
+    if offsets != (None, None):  # the decoder's own pass with the choice: its frames are the decoder's
+        frame_crfs = [None if offsets[0 if flag else 1] is None else crf + offsets[0 if flag else 1] for flag in intra]
+        frames = filter_frames(model, decoded, frame_crfs, codec, threads,
+                               [scales[0 if flag else 1] for flag in intra])
+    return OffsetChoice(offsets, frames, scores, scales, chosen_scales)
+
+
+def _scaled_psnrs(original: Planes, inputs: tuple[torch.Tensor, ...], outputs: tuple[torch.Tensor, ...],
+                  grid: Sequence[int]) -> np.ndarray:
+    """(3, len(grid)) PSNRs of each plane shown at each residual scale: exactly the planes
+    network.filter_planes makes with those scales (same float32 element-wise operations and rounding)."""
+    psnrs = np.empty((3, len(grid)))
+    for plane, (source, x, f) in enumerate(zip(original, inputs, outputs)):
+        reference = source.astype(np.float64)
+        for column, scale in enumerate(grid):
+            (shown,) = tensors_to_planes((scale_residuals((x,), (f,), (scale / RESIDUAL_SCALE_ONE,))[0],))
+            psnrs[plane, column] = psnr_from_mse(float(np.mean((reference - shown.astype(np.float64)) ** 2)), 255.0)
+    return psnrs

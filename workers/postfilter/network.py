@@ -116,10 +116,19 @@ def tensors_to_planes(tensors: tuple[torch.Tensor, ...]) -> tuple[np.ndarray, np
     return tuple(t[0, 0].mul(255.0).clamp(0, 255).round().to(torch.uint8).numpy() for t in tensors)
 
 
+def scale_residuals(inputs: tuple[torch.Tensor, ...], outputs: tuple[torch.Tensor, ...],
+                    scales: tuple[float, ...]) -> tuple[torch.Tensor, ...]:
+    """Per plane, x + s (f - x): the filter's residual scaled by s (inputs x, outputs f, same shapes, in
+    [0, 1]); a plane whose s is 1 is the output itself, bit for bit. Element-wise float32, so deterministic
+    on any thread count (schemas.side_info ``intra_residual_scales``)."""
+    return tuple(f if s == 1.0 else x + s * (f - x) for x, f, s in zip(inputs, outputs, scales, strict=True))
+
+
 @torch.no_grad()
-def filter_planes(model: PostFilter, planes: tuple[np.ndarray, ...], crf: float, codec: str) -> tuple[np.ndarray, ...]:
-    """Filter one decoded frame (8-bit 4:2:0 planes). Deterministic for a given torch build, CPU kind and
-    thread count, so a decoder reproduces the encoder's output byte for byte under the same rule as the
-    neural codec (the stream records the thread count)."""
-    y, u, v = planes_to_tensors(planes)
-    return tensors_to_planes(model(y, u, v, float(crf), codec))
+def filter_planes(model: PostFilter, planes: tuple[np.ndarray, ...], crf: float, codec: str,
+                  scales: tuple[float, float, float] = (1.0, 1.0, 1.0)) -> tuple[np.ndarray, ...]:
+    """Filter one decoded frame (8-bit 4:2:0 planes), its residual on Y, U, V scaled by ``scales``.
+    Deterministic for a given torch build, CPU kind and thread count, so a decoder reproduces the encoder's
+    output byte for byte under the same rule as the neural codec (the stream records the thread count)."""
+    inputs = planes_to_tensors(planes)
+    return tensors_to_planes(scale_residuals(inputs, model(*inputs, float(crf), codec), scales))

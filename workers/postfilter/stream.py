@@ -6,7 +6,8 @@
                                      -> (info, blob): resolve_filter(info.filter_id among the user's filter and
                                         the shipped ones) -> decoder_filter (base + update, if any) ->
                                         filter_frames under info.threads torch threads (if filter_enabled),
-                                        each frame conditioned on crf + its picture type's offset
+                                        each frame conditioned on crf + its picture type's offset, its
+                                        residual scaled by its picture type's Y, U, V scales
 
 The record's thread count is adopted by the decoder (capped to the cores available: workers.limits.capped_threads)
 because the last bit of a filtered pixel depends on how CPU kernels split their sums (same rule as the neural
@@ -26,7 +27,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from schemas.side_info import StandardSideInfo, UpdateMethod, UpdateRef, filter_id
+from schemas.side_info import (RESIDUAL_SCALE_ONE, UNIT_SCALES, ResidualScales, StandardSideInfo, UpdateMethod,
+                               UpdateRef, filter_id)
 from workers.errors import BitstreamError
 from workers.postfilter import checkpoint
 from workers.postfilter.checkpoint import LoadedFilter, load_filter, shipped_filter_names
@@ -50,7 +52,8 @@ class FilterSignal:
     the decoder applies it, the coded update (empty: none) and its parameterisation. ``filtered``: the frames
     the decoder will show, when the caller computed them already under the current thread count (skips a pass;
     the unit loop's decode check still compares them with the decoder's). ``crf_offsets``: (intra, inter) CRF
-    offsets of the filter's conditioning, None for a frame type shown unfiltered (schemas.side_info)."""
+    offsets of the filter's conditioning, None for a frame type shown unfiltered (schemas.side_info);
+    ``residual_scales``: (intra, inter) Y, U, V numerators over RESIDUAL_SCALE_ONE."""
 
     loaded: LoadedFilter
     enabled: bool = True
@@ -58,6 +61,7 @@ class FilterSignal:
     parameterisation: str | None = None
     filtered: list[Planes] | None = None
     crf_offsets: tuple[int | None, int | None] = (0, 0)
+    residual_scales: tuple[ResidualScales, ResidualScales] = (UNIT_SCALES, UNIT_SCALES)
 
     def side_info(self, crf: float, threads: int) -> StandardSideInfo:
         update = None
@@ -67,7 +71,8 @@ class FilterSignal:
             update = UpdateRef(method=UPDATE_METHODS[self.parameterisation], bytes=len(self.blob))
         return StandardSideInfo(crf=crf, threads=threads, filter_id=filter_id(self.loaded.metadata.weights_sha256),
                                 filter_enabled=self.enabled, update=update, intra_crf_offset=self.crf_offsets[0],
-                                inter_crf_offset=self.crf_offsets[1])
+                                inter_crf_offset=self.crf_offsets[1], intra_residual_scales=self.residual_scales[0],
+                                inter_residual_scales=self.residual_scales[1])
 
 
 def known_filters(user: LoadedFilter | None) -> list[LoadedFilter]:
@@ -108,31 +113,39 @@ def rebuild_update(base: LoadedFilter, info: StandardSideInfo, blob: bytes, sour
 
 
 def filter_frames(model: PostFilter, frames: Sequence[Planes], crf: float | Sequence[float | None], codec: str,
-                  threads: int) -> list[Planes]:
+                  threads: int, scales: Sequence[ResidualScales] | None = None) -> list[Planes]:
     """Every frame through the filter with ``threads`` torch threads (the record's count). ``crf``: one
-    conditioning CRF for all frames, or one per frame (None: that frame is passed through unfiltered)."""
-    return filter_frames_in_place(model, list(frames), crf, codec, threads)
+    conditioning CRF for all frames, or one per frame (None: that frame is passed through unfiltered);
+    ``scales``: each frame's Y, U, V residual scale numerators (None: the residual as trained)."""
+    return filter_frames_in_place(model, list(frames), crf, codec, threads, scales)
 
 
 def filter_frames_in_place(model: PostFilter, frames: list[Planes], crf: float | Sequence[float | None], codec: str,
-                           threads: int) -> list[Planes]:
+                           threads: int, scales: Sequence[ResidualScales] | None = None) -> list[Planes]:
     """:func:`filter_frames`, each filtered frame replacing its decoded one in ``frames`` (returned): the
     decoder holds one copy of the clip, not two (workers.limits.MAX_DECODED_FRAME_BYTES counts one)."""
     from workers.video_codec import torch_threads
 
     crfs = [crf] * len(frames) if isinstance(crf, (int, float)) else list(crf)
-    if len(crfs) != len(frames):
-        raise ValueError(f"{len(crfs)} conditioning CRFs for {len(frames)} frames")
+    scales = [UNIT_SCALES] * len(frames) if scales is None else list(scales)
+    if not (len(crfs) == len(scales) == len(frames)):
+        raise ValueError(f"{len(crfs)} conditioning CRFs and {len(scales)} residual scales for {len(frames)} frames")
     with torch_threads(threads):
-        for index, (planes, frame_crf) in enumerate(zip(frames, crfs)):
+        for index, (planes, frame_crf, frame_scales) in enumerate(zip(frames, crfs, scales)):
             if frame_crf is not None:
-                frames[index] = filter_planes(model, planes, frame_crf, codec)
+                frames[index] = filter_planes(model, planes, frame_crf, codec,
+                                              tuple(s / RESIDUAL_SCALE_ONE for s in frame_scales))
     return frames
 
 
 def frame_crfs(info: StandardSideInfo, intra: Sequence[bool]) -> list[float | None]:
     """The CRF the filter is conditioned on for each frame (by its picture type; None: shown unfiltered)."""
     return [info.filter_crf(is_intra) for is_intra in intra]
+
+
+def frame_scales(info: StandardSideInfo, intra: Sequence[bool]) -> list[ResidualScales]:
+    """The Y, U, V residual scale numerators of each frame (by its picture type)."""
+    return [info.residual_scales(is_intra) for is_intra in intra]
 
 
 def encoder_threads() -> int:
@@ -155,7 +168,7 @@ def decode_filtered(frames: list[Planes], intra: Sequence[bool], side: tuple[Sta
     # OpenMP threads, 5.3 s instead of 0.05 s for 2 frames of 64x48; workers.limits.capped_threads has the
     # bit-exactness caveat)
     return filter_frames_in_place(model, frames, frame_crfs(info, intra), codec,
-                                  capped_threads(info.threads, torch.get_num_threads()))
+                                  capped_threads(info.threads, torch.get_num_threads()), frame_scales(info, intra))
 
 
 def describe_side_info(side: tuple[StandardSideInfo, bytes] | None) -> dict | str:
@@ -170,4 +183,7 @@ def describe_side_info(side: tuple[StandardSideInfo, bytes] | None) -> dict | st
     for kind in ("intra", "inter"):  # "unfiltered" reads better than null
         if described[f"{kind}_crf_offset"] is None:
             described[f"{kind}_crf_offset"] = "unfiltered"
+        # the factors themselves (the numerators over RESIDUAL_SCALE_ONE are the wire's business)
+        described[f"{kind}_residual_scales"] = {plane: scale / RESIDUAL_SCALE_ONE for plane, scale
+                                                in zip("YUV", described[f"{kind}_residual_scales"])}
     return described

@@ -6,21 +6,26 @@ The record (format 2; every integer little-endian)::
     offset size  field
      0     2     magic    b"AJ"
      2     1     version  u8, FORMAT_VERSION
-     3     1     flags    u8: bit 0 filter enabled, bit 1 update present, bit 2 CRF offsets present, bits 3-7 zero
+     3     1     flags    u8: bit 0 filter enabled, bit 1 update present, bit 2 CRF offsets present,
+                          bit 3 residual scales present, bits 4-7 zero
      4     2     crf      u16, hundredths (0..5100)
      6     2     threads  u16, torch intra-op threads of the filter run (1..4096)
      8     8     filter   first 8 bytes of the sha256 of the filter's weights (schemas.side_info.filter_id)
     only with flag bit 2 (k = 1, else k = 0):
     16     1     offsets  u8: high nibble intra frames, low nibble the others, each a signed 4-bit CRF offset
                           (-7..7, two's complement) or 8 (-8): frames of that type are shown unfiltered
-    only with flag bit 1:
-    16+k   1     method   u8, schemas.side_info.UpdateMethod (1 scale-bias, 2 lora, 3 last-layer, 4 cross-linear, ...)
-    17+k   4     length   u32, update bytes (1..MAX_UPDATE_BYTES)
-    21+k   n     update   the coded filter update
+    only with flag bit 3 (j = 6, else j = 0):
+    16+k   6     scales   u8 x 6: residual scale numerators (over schemas.side_info.RESIDUAL_SCALE_ONE) of intra
+                          Y, U, V, then of the other frames' Y, U, V (0..MAX_RESIDUAL_SCALE)
+    only with flag bit 1 (never with bit 3):
+    16+k+j 1     method   u8, schemas.side_info.UpdateMethod (1 scale-bias, 2 lora, 3 last-layer, 4 cross-linear, ...)
+    17+k+j 4     length   u32, update bytes (1..MAX_UPDATE_BYTES)
+    21+k+j n     update   the coded filter update
     always last:
     -4     4     crc      u32, CRC32 (zlib) of every byte before it
 
-A record is 20 bytes without an update and 25 + n with one, one more with CRF offsets. Nothing the stream
+A record is 20 bytes without an update and 25 + n with one, one more with CRF offsets, six more with residual
+scales. Nothing the stream
 already says is in it (codec, frame size, frame count, intra period, each frame's picture type: the decoder
 reads them from the stream; the encoder can check them with :func:`check_side_info_against_stream`).
 
@@ -28,6 +33,9 @@ The CRF offsets came after the first streams were written, behind a flag rather 
 record written before reads as it did (offsets 0 and 0), a record with offsets 0 and 0 is written exactly as
 before, and a reader that predates the flag refuses a record that has it ("unknown flags") instead of
 filtering with the wrong conditioning.
+The residual scales came later still, behind flag bit 3 for the same reasons: a record without them reads as
+scales of one, a record whose scales are all one is written without the bytes, and an older reader refuses
+the flag.
 
 Format 1 (magic ``AJSI``, a JSON header with two sha256 hex strings: 261 bytes without an update, 291 added
 to an x264 stream) never left the ``sei`` branch; it is not read (its version byte reads as 83).
@@ -62,7 +70,8 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from schemas.side_info import CRF_STEPS, MAX_UPDATE_BYTES, StandardSideInfo, UpdateMethod
+from schemas.side_info import (CRF_STEPS, MAX_UPDATE_BYTES, RESIDUAL_SCALE_ONE, UNIT_SCALES, StandardSideInfo,
+                               UpdateMethod)
 from workers.errors import BitstreamError, InputError
 from workers.standard.encoder import decode_stream, x264_settings
 from workers.standard.sei import extract_user_data, insert_user_data, strip_user_data
@@ -75,15 +84,17 @@ FORMAT_VERSION = 2
 FLAG_FILTER_ENABLED = 0x01
 FLAG_UPDATE = 0x02
 FLAG_CRF_OFFSETS = 0x04
-KNOWN_FLAGS = FLAG_FILTER_ENABLED | FLAG_UPDATE | FLAG_CRF_OFFSETS
+FLAG_RESIDUAL_SCALES = 0x08
+KNOWN_FLAGS = FLAG_FILTER_ENABLED | FLAG_UPDATE | FLAG_CRF_OFFSETS | FLAG_RESIDUAL_SCALES
 UNFILTERED_NIBBLE = 0x8  # -8 in a signed nibble: that frame type is shown unfiltered
 CHUNK_BYTES = 16384  # record bytes per SEI message
 _FIXED = struct.Struct("<2sBBHH8s")  # magic, version, flags, crf hundredths, threads, filter id
 _OFFSETS = struct.Struct("<B")  # intra nibble, inter nibble
+_SCALES = struct.Struct("<6B")  # intra Y, U, V, inter Y, U, V
 _UPDATE = struct.Struct("<BI")  # method, length
 _CRC = struct.Struct("<I")
 _CHUNK = struct.Struct("<BB")  # index, count
-MAX_RECORD_BYTES = _FIXED.size + _OFFSETS.size + _UPDATE.size + MAX_UPDATE_BYTES + _CRC.size
+MAX_RECORD_BYTES = _FIXED.size + _OFFSETS.size + _SCALES.size + _UPDATE.size + MAX_UPDATE_BYTES + _CRC.size
 MAX_CHUNKS = -(-MAX_RECORD_BYTES // CHUNK_BYTES)
 assert MAX_CHUNKS <= 255, "chunk index and count are u8"
 
@@ -94,10 +105,13 @@ def pack_record(info: StandardSideInfo, blob: bytes = b"") -> bytes:
     if len(blob) != expected:
         raise ValueError(f"side info update: the record says {expected} bytes, {len(blob)} given")
     flags = ((FLAG_FILTER_ENABLED if info.filter_enabled else 0) | (FLAG_UPDATE if info.update else 0)
-             | (FLAG_CRF_OFFSETS if info.has_crf_offsets else 0))
+             | (FLAG_CRF_OFFSETS if info.has_crf_offsets else 0)
+             | (FLAG_RESIDUAL_SCALES if info.has_residual_scales else 0))
     body = _FIXED.pack(MAGIC, FORMAT_VERSION, flags, info.crf_steps, info.threads, info.filter_id)
     if info.has_crf_offsets:
         body += _OFFSETS.pack(_nibble(info.intra_crf_offset) << 4 | _nibble(info.inter_crf_offset))
+    if info.has_residual_scales:
+        body += _SCALES.pack(*info.intra_residual_scales, *info.inter_residual_scales)
     if info.update is not None:
         body += _UPDATE.pack(int(info.update.method), info.update.bytes) + blob
     return body + _CRC.pack(zlib.crc32(body))
@@ -165,6 +179,15 @@ def unpack_record(record: bytes, source: str | Path | None = None) -> tuple[Stan
         offsets, at = (_offset(packed >> 4), _offset(packed & 0xF)), at + _OFFSETS.size
         if offsets == (0, 0):
             raise _fail(source, "has a CRF offsets byte that says 0 and 0 (written without the byte)")
+    scales = (UNIT_SCALES, UNIT_SCALES)
+    if flags & FLAG_RESIDUAL_SCALES:
+        if len(record) < at + _SCALES.size + _CRC.size:
+            raise _fail(source, f"is truncated ({len(record)} bytes, at least {at + _SCALES.size + _CRC.size} "
+                                "with residual scales)")
+        values = _SCALES.unpack_from(record, at)
+        scales, at = (values[:3], values[3:]), at + _SCALES.size
+        if scales == (UNIT_SCALES, UNIT_SCALES):
+            raise _fail(source, f"has residual scales that are all {RESIDUAL_SCALE_ONE} (written without them)")
     update, blob = None, b""
     if flags & FLAG_UPDATE:
         update, blob = _read_update(record, at, source)
@@ -172,7 +195,8 @@ def unpack_record(record: bytes, source: str | Path | None = None) -> tuple[Stan
         raise _fail(source, f"has {len(record) - at - _CRC.size} bytes after its fields and no update")
     fields = {"crf": crf_steps / CRF_STEPS, "threads": threads, "filter_id": filter_id_bytes,
               "filter_enabled": bool(flags & FLAG_FILTER_ENABLED), "update": update,
-              "intra_crf_offset": offsets[0], "inter_crf_offset": offsets[1]}
+              "intra_crf_offset": offsets[0], "inter_crf_offset": offsets[1],
+              "intra_residual_scales": scales[0], "inter_residual_scales": scales[1]}
     try:
         info = StandardSideInfo.model_validate(fields)
     except ValidationError as exc:
