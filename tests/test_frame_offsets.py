@@ -128,8 +128,15 @@ def test_scales_are_the_measured_argmax_per_plane_and_their_frames_are_the_decod
     candidates = (-2, 0, 3)
     plain = choose_crf_offsets(model, originals, decoded.frames, decoded.intra, crf, "x264", 1, candidates)
     scaled = choose_crf_offsets(model, originals, decoded.frames, decoded.intra, crf, "x264", 1, candidates,
-                                scale_grid=GRID)
+                                scale_grid=GRID, with_unscaled=True)
     assert scaled.enabled
+    # the choice without scales from the same passes is the plain choice, frames and all
+    unscaled = scaled.unscaled
+    assert (unscaled.offsets, unscaled.residual_scales) == (plain.offsets, ((16,) * 3, (16,) * 3))
+    for kind in ("intra", "inter"):  # the same PSNRs, summed in another order
+        assert unscaled.scores[kind] == pytest.approx(plain.scores[kind], abs=1e-9)
+    assert all(np.array_equal(a, b) for fa, fb in zip(unscaled.frames, plain.frames, strict=True)
+               for a, b in zip(fa, fb))
     for kind, offset in zip(("intra", "inter"), scaled.offsets):
         assert scaled.scores[kind]["off" if offset is None else str(offset)] == max(scaled.scores[kind].values())
         assert max(scaled.scores[kind].values()) >= max(plain.scores[kind].values()) - 1e-9

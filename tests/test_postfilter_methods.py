@@ -110,6 +110,18 @@ def test_linear_updates_decode_to_the_recon(clip, filters, tmp_path, codec, para
 
 
 @pytest.mark.parametrize("codec", SUFFIX)
+def test_postfilter_adapt_offers_the_generic_filter_as_postfilter_sends_it(units, codec):
+    """postfilter-adapt's generic candidate is method postfilter's choice (offsets and residual scales); its
+    update is adapted on the residual as trained (scales never travel with an update)."""
+    chosen = units[codec, "postfilter"][0].method_details
+    adapted, out = units[codec, "postfilter-adapt"]
+    generic = adapted.method_details["generic"]
+    assert generic == {"crf_offsets": chosen["crf_offsets"], "residual_scales": chosen["residual_scales"]}
+    info, _ = read_side_info((out / f"clip{SUFFIX[codec]}").read_bytes(), codec)
+    assert info.update is not None and not info.has_residual_scales
+
+
+@pytest.mark.parametrize("codec", SUFFIX)
 def test_standard_decoders_ignore_the_sei(units, codec):
     data = (units[codec, "postfilter-adapt"][1] / f"clip{SUFFIX[codec]}").read_bytes()
     plain = strip_side_info(data, codec)
@@ -284,7 +296,7 @@ def test_method_config_mirrors_the_workers_config():
     from schemas.methods.postfilter_adapt import PostFilterAdaptConfig
     from workers.postfilter.adapt import FilterAdaptConfig
 
-    ours = PostFilterAdaptConfig().model_dump(exclude={"method", "crf_offsets"})  # chosen before adapt_filter
+    ours = PostFilterAdaptConfig().model_dump(exclude={"method", "crf_offsets", "residual_scale_grid"})  # chosen before
     assert ours == FilterAdaptConfig().model_dump()
 
 

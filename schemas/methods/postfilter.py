@@ -38,6 +38,16 @@ def check_crf_offsets(offsets: tuple[int, ...]) -> tuple[int, ...]:
     return offsets
 
 
+def check_residual_scale_grid(grid: tuple[int, ...]) -> tuple[int, ...]:
+    """Scales: distinct, each signalable (() is allowed: no scales)."""
+    outside = [scale for scale in grid if not 0 <= scale <= MAX_RESIDUAL_SCALE]
+    if outside:
+        raise ValueError(f"residual_scale_grid {outside} lie outside 0..{MAX_RESIDUAL_SCALE}")
+    if len(set(grid)) != len(grid):
+        raise ValueError("residual_scale_grid names a scale twice")
+    return grid
+
+
 @register_method_config
 class PostFilterConfig(BaseModel):
     """x264/x265 plus the shipped learned post-filter (no update): sent only where it lowers the RD cost."""
@@ -56,9 +66,4 @@ class PostFilterConfig(BaseModel):
     @field_validator("residual_scale_grid")
     @classmethod
     def _scales(cls, grid: tuple[int, ...]) -> tuple[int, ...]:
-        outside = [scale for scale in grid if not 0 <= scale <= MAX_RESIDUAL_SCALE]
-        if outside:
-            raise ValueError(f"residual_scale_grid {outside} lie outside 0..{MAX_RESIDUAL_SCALE}")
-        if len(set(grid)) != len(grid):
-            raise ValueError("residual_scale_grid names a scale twice")
-        return grid
+        return check_residual_scale_grid(grid)

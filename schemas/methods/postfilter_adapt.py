@@ -9,7 +9,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from schemas.methods._shared import SEND_UPDATE_HELP, SendUpdate, WeightPrior
-from schemas.methods.postfilter import CRF_OFFSETS_HELP, DEFAULT_CRF_OFFSETS, check_crf_offsets
+from schemas.methods.postfilter import (CRF_OFFSETS_HELP, DEFAULT_CRF_OFFSETS, DEFAULT_RESIDUAL_SCALE_GRID,
+                                        RESIDUAL_SCALE_GRID_HELP, check_crf_offsets, check_residual_scale_grid)
 from schemas.methods.registry import register_method_config
 
 
@@ -88,8 +89,16 @@ class PostFilterAdaptConfig(BaseModel):
     seed: int = Field(0, ge=0)
     crf_offsets: tuple[int, ...] = Field(DEFAULT_CRF_OFFSETS, description=CRF_OFFSETS_HELP + "; the update is "
                                          "adapted on the generic filter at the chosen offsets and travels with them")
+    residual_scale_grid: tuple[int, ...] = Field(DEFAULT_RESIDUAL_SCALE_GRID, description=(
+        RESIDUAL_SCALE_GRID_HELP + "; for the generic filter's candidate only: the update is adapted on the "
+        "residual as trained, at the offsets chosen without scales"))
 
     @field_validator("crf_offsets")
     @classmethod
     def _candidates(cls, offsets: tuple[int, ...]) -> tuple[int, ...]:
         return check_crf_offsets(offsets)
+
+    @field_validator("residual_scale_grid")
+    @classmethod
+    def _scales(cls, grid: tuple[int, ...]) -> tuple[int, ...]:
+        return check_residual_scale_grid(grid)

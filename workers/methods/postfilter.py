@@ -19,11 +19,13 @@ from workers.methods.registry import AdaptContext, Method, MethodOutcome, regist
 STANDARD_CODECS = ("x264", "x265")
 
 
-def generic_filter_choice(context: AdaptContext, config, scale_grid: tuple[int, ...] | None = None):
+def generic_filter_choice(context: AdaptContext, config, scale_grid: tuple[int, ...] | None = None,
+                          with_unscaled: bool = False):
     """What both post-filter methods start from: (the filter the codec uses, the plain encode, the original
     frames, the CRF offsets per picture type the encoder picks among ``config.crf_offsets``, an OffsetChoice). With
     ``send_update`` "always" the filter stays on for both picture types; ``scale_grid``: the residual scales
-    each plane may take (None: the residual as trained)."""
+    each plane may take (None: the residual as trained); ``with_unscaled``: the choice also holds the one
+    without scales (OffsetChoice.unscaled)."""
     from workers.postfilter.frame_offsets import choose_crf_offsets
     from workers.postfilter.stream import encoder_threads
 
@@ -33,7 +35,8 @@ def generic_filter_choice(context: AdaptContext, config, scale_grid: tuple[int, 
     originals = [video.frame_yuv420(i) for i in range(len(video))]
     choice = choose_crf_offsets(loaded.model, originals, plain.reconstruction, plain.intra, codec.quality,
                                 codec.encoder_name, encoder_threads(), config.crf_offsets,
-                                allow_unfiltered=config.send_update != "always", scale_grid=scale_grid)
+                                allow_unfiltered=config.send_update != "always", scale_grid=scale_grid,
+                                with_unscaled=with_unscaled)
     return loaded, plain, originals, choice
 
 

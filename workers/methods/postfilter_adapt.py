@@ -7,8 +7,10 @@ carried in the stream's SEI (one file, no sidecar payload).
       -> workers.postfilter.adapt.adapt_filter on that generic output (trains or solves the update, checkpointed
          in the unit's checkpoint/ folder, so a resumed unit ends with the same bytes); the decoder conditions
          the adapted filter on the same per-frame CRFs, so the record carries the offsets with the update
-      -> candidates: adapted (SEI + update; the primary) and generic (SEI, no update); the unit loop adds the
-         plain stream and sends the cheapest by lambda * 255^2 * D + every byte of the file / pixels.
+      -> candidates: adapted (SEI + update; the primary) and generic (SEI, no update: the filter at the offsets
+         and per-plane residual scales method postfilter picks, config residual_scale_grid); the unit loop adds
+         the plain stream and sends the cheapest by lambda * 255^2 * D + every byte of the file / pixels.
+         (The update is adapted on the residual as trained: scales never travel with an update.)
 
 lambda (config ``rd_measure``): psnr-yuv (default) solves and decides in PSNR-YUV at log_rate_per_db x the
 plain stream's bpp per dB (workers.postfilter.adapt.psnr_rd_weights: BD-rate's own trade-off, no extra encode),
@@ -34,7 +36,8 @@ def filter_adapt_config(config):
     counts the SEI's bytes too); with psnr-yuv adapt_filter's decision gates the update (module docstring)."""
     from workers.postfilter.adapt import FilterAdaptConfig
 
-    fields = config.model_dump(exclude={"method", "crf_offsets"})  # the offsets are chosen before adapt_filter
+    # the offsets and scales are chosen before adapt_filter
+    fields = config.model_dump(exclude={"method", "crf_offsets", "residual_scale_grid"})
     if config.rd_measure == "wmse":
         fields["send_update"] = "always"
     return FilterAdaptConfig.model_validate(fields)
@@ -53,12 +56,18 @@ class PostFilterAdaptMethod(Method):
         codec, video = context.codec, context.video
         # the generic filter as method postfilter sends it; a filter that helps neither picture type is adapted
         # from the plain conditioning instead (offsets 0 and 0: the adaptation may still make it pay)
-        loaded, plain, originals, choice = generic_filter_choice(context, config)
+        grid = config.residual_scale_grid or None
+        loaded, plain, originals, scaled = generic_filter_choice(context, config, grid, with_unscaled=True)
+        # the update is adapted on the residual as trained, at the offsets chosen without scales; the generic
+        # candidate is the filter at the offsets and scales chosen with them (as method postfilter sends it)
+        choice = scaled.unscaled or scaled
         if not choice.enabled:
             choice = choose_crf_offsets(loaded.model, originals, plain.reconstruction, plain.intra, codec.quality,
                                         codec.encoder_name, encoder_threads(), (0,), allow_unfiltered=False)
-        generic = FilterSignal(loaded, filtered=choice.frames, crf_offsets=choice.offsets)
-        shown_crfs = frame_crfs(generic.side_info(codec.quality, encoder_threads()), plain.intra)  # the decoder's
+        base = FilterSignal(loaded, filtered=choice.frames, crf_offsets=choice.offsets)
+        generic = base if not scaled.enabled else FilterSignal(
+            loaded, filtered=scaled.frames, crf_offsets=scaled.offsets, residual_scales=scaled.residual_scales)
+        shown_crfs = frame_crfs(base.side_info(codec.quality, encoder_threads()), plain.intra)  # the decoder's
         began = time.perf_counter()
         adaptation = adapt_filter(loaded, loaded.metadata.weights_sha256, originals, plain.reconstruction,
                                   codec.quality, codec.encoder_name, filter_adapt_config(config),
@@ -71,6 +80,9 @@ class PostFilterAdaptMethod(Method):
         stats = adaptation.stats
         details = {"filter": loaded.metadata.name, "filter_sha256": loaded.metadata.weights_sha256,
                    "crf_offsets": {"intra": choice.offsets[0], "inter": choice.offsets[1]},
+                   "generic": {"crf_offsets": {"intra": generic.crf_offsets[0], "inter": generic.crf_offsets[1]},
+                               "residual_scales": {"intra": list(generic.residual_scales[0]),
+                                                   "inter": list(generic.residual_scales[1])}},
                    "adaptation": adaptation.decision.to_dict(), **stats}
         outcome = MethodOutcome(steps=stats["steps"], resumed=stats["resumed_from"], train_seconds=seconds,
                                 details=details)

@@ -43,13 +43,15 @@ class OffsetChoice:
     """``offsets``: (intra, inter), None for a frame type left unfiltered; ``frames``: what the decoder will
     show with them; ``scores``: summed PSNR-YUV (dB) per candidate ("off" for unfiltered) and frame type, each
     candidate at its best residual scales; ``residual_scales``: (intra, inter) Y, U, V numerators (over
-    RESIDUAL_SCALE_ONE) of the chosen candidates, ``candidate_scales`` those of every candidate."""
+    RESIDUAL_SCALE_ONE) of the chosen candidates, ``candidate_scales`` those of every candidate; ``unscaled``
+    (when asked for): the choice the same measurements give with the residual as trained, its own frames."""
 
     offsets: tuple[int | None, int | None]
     frames: list[Planes]
     scores: dict[str, dict[str, float]] = field(default_factory=dict)
     residual_scales: tuple[ResidualScales, ResidualScales] = (UNIT_SCALES, UNIT_SCALES)
     candidate_scales: dict[str, dict[str, ResidualScales]] = field(default_factory=dict)
+    unscaled: OffsetChoice | None = None
 
     @property
     def enabled(self) -> bool:
@@ -58,12 +60,14 @@ class OffsetChoice:
 
 def choose_crf_offsets(model: PostFilter, originals: Sequence[Planes], decoded: Sequence[Planes], intra: Sequence[bool],
                        crf: float, codec: str, threads: int, candidates: Sequence[int] = DEFAULT_CRF_OFFSETS,
-                       allow_unfiltered: bool = True, scale_grid: Sequence[int] | None = None) -> OffsetChoice:
+                       allow_unfiltered: bool = True, scale_grid: Sequence[int] | None = None,
+                       with_unscaled: bool = False) -> OffsetChoice:
     """Try every candidate offset on every frame and keep, per frame type, the best candidate or no filter
     (see the module docstring). Ties keep the earlier option: unfiltered first, then candidates in the order
     given. ``allow_unfiltered`` False: the best candidate even where no filter would score higher (a method
     told to send the filtered stream always). ``scale_grid``: residual scale numerators (over
     RESIDUAL_SCALE_ONE) each plane may take, per frame type and candidate; None: the residual as trained.
+    ``with_unscaled`` (with a grid): also the choice without scales, from the same passes plus one (``unscaled``).
     ``decoded`` is not modified."""
     if not (len(originals) == len(decoded) == len(intra)):
         raise ValueError(f"{len(originals)} originals, {len(decoded)} decoded frames, {len(intra)} frame types")
@@ -73,7 +77,7 @@ def choose_crf_offsets(model: PostFilter, originals: Sequence[Planes], decoded: 
              "inter": [i for i, flag in enumerate(intra) if not flag]}
     if scale_grid is not None:
         return _choose_with_scales(model, originals, decoded, intra, kinds, crf, codec, threads, candidates,
-                                   allow_unfiltered, scale_grid)
+                                   allow_unfiltered, scale_grid, with_unscaled)
     plain = [psnr_yuv(o, d) for o, d in zip(originals, decoded)]
     scores = {kind: {"off": float(sum(plain[i] for i in where))} for kind, where in kinds.items()}
     best = {kind: None for kind in kinds}
@@ -96,8 +100,9 @@ def _key(offset: int | None) -> str:
 
 
 def _choose_with_scales(model: PostFilter, originals: Sequence[Planes], decoded: Sequence[Planes],
-                        intra: Sequence[bool], kinds: dict[str, list[int]], crf: float, codec: str, threads: int, candidates: Sequence[int],
-                        allow_unfiltered: bool, scale_grid: Sequence[int]) -> OffsetChoice:
+                        intra: Sequence[bool], kinds: dict[str, list[int]], crf: float, codec: str, threads: int,
+                        candidates: Sequence[int], allow_unfiltered: bool, scale_grid: Sequence[int],
+                        with_unscaled: bool) -> OffsetChoice:
     """:func:`choose_crf_offsets` with residual scales (module docstring). Ties between scales keep
     RESIDUAL_SCALE_ONE, then the grid's order. ``allow_unfiltered`` False also leaves scale 0 out."""
     from workers.video_codec import torch_threads
@@ -107,36 +112,50 @@ def _choose_with_scales(model: PostFilter, originals: Sequence[Planes], decoded:
     if any(not 0 <= scale <= 255 for scale in grid):
         raise ValueError(f"residual scales {grid} must lie in 0..255")
     plain = [psnr_yuv(o, d) for o, d in zip(originals, decoded)]
-    scores = {kind: {"off": float(sum(plain[i] for i in where))} for kind, where in kinds.items()}
-    chosen_scales: dict[str, dict[str, ResidualScales]] = {kind: {} for kind in kinds}
-    best: dict[str, int | None] = {kind: None for kind in kinds}
+    # measured[offset][kind][plane, scale index]: summed PSNR of that plane over the frames of that kind
+    measured: dict[int, dict[str, np.ndarray]] = {}
     for offset in dict.fromkeys(candidates):
-        # sums[kind][plane, scale index]: summed PSNR of that plane over the frames of that kind
-        sums = {kind: np.zeros((3, len(grid))) for kind in kinds}
+        measured[offset] = {kind: np.zeros((3, len(grid))) for kind in kinds}
         with torch_threads(threads), torch.no_grad():
             for index, (original, planes) in enumerate(zip(originals, decoded)):
                 inputs = planes_to_tensors(planes)
                 outputs = model(*inputs, float(crf + offset), codec)
-                sums["intra" if intra[index] else "inter"] += _scaled_psnrs(original, inputs, outputs, grid)
+                measured[offset]["intra" if intra[index] else "inter"] += _scaled_psnrs(original, inputs, outputs, grid)
+    scaled = _pick(measured, kinds, plain, grid, allow_unfiltered, len(grid))
+    unscaled = _pick(measured, kinds, plain, grid, allow_unfiltered, 1) if with_unscaled else None
+    for choice in (scaled, unscaled):
+        if choice is not None and choice.enabled:  # the decoder's own pass with the choice: the decoder's frames
+            frame_crfs = [None if choice.offsets[0 if f else 1] is None else crf + choice.offsets[0 if f else 1]
+                          for f in intra]
+            choice.frames = filter_frames(model, decoded, frame_crfs, codec, threads,
+                                          [choice.residual_scales[0 if flag else 1] for flag in intra])
+        elif choice is not None:
+            choice.frames = list(decoded)
+    scaled.unscaled = unscaled
+    return scaled
+
+
+def _pick(measured: dict[int, dict[str, np.ndarray]], kinds: dict[str, list[int]], plain: list[float],
+          grid: list[int], allow_unfiltered: bool, columns: int) -> OffsetChoice:
+    """The choice among the measured candidates using the first ``columns`` scales of ``grid`` (1: the
+    residual as trained); its frames are filled in by the caller."""
+    scores = {kind: {"off": float(sum(plain[i] for i in where))} for kind, where in kinds.items()}
+    chosen_scales: dict[str, dict[str, ResidualScales]] = {kind: {} for kind in kinds}
+    best: dict[str, int | None] = {kind: None for kind in kinds}
+    for offset, sums in measured.items():
         for kind, where in kinds.items():
             if not where:
                 continue
-            picks = sums[kind].argmax(axis=1)  # the first maximum: RESIDUAL_SCALE_ONE on ties
+            picks = sums[kind][:, :columns].argmax(axis=1)  # the first maximum: RESIDUAL_SCALE_ONE on ties
             per_plane = sums[kind][np.arange(3), picks]
             scores[kind][str(offset)] = float((6 * per_plane[0] + per_plane[1] + per_plane[2]) / 8)
             chosen_scales[kind][str(offset)] = tuple(grid[i] for i in picks)
             forced = best[kind] is None and not allow_unfiltered
             if forced or scores[kind][str(offset)] > scores[kind][_key(best[kind])]:
                 best[kind] = offset
-    offsets = (best["intra"], best["inter"])
     scales = tuple(UNIT_SCALES if best[kind] is None else chosen_scales[kind][str(best[kind])]
                    for kind in ("intra", "inter"))
-    frames = list(decoded)
-    if offsets != (None, None):  # the decoder's own pass with the choice: its frames are the decoder's
-        frame_crfs = [None if offsets[0 if flag else 1] is None else crf + offsets[0 if flag else 1] for flag in intra]
-        frames = filter_frames(model, decoded, frame_crfs, codec, threads,
-                               [scales[0 if flag else 1] for flag in intra])
-    return OffsetChoice(offsets, frames, scores, scales, chosen_scales)
+    return OffsetChoice((best["intra"], best["inter"]), [], scores, scales, chosen_scales)
 
 
 def _scaled_psnrs(original: Planes, inputs: tuple[torch.Tensor, ...], outputs: tuple[torch.Tensor, ...],
