@@ -98,6 +98,9 @@ def test_decoded_frames_are_not_modified_and_inputs_are_checked(coded):
         choose_crf_offsets(tiny_filter(0, 0.02), originals, decoded.frames, decoded.intra[:-1], CRF, "x264", 1)
     with pytest.raises(ValueError, match="no candidate"):
         choose_crf_offsets(tiny_filter(0, 0.02), originals, decoded.frames, decoded.intra, CRF, "x264", 1, ())
+    with pytest.raises(ValueError, match="must lie in 0..64"):
+        choose_crf_offsets(tiny_filter(0, 0.02), originals, decoded.frames, decoded.intra, CRF, "x264", 1, (0,),
+                           scale_grid=(8, 65))
 
 
 def test_typed_decode_gives_the_same_frames(coded):

@@ -20,7 +20,8 @@ measures the PSNR of round(x + s (f - x)) (f: that pass's unrounded output), kee
 scale with the highest summed PSNR, and scores the candidate with those. The PSNR-YUV of a frame is a weighted
 sum of its planes' PSNRs, so the planes are chosen independently: one filter pass per candidate still, plus
 one final pass with the chosen offsets and scales (the decoder's own computation, so its frames are the
-decoder's). Memory: the decoded clip and the chosen frames (two clips) and one frame's outputs at every scale.
+decoder's). Memory: the decoded clip and the chosen frames (two clips; three with ``with_unscaled``, whose
+choice gets a final pass of its own) and one plane at every scale.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import numpy as np
 import torch
 
 from schemas.methods.postfilter import DEFAULT_CRF_OFFSETS
-from schemas.side_info import RESIDUAL_SCALE_ONE, UNIT_SCALES, ResidualScales
+from schemas.side_info import MAX_RESIDUAL_SCALE, RESIDUAL_SCALE_ONE, UNIT_SCALES, ResidualScales
 from workers.metrics import psnr_from_mse, psnr_yuv
 from workers.postfilter.network import PostFilter, planes_to_tensors, scale_residuals, tensors_to_planes
 from workers.postfilter.stream import Planes, filter_frames
@@ -109,8 +110,8 @@ def _choose_with_scales(model: PostFilter, originals: Sequence[Planes], decoded:
 
     # told to filter (allow_unfiltered False), every plane is filtered: scale 0 would show it unfiltered
     grid = [scale for scale in dict.fromkeys([RESIDUAL_SCALE_ONE, *scale_grid]) if scale or allow_unfiltered]
-    if any(not 0 <= scale <= 255 for scale in grid):
-        raise ValueError(f"residual scales {grid} must lie in 0..255")
+    if any(not 0 <= scale <= MAX_RESIDUAL_SCALE for scale in grid):
+        raise ValueError(f"residual scales {grid} must lie in 0..{MAX_RESIDUAL_SCALE} (what a record can carry)")
     plain = [psnr_yuv(o, d) for o, d in zip(originals, decoded)]
     # measured[offset][kind][plane, scale index]: summed PSNR of that plane over the frames of that kind
     measured: dict[int, dict[str, np.ndarray]] = {}
