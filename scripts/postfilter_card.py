@@ -120,7 +120,10 @@ def card_markdown(card: dict, evaluation: dict) -> str:
              f"Configuration: `{json.dumps(t.get('config'))}`", "",
              "Last training log windows (`gain_db`: mean PSNR-YUV-weighted dB gain on the training crops):", "",
              "```", *[json.dumps(line) for line in card["training_log_tail"]], "```", "",
-             "## Against the issue's targets", "", *target_lines(evaluation["summary"]), "",
+             "## The filter alone against the issue's targets", "",
+             "Switched on or off per unit, conditioned on the unit's CRF: no CRF offsets, no residual scales (method "
+             "`postfilter` adds both, chosen per video by the encoder; its numbers through the runner are in "
+             "benchmarks/RESULTS.md and the README).", "", *target_lines(evaluation["summary"]), "",
              *([card["notes"], ""] if card.get("notes") else []),
              "## Evaluation on eval-dev", "",
              f"`{card['eval_command']}`: every frame of each sequence, intra period 12, PSNR-tuned x264/x265 (preset "
