@@ -29,6 +29,26 @@ def tiny_filter(seed: int, tail_std: float) -> PostFilter:
     return model.eval()
 
 
+def assert_frames_are_the_decoders(choice, model, originals, decoded, crf) -> None:
+    """The choice's frames are what a decoder shows for the record it signals (offsets and scales), recomputed
+    from scratch, and their summed PSNR-YUV is the sum of the chosen scores."""
+    from workers.postfilter.stream import frame_scales
+
+    if choice.enabled:
+        info = StandardSideInfo(crf=crf, threads=1, filter_id=bytes(8), filter_enabled=True,
+                                intra_crf_offset=choice.offsets[0], inter_crf_offset=choice.offsets[1],
+                                intra_residual_scales=choice.residual_scales[0],
+                                inter_residual_scales=choice.residual_scales[1])
+        expected = filter_frames(model, decoded.frames, frame_crfs(info, decoded.intra), "x264", 1,
+                                 frame_scales(info, decoded.intra))
+    else:
+        expected = decoded.frames
+    assert all(np.array_equal(a, b) for fa, fb in zip(choice.frames, expected, strict=True) for a, b in zip(fa, fb))
+    total = sum(psnr_yuv(o, f) for o, f in zip(originals, choice.frames))
+    chosen = sum(choice.scores[k]["off" if o is None else str(o)] for k, o in zip(("intra", "inter"), choice.offsets))
+    assert total == pytest.approx(chosen, abs=1e-9)
+
+
 @pytest.fixture(scope="module")
 def coded(carphone):
     """7 frames of 96x64 carphone in x264 at CRF 37, intra period 3: I P P I P P I."""
@@ -60,19 +80,9 @@ def test_choice_is_the_measured_argmax_and_its_frames_are_the_decoders(coded, cr
         scores = choice.scores[kind]
         assert set(scores) == {"off", "-6", "-2", "0", "3"}
         assert scores["off" if offset is None else str(offset)] == max(scores.values())
-    # the frames a decoder shows with these offsets, recomputed from scratch
     if choice.enabled:
         assert choice.offsets != (0, 0)
-        info = StandardSideInfo(crf=crf, threads=1, filter_id=bytes(8), filter_enabled=True,
-                                intra_crf_offset=choice.offsets[0], inter_crf_offset=choice.offsets[1])
-        expected = filter_frames(model, decoded.frames, frame_crfs(info, decoded.intra), "x264", 1)
-    else:
-        expected = decoded.frames
-    assert all(np.array_equal(a, b) for fa, fb in zip(choice.frames, expected, strict=True) for a, b in zip(fa, fb))
-    # summed PSNR-YUV of the chosen frames is the sum of the chosen scores
-    total = sum(psnr_yuv(o, f) for o, f in zip(originals, choice.frames))
-    chosen = sum(choice.scores[k]["off" if o is None else str(o)] for k, o in zip(("intra", "inter"), choice.offsets))
-    assert total == pytest.approx(chosen, abs=1e-9)
+    assert_frames_are_the_decoders(choice, model, originals, decoded, crf)
 
 
 def test_a_harmful_filter_is_off_for_both_types_unless_forced(coded):
@@ -123,7 +133,6 @@ def test_scales_are_the_measured_argmax_per_plane_and_their_frames_are_the_decod
     without scales (the grid holds the trained residual)."""
     from workers.postfilter.checkpoint import shipped_filter
     from workers.postfilter.network import filter_planes
-    from workers.postfilter.stream import frame_scales
 
     originals, _ = coded
     decoded = decode_stream_typed(encode_planes(originals, 96, 64, Fraction(25), "x264", crf, 3), "x264")
@@ -155,16 +164,7 @@ def test_scales_are_the_measured_argmax_per_plane_and_their_frames_are_the_decod
                        "x264", (scale / 16,) * 3)[plane],) * 3) for i in intra_frames)
             measured = {scale: summed(scale) for scale in (16, *GRID)}
             assert measured[scales[plane]] == pytest.approx(max(measured.values()), abs=1e-9)
-    info = StandardSideInfo(crf=crf, threads=1, filter_id=bytes(8), filter_enabled=True,
-                            intra_crf_offset=scaled.offsets[0], inter_crf_offset=scaled.offsets[1],
-                            intra_residual_scales=scaled.residual_scales[0],
-                            inter_residual_scales=scaled.residual_scales[1])
-    expected = filter_frames(model, decoded.frames, frame_crfs(info, decoded.intra), "x264", 1,
-                             frame_scales(info, decoded.intra))
-    assert all(np.array_equal(a, b) for fa, fb in zip(scaled.frames, expected, strict=True) for a, b in zip(fa, fb))
-    total = sum(psnr_yuv(o, f) for o, f in zip(originals, scaled.frames))
-    chosen = sum(scaled.scores[k]["off" if o is None else str(o)] for k, o in zip(("intra", "inter"), scaled.offsets))
-    assert total == pytest.approx(chosen, abs=1e-9)
+    assert_frames_are_the_decoders(scaled, model, originals, decoded, crf)
 
 
 def test_scale_zero_is_the_decoded_plane_and_one_is_the_filter(coded):
