@@ -20,8 +20,8 @@ measures the PSNR of round(x + s (f - x)) (f: that pass's unrounded output), kee
 scale with the highest summed PSNR, and scores the candidate with those. The PSNR-YUV of a frame is a weighted
 sum of its planes' PSNRs, so the planes are chosen independently: one filter pass per candidate still, plus
 one final pass with the chosen offsets and scales (the decoder's own computation, so its frames are the
-decoder's). Memory: the decoded clip and the chosen frames (two clips; three with ``with_unscaled``, whose
-choice gets a final pass of its own) and one plane at every scale.
+decoder's). Memory: the decoded clip and the chosen frames (two clips; four with ``with_unscaled``, whose
+choice keeps the frames of the passes it measured, as without scales) and one plane at every scale.
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ def choose_crf_offsets(model: PostFilter, originals: Sequence[Planes], decoded: 
     given. ``allow_unfiltered`` False: the best candidate even where no filter would score higher (a method
     told to send the filtered stream always). ``scale_grid``: residual scale numerators (over
     RESIDUAL_SCALE_ONE) each plane may take, per frame type and candidate; None: the residual as trained.
-    ``with_unscaled`` (with a grid): also the choice without scales, from the same passes plus one (``unscaled``).
+    ``with_unscaled`` (with a grid): also the choice without scales, from the same passes (``unscaled``).
     ``decoded`` is not modified."""
     if not (len(originals) == len(decoded) == len(intra)):
         raise ValueError(f"{len(originals)} originals, {len(decoded)} decoded frames, {len(intra)} frame types")
@@ -115,23 +115,34 @@ def _choose_with_scales(model: PostFilter, originals: Sequence[Planes], decoded:
     plain = [psnr_yuv(o, d) for o, d in zip(originals, decoded)]
     # measured[offset][kind][plane, scale index]: summed PSNR of that plane over the frames of that kind
     measured: dict[int, dict[str, np.ndarray]] = {}
+    # with_unscaled: the frames of the best unscaled candidate so far per kind, kept from the passes themselves
+    # (as without scales: no extra pass for that choice, one more clip in memory)
+    unscaled_frames, unscaled = list(decoded), None
     for offset in dict.fromkeys(candidates):
         measured[offset] = {kind: np.zeros((3, len(grid))) for kind in kinds}
+        shown_as_trained = []
         with torch_threads(threads), torch.no_grad():
             for index, (original, planes) in enumerate(zip(originals, decoded)):
                 inputs = planes_to_tensors(planes)
-                outputs = model(*inputs, float(crf + offset), codec)
-                measured[offset]["intra" if intra[index] else "inter"] += _scaled_psnrs(original, inputs, outputs, grid)
+                psnrs, as_trained = _scaled_psnrs(original, inputs, model(*inputs, float(crf + offset), codec), grid)
+                measured[offset]["intra" if intra[index] else "inter"] += psnrs
+                if with_unscaled:
+                    shown_as_trained.append(as_trained)
+        if with_unscaled:  # the running choice over the candidates so far is the final one's prefix
+            unscaled = _pick(measured, kinds, plain, grid, allow_unfiltered, 1)
+            for kind, chosen in zip(("intra", "inter"), unscaled.offsets):
+                if chosen == offset:
+                    for i in kinds[kind]:
+                        unscaled_frames[i] = shown_as_trained[i]
     scaled = _pick(measured, kinds, plain, grid, allow_unfiltered, len(grid))
-    unscaled = _pick(measured, kinds, plain, grid, allow_unfiltered, 1) if with_unscaled else None
-    for choice in (scaled, unscaled):
-        if choice is not None and choice.enabled:  # the decoder's own pass with the choice: the decoder's frames
-            frame_crfs = [None if choice.offsets[0 if f else 1] is None else crf + choice.offsets[0 if f else 1]
-                          for f in intra]
-            choice.frames = filter_frames(model, decoded, frame_crfs, codec, threads,
-                                          [choice.residual_scales[0 if flag else 1] for flag in intra])
-        elif choice is not None:
-            choice.frames = list(decoded)
+    scaled.frames = list(decoded)
+    if scaled.enabled:  # the decoder's own pass with the choice: its frames are the decoder's
+        frame_crfs = [None if scaled.offsets[0 if f else 1] is None else crf + scaled.offsets[0 if f else 1]
+                      for f in intra]
+        scaled.frames = filter_frames(model, decoded, frame_crfs, codec, threads,
+                                      [scaled.residual_scales[0 if flag else 1] for flag in intra])
+    if unscaled is not None:
+        unscaled.frames = unscaled_frames
     scaled.unscaled = unscaled
     return scaled
 
@@ -160,13 +171,17 @@ def _pick(measured: dict[int, dict[str, np.ndarray]], kinds: dict[str, list[int]
 
 
 def _scaled_psnrs(original: Planes, inputs: tuple[torch.Tensor, ...], outputs: tuple[torch.Tensor, ...],
-                  grid: Sequence[int]) -> np.ndarray:
+                  grid: Sequence[int]) -> tuple[np.ndarray, Planes]:
     """(3, len(grid)) PSNRs of each plane shown at each residual scale: exactly the planes
-    network.filter_planes makes with those scales (same float32 element-wise operations and rounding)."""
+    network.filter_planes makes with those scales (same float32 element-wise operations and rounding); and
+    the frame shown at the first scale of ``grid`` (RESIDUAL_SCALE_ONE: the filter's output as trained)."""
     psnrs = np.empty((3, len(grid)))
+    first = []
     for plane, (source, x, f) in enumerate(zip(original, inputs, outputs)):
         reference = source.astype(np.float64)
         for column, scale in enumerate(grid):
             (shown,) = tensors_to_planes((scale_residuals((x,), (f,), (scale / RESIDUAL_SCALE_ONE,))[0],))
             psnrs[plane, column] = psnr_from_mse(float(np.mean((reference - shown.astype(np.float64)) ** 2)), 255.0)
-    return psnrs
+            if column == 0:
+                first.append(shown)
+    return psnrs, tuple(first)
