@@ -33,10 +33,11 @@ import numpy as np
 import torch
 
 from schemas.methods.postfilter import DEFAULT_CRF_OFFSETS
-from schemas.side_info import MAX_RESIDUAL_SCALE, RESIDUAL_SCALE_ONE, UNIT_SCALES, ResidualScales
+from schemas.side_info import (FILTER_ID_BYTES, MAX_RESIDUAL_SCALE, RESIDUAL_SCALE_ONE, UNIT_SCALES, ResidualScales,
+                               StandardSideInfo)
 from workers.metrics import psnr_from_mse, psnr_yuv
 from workers.postfilter.network import PostFilter, planes_to_tensors, scale_residuals, tensors_to_planes
-from workers.postfilter.stream import Planes, filter_frames
+from workers.postfilter.stream import Planes, filter_frames, frame_crfs, frame_scales
 
 
 @dataclass
@@ -136,11 +137,13 @@ def _choose_with_scales(model: PostFilter, originals: Sequence[Planes], decoded:
                         unscaled_frames[i] = shown_as_trained[i]
     scaled = _pick(measured, kinds, plain, grid, allow_unfiltered, len(grid))
     scaled.frames = list(decoded)
-    if scaled.enabled:  # the decoder's own pass with the choice: its frames are the decoder's
-        frame_crfs = [None if scaled.offsets[0 if f else 1] is None else crf + scaled.offsets[0 if f else 1]
-                      for f in intra]
-        scaled.frames = filter_frames(model, decoded, frame_crfs, codec, threads,
-                                      [scaled.residual_scales[0 if flag else 1] for flag in intra])
+    if scaled.enabled:  # the decoder's own pass with the record of the choice: its frames are the decoder's
+        info = StandardSideInfo(crf=crf, threads=threads, filter_id=bytes(FILTER_ID_BYTES), filter_enabled=True,
+                                intra_crf_offset=scaled.offsets[0], inter_crf_offset=scaled.offsets[1],
+                                intra_residual_scales=scaled.residual_scales[0],
+                                inter_residual_scales=scaled.residual_scales[1])
+        scaled.frames = filter_frames(model, decoded, frame_crfs(info, intra), codec, threads,
+                                      frame_scales(info, intra))
     if unscaled is not None:
         unscaled.frames = unscaled_frames
     scaled.unscaled = unscaled
