@@ -1,16 +1,18 @@
 """Estimated against coded bits of an SSF stream, per frame and per stream (`adaptjobs info --rates`).
 
 Training (pretraining, encoder adapters, decoder updates) minimises an ESTIMATE of the rate: -log2 of the
-model's likelihoods, with the continuous scales of the hyper-decoder. The coder writes real bits with the
-scales snapped to the 64-entry table, ANS overhead and (format 4) escapes. This walks a stream as the
+model's likelihoods. The coder writes real bits with the scales snapped to the 64-entry table, fixed-point
+probabilities (every symbol at least ~2^-24), ANS overhead and (format 4) escapes. This walks a stream as the
 decoder does and, for every latent stream (I-frame y/z, motion y/z, residual y/z), reports three numbers:
 
 - ``coded``: 8 * the stream's bytes (what the rate is made of);
-- ``table``: the information content of the decoded symbols under the coding tables (snapped scales);
-  coded - table is the entropy coder's own overhead (2 words of ANS state per stream);
-- ``estimated``: what eval-mode training with the rounded rate proxy computes for the same latents
-  (likelihood of the decoded y_hat under the continuous scale, of z_hat under the entropy bottleneck);
-  table - estimated is what the scale table's snapping costs.
+- ``table``: the information content of the decoded symbols under the coding tables (snapped scales, the
+  coder's probability floor, escapes); coded - table is the entropy coder's own overhead (its state words);
+- ``estimated``: what eval-mode training with gop-adapters' default rate proxy (``coder``) computes for the
+  same latents: the likelihood of the decoded y_hat under the table's scale, of z_hat under the entropy
+  bottleneck, both with the coder's probability floor. table - estimated is what the tables' tails and
+  escapes add. (Issue 14: the likelihoods under the continuous scales without the floor, which training used
+  before, put mobile q1's P-frames 3.2% above their coded bits; this estimate puts them 0.2% above.)
 
 It needs only the stream and the model (plus a decoder update's payload): the numbers describe what was
 coded, whichever encoder produced it. :func:`carriage_totals` adds the bytes that are not latent symbols, so
@@ -76,10 +78,10 @@ def _audit_latent(hyperprior: Hyperprior, y_stream: bytes, z_stream: bytes, z_ta
     y_symbols = latents.decode(y_stream, indexes, what=f"{what} latents")
     y_hat = y_symbols.to(torch.float32) + means
     y_row = ("y", 8 * len(y_stream), latents.ideal_bits(y_symbols, indexes),
-             _bits(hyperprior.gaussian_conditional.likelihood(y_hat, scales, means)),
+             _bits(hyperprior.gaussian_conditional.coder_likelihood(y_hat, scales, means)),
              latents.escape_count(y_symbols, indexes))
     z_row = ("z", 8 * len(z_stream), z_table.ideal_bits(z_symbols),
-             _bits(hyperprior.entropy_bottleneck.likelihood(z_hat)), 0)
+             _bits(hyperprior.entropy_bottleneck.likelihood(z_hat, coder_floor=True)), 0)
     return y_hat, [y_row, z_row]
 
 

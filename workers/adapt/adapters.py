@@ -83,7 +83,8 @@ def with_adapters(model: ScaleSpaceFlow, config: GopAdaptersConfig) -> tuple[Sca
     # adapters change what reaches the entropy models: train on exactly the symbols the coder will code
     tables = model.entropy_tables()
     for hyperprior, table in ((adapted.motion_hyperprior, tables.motion), (adapted.res_hyperprior, tables.residual)):
-        hyperprior.match_coder(table, rate_noise=config.rate_proxy == "noise", snap_scales=config.rate_proxy == "table")
+        hyperprior.match_coder(table, rate_noise=config.rate_proxy == "noise",
+                               snap_scales=config.rate_proxy in ("table", "coder"), coder_floor=config.rate_proxy == "coder")
     parameters = [p for m in adapted.modules() if isinstance(m, Adapter) for p in m.parameters()]
     for p in parameters:
         p.requires_grad_(True)

@@ -20,7 +20,8 @@ import constriction
 import numpy as np
 import torch
 
-from workers.codec.entropy_models import CODING_MIN_RANGE, CODING_TAIL_STDS, EntropyBottleneck, scale_table
+from workers.codec.entropy_models import (CODER_PROBABILITY_FLOOR, CODING_MIN_RANGE, CODING_TAIL_STDS, EntropyBottleneck,
+                                          scale_table)
 from workers.errors import BitstreamError, exception_line
 
 FACTORIZED_TAIL_MASS = 1e-9   # per side; mass beyond is folded into the outermost bins
@@ -149,10 +150,12 @@ class FactorizedTable:
         return torch.from_numpy(per_channel).reshape(c, n, h, w).transpose(0, 1).contiguous()
 
     def ideal_bits(self, symbols: torch.Tensor) -> float:
-        """sum of -log2 p(symbol) under the float64 tables (the information content)."""
+        """sum of -log2 p(symbol) under the coder's tables (the information content): the float64 tables plus
+        the coder's probability floor (constriction's fixed-point tables give every symbol at least ~2^-24;
+        without the floor a far-tail symbol would count up to ~31 bits where the coder pays ~24)."""
         channel = torch.arange(symbols.shape[1]).view(1, -1, 1, 1).expand_as(symbols)
         p = self.probabilities[channel.reshape(-1).numpy(), symbols.reshape(-1).numpy()]
-        return float(-np.log2(p).sum())
+        return float(-np.log2(p + CODER_PROBABILITY_FLOOR).sum())
 
 
 ESCAPE_MAX_EXPONENT = 30  # an escaped symbol's excess e = |s| - R lies in [1, 2**31 - 1]: floor(log2 e) <= 30
@@ -304,10 +307,9 @@ class GaussianTable:
         return torch.from_numpy(symbols).reshape(indexes.shape)
 
     def ideal_bits(self, symbols: torch.Tensor, indexes: torch.Tensor) -> float:
-        """sum of -log2 p(symbol) under the float64 Gaussians: truncated and renormalised to [-R, R]
-        without escapes; with them, the tail beyond R + 0.5 is the escape symbol's mass, plus the
-        escape's own bits. (constriction floors every probability at 2**-24, so a real escape can cost
-        fewer bits than this ideal.)"""
+        """sum of -log2 p(symbol) under the coder's Gaussians: the float64 ones truncated and renormalised to
+        [-R, R] without escapes; with them, the tail beyond R + 0.5 is the escape symbol's mass, plus the
+        escape's own bits. Every probability carries the coder's floor (~2^-24, as for FactorizedTable)."""
         std = torch.from_numpy(self.stds)[indexes].reshape(-1)
         bound = self._ranges_t[indexes].reshape(-1).double()
         s = symbols.reshape(-1).abs().double()
@@ -315,12 +317,12 @@ class GaussianTable:
         if not self.escapes:
             mass = upper_tail(-(s - 0.5) / std) - upper_tail(-(s + 0.5) / std)
             inside = 1.0 - 2.0 * upper_tail(-(bound + 0.5) / std)
-            return float(-(torch.log2(mass) - torch.log2(inside)).sum())
+            return float(-torch.log2(mass / inside + CODER_PROBABILITY_FLOOR).sum())
         escaped = s > bound
         s_coded = torch.where(escaped, bound + 1, s)
         mass = upper_tail(-(s_coded - 0.5) / std) - torch.where(escaped, 0.0, upper_tail(-(s_coded + 0.5) / std))
         excess = (s - bound)[escaped].numpy().astype(np.int64)
-        return float(-torch.log2(mass).sum()) + self._escape.ideal_bits(excess)
+        return float(-torch.log2(mass + CODER_PROBABILITY_FLOOR).sum()) + self._escape.ideal_bits(excess)
 
 
 def _standard_normal_cdf(x: torch.Tensor) -> torch.Tensor:

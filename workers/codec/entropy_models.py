@@ -21,6 +21,10 @@ import torch.nn.functional as F
 from workers.codec.layers import lower_bound
 
 LIKELIHOOD_BOUND = 1e-9
+# constriction's models are fixed point with 24-bit precision and "leaky": every symbol of a table's range gets at
+# least one of the 2^24 units, so the coder's probability of a symbol is about p + 2^-24 (a far-tail symbol costs
+# ~24 bits, not the ~31 the float density charges it). Training against the coder adds it (``coder_floor``).
+CODER_PROBABILITY_FLOOR = 2.0**-24
 SCALE_TABLE_MIN, SCALE_TABLE_MAX, SCALE_TABLE_LEVELS = 0.11, 256.0, 64
 CODING_TAIL_STDS, CODING_MIN_RANGE = 8.0, 4  # latent symbols are coded within +- max(4, ceil(8 std))
 
@@ -85,8 +89,9 @@ class EntropyBottleneck(nn.Module):
         """(C,) centre of each channel's symbols."""
         return self.quantiles[:, 0, 1].detach()
 
-    def likelihood(self, z: torch.Tensor) -> torch.Tensor:
-        """P(bin of width 1 around z) for z (N, C, H, W); same shape."""
+    def likelihood(self, z: torch.Tensor, coder_floor: bool | None = None) -> torch.Tensor:
+        """P(bin of width 1 around z) for z (N, C, H, W); same shape. ``coder_floor`` (default: the module's
+        setting) adds the coder's probability floor."""
         n, c, h, w = z.shape
         values = z.permute(1, 0, 2, 3).reshape(c, 1, -1)
         lower = self.logits_cumulative(values - 0.5)
@@ -94,6 +99,8 @@ class EntropyBottleneck(nn.Module):
         sign = -torch.sign(lower + upper).detach()  # evaluate on the side where sigmoid is accurate
         likelihood = (torch.sigmoid(sign * upper) - torch.sigmoid(sign * lower)).abs()
         likelihood = lower_bound(likelihood, LIKELIHOOD_BOUND)
+        if self.coder_floor if coder_floor is None else coder_floor:
+            likelihood = likelihood + CODER_PROBABILITY_FLOOR
         return likelihood.reshape(c, n, h, w).permute(1, 0, 2, 3)
 
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -115,15 +122,18 @@ class EntropyBottleneck(nn.Module):
 
     coding_range: tuple[torch.Tensor, torch.Tensor] | None = None
     rate_noise: bool = False
+    coder_floor: bool = False  # likelihoods + CODER_PROBABILITY_FLOOR, as the coder's fixed-point tables give
 
-    def match_coder(self, low: torch.Tensor, high: torch.Tensor, rate_noise: bool = False) -> None:
+    def match_coder(self, low: torch.Tensor, high: torch.Tensor, rate_noise: bool = False,
+                    coder_floor: bool = False) -> None:
         """Clamp eval-mode symbols (offsets from the medians) to [low, high] per channel, as the coding
         table does. Training that changes what reaches this bottleneck (encoder adapters) needs it: without
         it, an encoder learns to use values the coder clamps, and what was trained is not what is coded.
         ``rate_noise``: evaluate the likelihood at z + U(-0.5, 0.5) instead of at the rounded value (the
-        usual training proxy, whose gradient is informative where the rounded one is not)."""
+        usual training proxy, whose gradient is informative where the rounded one is not). ``coder_floor``: add
+        the coder's probability floor (CODER_PROBABILITY_FLOOR) to the likelihoods."""
         self.coding_range = (low.to(torch.float32), high.to(torch.float32))
-        self.rate_noise = rate_noise
+        self.rate_noise, self.coder_floor = rate_noise, coder_floor
 
     def aux_loss(self) -> torch.Tensor:
         """Pulls ``quantiles`` to the tail-mass quantiles of the density (CompressAI's auxiliary loss)."""
@@ -147,13 +157,24 @@ class GaussianConditional(nn.Module):
         return 0.5 * torch.erfc(-(2**-0.5) * x)
 
     def likelihood(self, y: torch.Tensor, scales: torch.Tensor, means: torch.Tensor) -> torch.Tensor:
+        """P(bin of width 1 around y) under N(means, scales^2), as this module is configured (``snap_scales``,
+        ``coder_floor``); same shape as y."""
+        return self.priced(y, scales, means, self.snap_scales, self.coder_floor)
+
+    def coder_likelihood(self, y: torch.Tensor, scales: torch.Tensor, means: torch.Tensor) -> torch.Tensor:
+        """The probability the coder gives y: under the scale-table entry it picks, with its floor."""
+        return self.priced(y, scales, means, snap_scales=True, coder_floor=True)
+
+    def priced(self, y: torch.Tensor, scales: torch.Tensor, means: torch.Tensor, snap_scales: bool,
+               coder_floor: bool) -> torch.Tensor:
         scales = lower_bound(scales, SCALE_TABLE_MIN)
-        if self.snap_scales:  # the coder's scale (the table entry :meth:`indexes` picks), straight-through
+        if snap_scales:  # the coder's scale (the table entry :meth:`indexes` picks), straight-through
             scales = scales + (self.scale_table[self.indexes(scales)] - scales).detach()
         values = (y - means).abs()
         upper = self._standardized_cumulative((0.5 - values) / scales)
         lower = self._standardized_cumulative((-0.5 - values) / scales)
-        return lower_bound(upper - lower, LIKELIHOOD_BOUND)
+        likelihood = lower_bound(upper - lower, LIKELIHOOD_BOUND)
+        return likelihood + CODER_PROBABILITY_FLOOR if coder_floor else likelihood
 
     def forward(self, y: torch.Tensor, scales: torch.Tensor, means: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Training: likelihood of y + noise; eval: likelihood of :meth:`quantize` (straight-through)."""
@@ -169,6 +190,7 @@ class GaussianConditional(nn.Module):
     # likelihoods under the scale-table entry the coder uses (snapped up to the next entry, up to 13% wider)
     # instead of the hyper-decoder's continuous scale; the gradient passes straight through to the scale
     snap_scales: bool = False
+    coder_floor: bool = False  # likelihoods + CODER_PROBABILITY_FLOOR (see EntropyBottleneck.coder_floor)
 
     def quantize(self, y: torch.Tensor, scales: torch.Tensor, means: torch.Tensor) -> torch.Tensor:
         """round(y - mean) + mean with a straight-through gradient; with ``clamp_like_coder`` the rounded

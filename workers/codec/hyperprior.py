@@ -96,18 +96,21 @@ class Hyperprior(nn.Module):
         y_hat = round_ste(y - means) + means if self.training else y_tilde
         return y_hat, {"y": y_likelihoods, "z": z_likelihoods}
 
-    def match_coder(self, table: FactorizedTable, rate_noise: bool = False, snap_scales: bool = False) -> None:
+    def match_coder(self, table: FactorizedTable, rate_noise: bool = False, snap_scales: bool = False,
+                    coder_floor: bool = False) -> None:
         """Make eval-mode training quantize exactly as the coder does: z clamped to ``table``'s range,
-        y rounded (escape-coded beyond its scale-table entry's range, so never clamped); with ``rate_noise`` the rates are estimated at the
-        noisy proxies (see EntropyBottleneck.match_coder); with ``snap_scales`` y's likelihoods use the
-        coding table's scales (GaussianConditional.snap_scales)."""
+        y rounded (escape-coded beyond its scale-table entry's range, so never clamped); with ``rate_noise`` the
+        rates are estimated at the noisy proxies (see EntropyBottleneck.match_coder); with ``snap_scales`` y's
+        likelihoods use the coding table's scales (GaussianConditional.snap_scales); with ``coder_floor`` the
+        likelihoods of y and z carry the coder's probability floor (entropy_models.CODER_PROBABILITY_FLOOR)."""
         low = table.min_offset.to(torch.float32)
         high = low + torch.from_numpy(table.lengths - 1).to(torch.float32)
         device = module_device(self.entropy_bottleneck)  # the tables live on the CPU, training on the device
-        self.entropy_bottleneck.match_coder(low.to(device), high.to(device), rate_noise)
+        self.entropy_bottleneck.match_coder(low.to(device), high.to(device), rate_noise, coder_floor)
         self.gaussian_conditional.clamp_like_coder = not gaussian_table().escapes  # format 4 escapes: no clamp
         self.gaussian_conditional.rate_noise = rate_noise
         self.gaussian_conditional.snap_scales = snap_scales
+        self.gaussian_conditional.coder_floor = coder_floor
 
     def latent_parameters(self, z_hat: torch.Tensor, y_size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         """Means (float) and scale-table indexes (int64) of y (cropped to ``y_size`` = (h, w)), from the
