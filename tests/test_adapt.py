@@ -234,9 +234,10 @@ def test_decoding_needs_the_right_payload(tmp_path, carphone, tiny_model, other_
 
 
 def test_gop_adapter_streams_decode_with_the_stock_decoder(tmp_path, carphone, tiny_model):
-    config = config_for("gop-adapters", send_update="always", steps=2)
+    config = config_for("gop-adapters", send_update="always", steps=2, intra_steps=3)
     result = adapt_video(carphone, tiny_model, tmp_path, config, intra_period=2, recon=tmp_path / "r.y4m")
-    assert result.decision == "sent" and result.adaptation_steps == 2 * 2 * 1  # GoPs x steps x tiles (176x144: one)
+    # GoPs x (passes x tiles (176x144: one) + I-frame steps)
+    assert result.decision == "sent" and result.adaptation_steps == 2 * (2 * 1 + 3)
     data = (tmp_path / "carphone_pristine.bits").read_bytes()
     header, frames = decode_sequence(data, lambda h: (tiny_model.model, tiny_model.model.entropy_tables()))
     assert header.method == "gop-adapters" and header.payload_sha256 is None
@@ -247,12 +248,15 @@ def test_gop_adapter_streams_decode_with_the_stock_decoder(tmp_path, carphone, t
 
 @pytest.mark.parametrize("method", ["decoder-lora", "gop-adapters"])
 def test_resumed_equals_uninterrupted(tmp_path, carphone, tiny_model, monkeypatch, method):
-    # 4 frames: 2 clips of 2 frames, one per step: 6 steps; adapters: 2 GoPs x 2 steps x 1 tile (176x144)
-    options = {"training": dict(FAST_DECODER["training"], batch=1, epochs=3)} if method == "decoder-lora" else {"steps": 2}
+    # 4 frames: 2 clips of 2 frames, one per step: 6 steps; adapters: per GoP (2) one I-frame step, then 2 passes
+    # x 1 tile (176x144)
+    options = {"training": dict(FAST_DECODER["training"], batch=1, epochs=3)} if method == "decoder-lora" \
+        else {"steps": 2, "intra_steps": 1}
     config = config_for(method, send_update="always", **options)
     reference = adapt_video(carphone, tiny_model, tmp_path / "reference", config, intra_period=2)
 
-    crash_after = 3  # past the first checkpoint (adapters: in the second GoP, after its first pass)
+    # past the first checkpoint (adapters: in the second GoP's P-frames, after its I-frame's checkpoint)
+    crash_after = 3 if method == "decoder-lora" else 4
     calls = {"n": 0}
     original = torch.optim.Adam.step
 

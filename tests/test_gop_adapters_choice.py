@@ -72,3 +72,53 @@ def test_if_better_never_sends_a_unit_above_none(tmp_path, carphone, tiny_model)
     config = parse_method_config("gop-adapters", {"steps": 2, "learning_rate": 1e-2})
     result = adapt_video(carphone, tiny_model, tmp_path, config, intra_period=INTRA_PERIOD)
     assert result.rd_cost <= result.rd_cost_base and math.isfinite(result.rd_cost)
+
+
+def _stream_intra_costs(out, model, video, lmbda: float) -> dict[int, float]:
+    """Per GoP, from the written stream alone: lambda*255^2*MSE + bits / pixels of its I-frame."""
+    data = (out / "carphone_pristine.bits").read_bytes()
+    header, chunks = unpack(data)
+    _, decoded = decode_sequence(data, lambda h: (model.model, model.model.entropy_tables()))
+    source, pixels = SourceFrames(video), video.width * video.height
+    return {index // INTRA_PERIOD: lmbda * 255.0**2 * float(torch.mean((source[index] - decoded[index]) ** 2))
+            + 8 * sum(map(len, chunks[index].streams)) / pixels
+            for index in range(header.frame_count) if header.is_intra(index)}
+
+
+def test_each_i_frame_is_coded_by_its_cheapest_measured_encoder(tmp_path, carphone, tiny_model):
+    """The I-frame adapters: per GoP the base encoder and every step are coded, the cheapest is kept, and the
+    written I-frame costs exactly what was measured for it."""
+    config = parse_method_config("gop-adapters", {"send_update": "always", "steps": 0, "intra_steps": 3,
+                                                  "intra_learning_rate": 1e-2})
+    result = adapt_video(carphone, tiny_model, tmp_path, config, intra_period=INTRA_PERIOD)
+    steps, choices = _records(tmp_path, "gop-adapters-intra"), _records(tmp_path, "gop-adapters-intra-choice")
+    assert [c["gop"] for c in choices] == [0, 1]
+    stream_costs = _stream_intra_costs(tmp_path, tiny_model, carphone, result.lmbda)
+    for choice in choices:
+        measured = [(choice["base_cost"], 0)] + [(s["cost"], s["step"]) for s in steps if s["gop"] == choice["gop"]]
+        assert [step for _, step in measured] == [0, 1, 2, 3]
+        assert (choice["cost"], choice["kept_step"]) == min(measured)
+        assert stream_costs[choice["gop"]] == pytest.approx(choice["cost"], rel=1e-9, abs=1e-12)
+    # the base encoder's cost is what a stock encode of the I-frame costs (zero-output adapters at the start)
+    from workers.codec.ssf import pad_frame
+    from workers.methods._gop_encoder import coded_intra_cost
+
+    model = tiny_model.model
+    x = pad_frame(carphone.frame_rgb(0).unsqueeze(0))
+    base = coded_intra_cost(model, model.entropy_tables(), x, (carphone.height, carphone.width), result.lmbda)
+    assert choices[0]["base_cost"] == base["cost"]
+
+
+def test_fresh_i_frame_adapters_code_the_base_encoders_bytes(carphone, tiny_model):
+    from workers.adapt.adapters import with_intra_adapters
+    from workers.codec.ssf import pad_frame
+
+    model = tiny_model.model
+    adapted, parameters = with_intra_adapters(model, parse_method_config("gop-adapters", {}))
+    assert parameters and all(p.requires_grad for p in parameters)
+    tables = model.entropy_tables()
+    x = pad_frame(carphone.frame_rgb(0).unsqueeze(0))
+    with torch.no_grad():
+        (base_hat, base), (hat, coded) = model.encode_intra(x, tables), adapted.encode_intra(x, tables)
+    assert (coded.y_stream, coded.z_stream) == (base.y_stream, base.z_stream) and torch.equal(hat, base_hat)
+    assert adapted.img_decoder is not model.img_decoder  # a copy: training it leaves the base model alone

@@ -51,23 +51,27 @@ class EncodedSequence:
 
 def encode_sequence(model: ScaleSpaceFlow, tables: EntropyTables, frames: Iterable[torch.Tensor],
                     header: BitstreamHeader, keep_latents: bool = False,
-                    inter_encoder: Callable[[int, torch.Tensor], ScaleSpaceFlow] | None = None) -> EncodedSequence:
+                    inter_encoder: Callable[[int, torch.Tensor], ScaleSpaceFlow] | None = None,
+                    intra_encoder: Callable[[int, torch.Tensor], ScaleSpaceFlow] | None = None) -> EncodedSequence:
     """Encode ``header.frame_count`` RGB frames (3, H, W) in [0, 1] of ``header``'s size.
 
-    ``inter_encoder(index, intra_hat)``, called after each I-frame with its index and padded
-    reconstruction (1, 3, H, W), returns the model whose encoder codes the GoP's P-frames (encoder-side
-    adaptation); its decoder parts must be ``model``'s, so a stock decoder decodes the stream.
+    Encoder-side adaptation: ``intra_encoder(index, x)``, called before each I-frame with its index and
+    padded frame (1, 3, H, W), returns the model whose encoder codes it; ``inter_encoder(index, intra_hat)``,
+    called after each I-frame with its index and padded reconstruction (1, 3, H, W), returns the model whose
+    encoder codes the GoP's P-frames. Their decoder parts must be ``model``'s, so a stock decoder decodes the
+    stream.
     """
     device = module_device(model)
     threads = torch.get_num_threads() if device.type == "cpu" else PARSE_THREADS_ON_ACCELERATOR
     recorded = {"threads": threads} | ({} if device.type == "cpu" else {"device": device_kind(device)})
     with torch_threads(threads):  # the parse path's CPU thread count, recorded for the decoder
         return _encode_frames(model, tables, frames, header.model_copy(update=recorded), keep_latents,
-                              inter_encoder, device)
+                              intra_encoder, inter_encoder, device)
 
 
 def _encode_frames(model: ScaleSpaceFlow, tables: EntropyTables, frames: Iterable[torch.Tensor],
                    header: BitstreamHeader, keep_latents: bool,
+                   intra_encoder: Callable[[int, torch.Tensor], ScaleSpaceFlow] | None,
                    inter_encoder: Callable[[int, torch.Tensor], ScaleSpaceFlow] | None,
                    device: torch.device) -> EncodedSequence:
     padding = FramePadding.of(header.padding, header.height, header.width)
@@ -79,7 +83,8 @@ def _encode_frames(model: ScaleSpaceFlow, tables: EntropyTables, frames: Iterabl
             raise ValueError(f"frame {index} has shape {tuple(frame.shape)}, header says 3x{header.height}x{header.width}")
         x = padding.pad(frame.unsqueeze(0).to(device))
         if header.is_intra(index):
-            x_ref, intra = model.encode_intra(x, tables)
+            intra_model = model if intra_encoder is None else intra_encoder(index, x)
+            x_ref, intra = intra_model.encode_intra(x, tables)
             inter_model = model if inter_encoder is None else inter_encoder(index, x_ref)
             streams, coded = [intra.y_stream, intra.z_stream], {"intra": intra}
             chunks.append(FrameChunk(FRAME_INTRA, streams))

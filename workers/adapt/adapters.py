@@ -1,10 +1,15 @@
 """Encoder-side adapters (seed 002): only modules the decoder never runs change, so nothing is sent.
 
 adapter(F) = W_zero x LeakyReLU(W_dw (*) LeakyReLU(W_pre x F)), W_zero zero-initialised, so an adapted
-encoder starts as exactly the base encoder. Parallel adapters sit beside every conv of the motion and
-residual encoders (F <- conv(F) + adapter(F), the depthwise conv carrying the conv's stride); serial
-adapters follow the motion and residual hyper-encoders (F <- h(F) + adapter(h(F))). The I-frame path is
-not adapted (as in the paper).
+encoder starts as exactly the base encoder. Parallel adapters sit beside every conv of an adapted encoder
+(F <- conv(F) + adapter(F), the depthwise conv carrying the conv's stride); serial adapters follow its
+hyper-encoder (F <- h(F) + adapter(h(F))).
+
+- P-frames (the paper): the motion and residual encoders and hyper-encoders (:func:`with_adapters`).
+- I-frames (beyond the paper, which adapts P-frames only, at an intra period of 32): the image encoder and
+  hyper-encoder (:func:`with_intra_adapters`). At our intra period of 12 the I-frames are 20-46% of an
+  eval-dev unit's bits, and the shipped image encoder leaves 3-21% of an I-frame's RD cost on the table
+  (issue 14, benchmarks/RESULTS.md gopad-intra). Nothing is sent for them either.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from workers.codec.ssf import ScaleSpaceFlow
 
 ADAPTED_ENCODERS = ("motion_encoder", "res_encoder")
 ADAPTED_HYPERPRIORS = ("motion_hyperprior", "res_hyperprior")
+INTRA_ENCODERS, INTRA_HYPERPRIORS = ("img_encoder",), ("img_hyperprior",)
 
 
 class Adapter(nn.Module):
@@ -58,23 +64,33 @@ class SerialAdapted(nn.Module):
 
 
 def with_adapters(model: ScaleSpaceFlow, config: GopAdaptersConfig) -> tuple[ScaleSpaceFlow, list[nn.Parameter]]:
-    """A copy of ``model`` with zero-output adapters inserted (deterministic initialisation from
-    ``config.seed``), its base weights frozen, and its motion and residual entropy models quantizing as
+    """A copy of ``model`` with zero-output adapters on its P-frame encoders (deterministic initialisation
+    from ``config.seed``), its base weights frozen, and its motion and residual entropy models quantizing as
     the coder does (Hyperprior.match_coder: z clamped to its tables, y rounded and escape-coded, never
-    clamped); returns it and the adapter parameters."""
+    clamped; rates priced by ``config.rate_proxy``); returns it and the adapter parameters."""
+    return _adapted_copy(model, config, ADAPTED_ENCODERS, ADAPTED_HYPERPRIORS)
+
+
+def with_intra_adapters(model: ScaleSpaceFlow, config: GopAdaptersConfig) -> tuple[ScaleSpaceFlow, list[nn.Parameter]]:
+    """As :func:`with_adapters`, for the I-frame path: adapters on the image encoder and hyper-encoder."""
+    return _adapted_copy(model, config, INTRA_ENCODERS, INTRA_HYPERPRIORS)
+
+
+def _adapted_copy(model: ScaleSpaceFlow, config: GopAdaptersConfig, encoder_names: tuple[str, ...],
+                  hyperprior_names: tuple[str, ...]) -> tuple[ScaleSpaceFlow, list[nn.Parameter]]:
     adapted = copy.deepcopy(model)
     for p in adapted.parameters():
         p.requires_grad_(False)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
-        for encoder_name in ADAPTED_ENCODERS:
+        for encoder_name in encoder_names:
             encoder = getattr(adapted, encoder_name)
             for index, layer in enumerate(list(encoder)):
                 if isinstance(layer, nn.Conv2d):
                     encoder[index] = ParallelAdapted(layer, Adapter(layer.in_channels, layer.out_channels,
                                                                     config.hidden_channels, config.kernel_size,
                                                                     layer.stride[0]))
-        for hyperprior_name in ADAPTED_HYPERPRIORS:
+        for hyperprior_name in hyperprior_names:
             hyperprior = getattr(adapted, hyperprior_name)
             channels = model.architecture.hyper_channels
             hyperprior.hyper_encoder = SerialAdapted(hyperprior.hyper_encoder,
@@ -82,9 +98,11 @@ def with_adapters(model: ScaleSpaceFlow, config: GopAdaptersConfig) -> tuple[Sca
     adapted.to(next(model.parameters()).device)  # adapters are drawn on the CPU (seeded), trained on the model's device
     # adapters change what reaches the entropy models: train on exactly the symbols the coder will code
     tables = model.entropy_tables()
-    for hyperprior, table in ((adapted.motion_hyperprior, tables.motion), (adapted.res_hyperprior, tables.residual)):
-        hyperprior.match_coder(table, rate_noise=config.rate_proxy == "noise",
-                               snap_scales=config.rate_proxy in ("table", "coder"), coder_floor=config.rate_proxy == "coder")
+    table_of = {"img_hyperprior": tables.intra, "motion_hyperprior": tables.motion, "res_hyperprior": tables.residual}
+    for name in hyperprior_names:
+        getattr(adapted, name).match_coder(table_of[name], rate_noise=config.rate_proxy == "noise",
+                                           snap_scales=config.rate_proxy in ("table", "coder"),
+                                           coder_floor=config.rate_proxy == "coder")
     parameters = [p for m in adapted.modules() if isinstance(m, Adapter) for p in m.parameters()]
     for p in parameters:
         p.requires_grad_(True)

@@ -112,19 +112,20 @@ class SSFCodec(BaseCodec):
     def encode(self, video, intra_period: int, **options: Any) -> Encoded:
         """Options: ``method`` and ``payload`` (recorded in the header: the stream needs that payload),
         ``model`` (the adapted model whose decoder the payload rebuilds; default the base model) and
-        ``inter_encoder`` (encoder-side adaptation, see workers.video_codec.encode_sequence)."""
+        ``intra_encoder`` / ``inter_encoder`` (encoder-side adaptation, see workers.video_codec.encode_sequence)."""
         from workers.video_codec import encode_sequence
 
-        unknown = set(options) - {"method", "payload", "model", "inter_encoder"}
+        unknown = set(options) - {"method", "payload", "model", "intra_encoder", "inter_encoder"}
         if unknown:
             raise TypeError(f"SSFCodec.encode: unknown options {sorted(unknown)}")
-        if self.padding != "adaptjobs" and options.get("inter_encoder") is not None:
+        adapted = options.get("intra_encoder") is not None or options.get("inter_encoder") is not None
+        if self.padding != "adaptjobs" and adapted:
             raise InputError(video.path, f"padding {self.padding} is not supported with encoder-side adaptation "
                                          "(its training pads frames the adaptjobs way); use the default padding")
         model = options.get("model") or self.loaded.model
         header = self.header(video, intra_period, options.get("method", "none"), options.get("payload"))
         encoded = encode_sequence(model, model.entropy_tables(), video.frames_rgb(), header,
-                                  inter_encoder=options.get("inter_encoder"))
+                                  intra_encoder=options.get("intra_encoder"), inter_encoder=options.get("inter_encoder"))
         return Encoded(encoded.data, encoded.reconstruction, encoded.bits)
 
     def decode(self, data: bytes, source: str | Path | None = None, payload: bytes | None = None,

@@ -1,7 +1,7 @@
-"""Shared by the encoder-adapter methods: the inter_encoder callback that trains (or reloads from the unit's
-checkpoint) the adapters of each GoP with patch-based GoP updating (seed 002, Algorithm 1), and keeps, per
-GoP, whichever encoder codes the GoP's P-frames cheapest: the base one or the adapters at one of their
-evaluated passes.
+"""Shared by the encoder-adapter methods: the intra_encoder and inter_encoder callbacks that train (or reload
+from the unit's checkpoint) the adapters of each GoP, the P-frames' with patch-based GoP updating (seed 002,
+Algorithm 1), the I-frame's on the whole frame, and keep, per GoP, whichever encoder codes the I-frame, and
+the P-frames, cheapest: the base one or the adapters at one of their evaluated passes.
 
 Why the per-GoP choice: nothing is sent either way (a stock decoder decodes any of them), so the encoder may
 pick per GoP by the coded RD cost it measures, and the unit can never cost more than the base encoder's
@@ -82,10 +82,13 @@ class GopChoice:
         return cls(info["base_cost"], best_cost, info["best_pass"], best)
 
 
-def gop_adapter_encoder(model, config, context: AdaptContext, counters: dict, checkpoint_prefix: str = "adapters"):
-    """inter_encoder for SSFCodec.encode: after each I-frame, train the adapters on the GoP's P-frames and
-    return the encoder that codes them (with ``config.keep_best``: the cheapest of the base encoder and the
-    adapters at their evaluated passes, by the coded cost; the kept state is what the next GoP starts from).
+def gop_adapter_encoders(model, config, context: AdaptContext, counters: dict,
+                         checkpoint_prefix: str = "adapters") -> dict:
+    """The encode options (``intra_encoder``, ``inter_encoder``) of SSFCodec.encode for encoder adapters:
+    before each I-frame, train the I-frame adapters on it (``config.intra_steps`` > 0) and return the encoder
+    that codes it; after each I-frame, train the adapters on the GoP's P-frames and return the encoder that
+    codes them. With ``config.keep_best`` each is the cheapest of the base encoder and the adapters at their
+    evaluated passes, by the coded cost; the kept state is what the next GoP starts from.
     ``counters`` accumulates "steps", "resumed" and "seconds" (training and coded evaluations) while the
     sequence is encoded; adapters trained on another model in the same unit need another
     ``checkpoint_prefix`` (their states must not mix)."""
@@ -98,20 +101,112 @@ def gop_adapter_encoder(model, config, context: AdaptContext, counters: dict, ch
     device = module_device(model)  # the adapters train where the model was placed (workers/device.py)
     padded = SourceFrames(context.video, lambda frame: pad_frame(frame.unsqueeze(0).to(device)))  # (1, 3, H16, W16)
     adapted, parameters = with_adapters(model, config)
-    gop_run = _GopRun(model, adapted, parameters, config, context, counters, checkpoint_prefix,
-                      (header.height, header.width))
+    picture = (header.height, header.width)
+    gop_run = _GopRun(model, adapted, parameters, config, context, counters, checkpoint_prefix, picture)
+    intra_run = _IntraRun(model, config, context, counters, checkpoint_prefix, picture) if config.intra_steps else None
     starts = [i for i in range(header.frame_count) if header.is_intra(i)]
 
-    def callback(index: int, intra_hat: torch.Tensor):
-        gop = starts.index(index)
-        end = starts[gop + 1] if gop + 1 < len(starts) else header.frame_count
+    def timed(run):
         began = time.perf_counter()
         try:
-            return gop_run.encoder_for(gop, list(padded[index:end]), intra_hat)
+            return run()
         finally:
             counters["seconds"] += time.perf_counter() - began
 
-    return callback
+    def intra_encoder(index: int, x: torch.Tensor):
+        return timed(lambda: intra_run.encoder_for(starts.index(index), x))
+
+    def inter_encoder(index: int, intra_hat: torch.Tensor):
+        gop = starts.index(index)
+        end = starts[gop + 1] if gop + 1 < len(starts) else header.frame_count
+        return timed(lambda: gop_run.encoder_for(gop, list(padded[index:end]), intra_hat))
+
+    return {"intra_encoder": intra_encoder if intra_run is not None else None, "inter_encoder": inter_encoder}
+
+
+def coded_intra_cost(model, tables, x: torch.Tensor, picture: tuple[int, int], lmbda: float) -> dict[str, float]:
+    """What coding the I-frame ``x`` (1, 3, H, W, padded) with ``model``'s encoder adds to the unit's RD cost,
+    in the units of :func:`coded_gop_cost`: lambda * 255^2 * MSE (on ``picture``) + stream bits / pixels."""
+    height, width = picture
+    with torch.no_grad():
+        x_hat, coded = model.encode_intra(x, tables)
+    bits = 8 * (len(coded.y_stream) + len(coded.z_stream))
+    mse = float(torch.mean((x[..., :height, :width] - x_hat[..., :height, :width]) ** 2))
+    return {"cost": lmbda * 255.0**2 * mse + bits / (height * width), "bits": bits, "mse": mse}
+
+
+class _IntraRun:
+    """The I-frame adapters of one unit: per GoP, ``intra_steps`` Adam steps on the whole I-frame
+    (lambda * D + R, R priced by ``rate_proxy``), the I-frame coded after every step, and the cheapest of the
+    base encoder and those states kept (by :func:`coded_intra_cost`: the I-frame's own cost, the P-frames then
+    train on its reconstruction). Their state carries over from GoP to GoP, as the P-frame adapters' does.
+    One checkpoint per GoP, written after its choice (training a GoP takes seconds: 40 steps of a 720x576
+    I-frame, each coded, in 29 s on one core), so a resumed unit codes the same bytes."""
+
+    def __init__(self, model, config, context: AdaptContext, counters: dict, prefix: str, picture: tuple[int, int]):
+        from workers.adapt.adapters import with_intra_adapters
+
+        self.model, self.config, self.context, self.counters = model, config, context, counters
+        self.prefix, self.picture = prefix, picture
+        self.adapted, self.parameters = with_intra_adapters(model, config)
+        self.optimizer = torch.optim.Adam(self.parameters, lr=config.intra_learning_rate)
+        self.names = [n for n, p in self.adapted.named_parameters() if p.requires_grad]
+        self.initial = [p.detach().clone() for p in self.parameters]
+        self.tables = model.entropy_tables()
+
+    def encoder_for(self, gop: int, x: torch.Tensor):
+        from workers.adapt.state import load_state, optimizer_tensors, save_state
+
+        path = self.context.checkpoint_dir / f"{self.prefix}-intra-gop{gop:05d}.safetensors"
+        saved = load_state(path, self.context.config_json)
+        if saved is not None:
+            _restore(saved, self.names, self.parameters, self.optimizer, self.counters)
+            choice = GopChoice.restored(saved, self.names)
+            log.info("resumed the I-frame adapters of GoP %d from checkpoint %s", gop, path)
+        else:
+            choice = self._train(gop, x)
+            with torch.no_grad():  # the kept state: this GoP's encoder and the next GoP's start
+                for p, value in zip(self.parameters, choice.best or self.initial):
+                    p.copy_(value)
+            opt_tensors, groups = optimizer_tensors(self.optimizer, "opt")
+            tensors = {f"adapter.{n}": p.detach().clone() for n, p in zip(self.names, self.parameters)}
+            save_state(path, tensors | opt_tensors | choice.tensors(self.names),
+                       {"config": self.context.config_json, "step": self.config.intra_steps, "param_groups": groups,
+                        "optimizer_steps": self.config.intra_steps} | choice.info())
+        self.counters["steps"] += self.config.intra_steps
+        log.info("GoP %d: I-frame coded by %s, RD cost %.6f against the base encoder's %.6f (%+.2f%%)", gop,
+                 "the base encoder" if choice.best is None else f"the adapters after {choice.best_pass} steps",
+                 choice.best_cost, choice.base_cost, 100.0 * (choice.best_cost / choice.base_cost - 1.0))
+        self.context.log({"phase": "gop-adapters-intra-choice", "gop": gop, "kept_step": choice.best_pass,
+                          "cost": choice.best_cost, "base_cost": choice.base_cost})
+        return self.model if choice.best is None else self.adapted
+
+    def _train(self, gop: int, x: torch.Tensor) -> GopChoice:
+        from workers.rd_loss import rate_distortion
+
+        height, width = self.picture
+        lmbda = self.context.lmbda
+        choice = GopChoice()
+        choice.base_cost = coded_intra_cost(self.model, self.tables, x, self.picture, lmbda)["cost"]
+        choice.offer(choice.base_cost, 0, None)
+        self.adapted.eval()  # rounding as the coder does (straight-through), not noise
+        target = x[..., :height, :width]
+        for step in range(1, self.config.intra_steps + 1):
+            x_hat, likelihoods = self.adapted.forward_intra(x)
+            terms = rate_distortion([target], [x_hat[..., :height, :width]], [likelihoods], lmbda)
+            self.optimizer.zero_grad(set_to_none=True)
+            terms["loss"].backward()
+            self.optimizer.step()
+            record = {"phase": "gop-adapters-intra", "gop": gop, "step": step, "loss": float(terms["loss"].detach()),
+                      "bpp": float(terms["bpp"].detach())}
+            if self.config.keep_best or step == self.config.intra_steps:  # without keep_best: the last state
+                coded = coded_intra_cost(self.adapted, self.tables, x, self.picture, lmbda)
+                record |= coded
+                if not self.config.keep_best:
+                    choice.best_cost = math.inf
+                choice.offer(coded["cost"], step, [p.detach().clone() for p in self.parameters])
+            self.context.log(record)
+        return choice
 
 
 class _GopRun:

@@ -3,7 +3,7 @@ decoder decodes the stream. Config: schemas/methods/gop_adapters.py; adapters: w
 
 from __future__ import annotations
 
-from workers.methods._gop_encoder import gop_adapter_encoder
+from workers.methods._gop_encoder import gop_adapter_encoders
 from workers.methods.registry import AdaptContext, Method, MethodOutcome, register_method
 
 
@@ -14,8 +14,7 @@ class GopAdaptersMethod(Method):
 
     def adapt(self, context: AdaptContext, config) -> MethodOutcome:
         counters = {"steps": 0, "resumed": 0, "seconds": 0.0}
-        inter_encoder = gop_adapter_encoder(context.codec.loaded.model, config, context, counters)
-        encoded = context.codec.encode(context.video, context.intra_period, method=config.method,
-                                       inter_encoder=inter_encoder)
+        encoders = gop_adapter_encoders(context.codec.loaded.model, config, context, counters)
+        encoded = context.codec.encode(context.video, context.intra_period, method=config.method, **encoders)
         return MethodOutcome([context.candidate(encoded, None)], counters["steps"], counters["resumed"],
                              counters["seconds"])

@@ -7,7 +7,7 @@ send the base model's stream with adapters trained on the base model, which need
 from __future__ import annotations
 
 from workers.methods._decoder_update import encode_with_payload, payload_for, train_update
-from workers.methods._gop_encoder import gop_adapter_encoder
+from workers.methods._gop_encoder import gop_adapter_encoders
 from workers.methods.registry import METHODS, AdaptContext, Method, MethodOutcome, register_method
 
 
@@ -23,9 +23,9 @@ class GopAdaptersDecoderLoraMethod(Method):
         # the payload names decoder-lora: its rebuild is exactly what the decoder will run
         model = base.model if payload is None else METHODS[config.lora.method].rebuild(base, payload)
         counters = {"steps": 0, "resumed": 0, "seconds": 0.0}
-        inter_encoder = gop_adapter_encoder(model, config.adapters, context, counters)
-        adapted = context.codec.encode(context.video, context.intra_period, inter_encoder=inter_encoder,
-                                       method=config.method, payload=payload, model=model)
+        encoders = gop_adapter_encoders(model, config.adapters, context, counters)
+        adapted = context.codec.encode(context.video, context.intra_period, method=config.method, payload=payload,
+                                       model=model, **encoders)
         outcome = MethodOutcome([context.candidate(adapted, payload)], steps + counters["steps"],
                                 resumed + counters["resumed"], seconds + counters["seconds"])
         if payload is not None and config.send_update != "always":
@@ -38,10 +38,9 @@ class GopAdaptersDecoderLoraMethod(Method):
     def _adapters_only(context: AdaptContext, config, outcome: MethodOutcome):
         """Adapters trained on the base model (their own checkpoints), no payload: gop-adapters' stream."""
         counters = {"steps": 0, "resumed": 0, "seconds": 0.0}
-        inter_encoder = gop_adapter_encoder(context.codec.loaded.model, config.adapters, context, counters,
-                                            checkpoint_prefix="base-adapters")
-        encoded = context.codec.encode(context.video, context.intra_period, method=config.method,
-                                       inter_encoder=inter_encoder)
+        encoders = gop_adapter_encoders(context.codec.loaded.model, config.adapters, context, counters,
+                                        checkpoint_prefix="base-adapters")
+        encoded = context.codec.encode(context.video, context.intra_period, method=config.method, **encoders)
         outcome.steps += counters["steps"]
         outcome.resumed += counters["resumed"]
         outcome.train_seconds += counters["seconds"]
