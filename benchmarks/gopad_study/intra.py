@@ -3,7 +3,7 @@ against the base encoder's, as the method measures it (workers/methods/_gop_enco
 
     PYTHONPATH=$PWD python benchmarks/gopad_study/intra.py VIDEO Q GOP LR STEPS
 
-VIDEO: carphone, foreman, mobile or calendar (eval-dev); prints every step and the best.
+VIDEO: carphone, foreman, mobile or calendar (eval-dev), or a video's path; prints every step and the best.
 """
 
 import sys
@@ -24,7 +24,8 @@ torch.set_num_threads(1)
 name, q, gop, lr, steps = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5])
 loaded = resolve_model(None, q)
 lmbda = loaded.metadata.lmbda or lambda_for_quality(q)
-video = read_video('/work/shared/data/eval-dev/' + dict(CLIPS, calendar='calendar_720x576_41f_png')[name])
+clips = dict(CLIPS, calendar='calendar_720x576_41f_png')
+video = read_video('/work/shared/data/eval-dev/' + clips[name] if name in clips else name, max_frames=12 * gop + 1)
 x = pad_frame(video.frame_rgb(12 * gop).unsqueeze(0))
 picture = (video.height, video.width)
 base = loaded.model.eval()
