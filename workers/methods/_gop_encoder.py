@@ -36,15 +36,21 @@ def coded_gop_cost(model, tables, intra_hat: torch.Tensor, p_frames: list[torch.
     D is). The frames are coded exactly as the sequence coder codes them (same tables, same references), so
     the bytes counted are the bytes the stream will hold for these frames (less the per-frame framing, the
     same for every encoder). Returns cost, bits (of the four latent streams) and mse (mean over P-frames)."""
-    height, width = picture
     reference, cost, bits, squared = intra_hat, 0.0, 0, 0.0
     for x in p_frames:
         reference, motion, residual = model.encode_inter(x, reference, tables)
-        frame_bits = 8 * sum(len(s) for s in (motion.y_stream, motion.z_stream, residual.y_stream, residual.z_stream))
-        mse = float(torch.mean((x[..., :height, :width] - reference[..., :height, :width]) ** 2))
-        cost += lmbda * 255.0**2 * mse + frame_bits / (height * width)
-        bits, squared = bits + frame_bits, squared + mse
+        terms = _frame_cost(x, reference, [motion, residual], picture, lmbda)
+        cost, bits, squared = cost + terms["cost"], bits + terms["bits"], squared + terms["mse"]
     return {"cost": cost, "bits": bits, "mse": squared / max(len(p_frames), 1)}
+
+
+def _frame_cost(x: torch.Tensor, x_hat: torch.Tensor, latents: list, picture: tuple[int, int],
+                lmbda: float) -> dict[str, float]:
+    """One coded frame's lambda * 255^2 * MSE (on ``picture``) + bits of its latents' streams / pixels."""
+    height, width = picture
+    bits = 8 * sum(len(latent.y_stream) + len(latent.z_stream) for latent in latents)
+    mse = float(torch.mean((x[..., :height, :width] - x_hat[..., :height, :width]) ** 2))
+    return {"cost": lmbda * 255.0**2 * mse + bits / (height * width), "bits": bits, "mse": mse}
 
 
 @dataclass
@@ -127,12 +133,9 @@ def gop_adapter_encoders(model, config, context: AdaptContext, counters: dict,
 def coded_intra_cost(model, tables, x: torch.Tensor, picture: tuple[int, int], lmbda: float) -> dict[str, float]:
     """What coding the I-frame ``x`` (1, 3, H, W, padded) with ``model``'s encoder adds to the unit's RD cost,
     in the units of :func:`coded_gop_cost`: lambda * 255^2 * MSE (on ``picture``) + stream bits / pixels."""
-    height, width = picture
     with torch.no_grad():
         x_hat, coded = model.encode_intra(x, tables)
-    bits = 8 * (len(coded.y_stream) + len(coded.z_stream))
-    mse = float(torch.mean((x[..., :height, :width] - x_hat[..., :height, :width]) ** 2))
-    return {"cost": lmbda * 255.0**2 * mse + bits / (height * width), "bits": bits, "mse": mse}
+    return _frame_cost(x, x_hat, [coded], picture, lmbda)
 
 
 class _IntraRun:
@@ -140,8 +143,8 @@ class _IntraRun:
     (lambda * D + R, R priced by ``rate_proxy``), the I-frame coded after every step, and the cheapest of the
     base encoder and those states kept (by :func:`coded_intra_cost`: the I-frame's own cost, the P-frames then
     train on its reconstruction). Their state carries over from GoP to GoP, as the P-frame adapters' does.
-    One checkpoint per GoP, written after its choice (training a GoP takes seconds: 40 steps of a 720x576
-    I-frame, each coded, in 29 s on one core), so a resumed unit codes the same bytes."""
+    One checkpoint per GoP, written after its choice (a GoP's training is short: 64 steps of a 720x576 I-frame,
+    each coded, took 44-50 s on one core), so a resumed unit codes the same bytes."""
 
     def __init__(self, model, config, context: AdaptContext, counters: dict, prefix: str, picture: tuple[int, int]):
         from workers.adapt.adapters import with_intra_adapters
