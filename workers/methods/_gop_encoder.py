@@ -168,21 +168,16 @@ class _IntraRun:
             log.info("resumed the I-frame adapters of GoP %d from checkpoint %s", gop, path)
         else:
             choice = self._train(gop, x)
-            with torch.no_grad():  # the kept state: this GoP's encoder and the next GoP's start
-                for p, value in zip(self.parameters, choice.best or self.initial):
-                    p.copy_(value)
+        encoder = _keep(choice, self.parameters, self.initial, self.model, self.adapted, self.context, gop,
+                        "gop-adapters-intra-choice", "kept_step", "I-frame", "steps")
+        if saved is None:  # after the kept state is loaded: it is what the next GoP starts from
             opt_tensors, groups = optimizer_tensors(self.optimizer, "opt")
             tensors = {f"adapter.{n}": p.detach().clone() for n, p in zip(self.names, self.parameters)}
             save_state(path, tensors | opt_tensors | choice.tensors(self.names),
                        {"config": self.context.config_json, "step": self.config.intra_steps, "param_groups": groups,
                         "optimizer_steps": self.config.intra_steps} | choice.info())
         self.counters["steps"] += self.config.intra_steps
-        log.info("GoP %d: I-frame coded by %s, RD cost %.6f against the base encoder's %.6f (%+.2f%%)", gop,
-                 "the base encoder" if choice.best is None else f"the adapters after {choice.best_pass} steps",
-                 choice.best_cost, choice.base_cost, 100.0 * (choice.best_cost / choice.base_cost - 1.0))
-        self.context.log({"phase": "gop-adapters-intra-choice", "gop": gop, "kept_step": choice.best_pass,
-                          "cost": choice.best_cost, "base_cost": choice.base_cost})
-        return self.model if choice.best is None else self.adapted
+        return encoder
 
     def _train(self, gop: int, x: torch.Tensor) -> GopChoice:
         from workers.rd_loss import rate_distortion
@@ -247,16 +242,8 @@ class _GopRun:
         return self._kept(choice, gop) if keep_best else self.adapted
 
     def _kept(self, choice: GopChoice, gop: int):
-        """Load the kept state into the adapters (the next GoP starts from it); the encoder for this GoP."""
-        with torch.no_grad():
-            for p, value in zip(self.parameters, choice.best or self.initial):
-                p.copy_(value)
-        log.info("GoP %d: kept %s, coded RD cost %.6f against the base encoder's %.6f (%+.2f%%)", gop,
-                 "the base encoder" if choice.best is None else f"the adapters after {choice.best_pass} passes",
-                 choice.best_cost, choice.base_cost, 100.0 * (choice.best_cost / choice.base_cost - 1.0))
-        self.context.log({"phase": "gop-adapters-choice", "gop": gop, "kept_pass": choice.best_pass,
-                          "cost": choice.best_cost, "base_cost": choice.base_cost})
-        return self.model if choice.best is None else self.adapted
+        return _keep(choice, self.parameters, self.initial, self.model, self.adapted, self.context, gop,
+                     "gop-adapters-choice", "kept_pass", "P-frames", "passes")
 
     def _evaluate(self, encoder, frames, intra_hat, gop: int, passes: int) -> float:
         terms = coded_gop_cost(encoder, self.tables, intra_hat, frames[1:], self.picture, self.context.lmbda)
@@ -291,6 +278,21 @@ class _GopRun:
         train_gop_adapters(self.adapted, self.parameters, self.optimizer, frames, intra_hat, self.picture,
                            self.config, self.context.lmbda, start_step, after_pass, on_log=on_log, gop=gop)
         return steps["n"]
+
+
+def _keep(choice: GopChoice, parameters, initial, base, adapted, context: AdaptContext, gop: int, phase: str,
+          kept_key: str, frames: str, unit: str):
+    """Load the kept state into the adapters (the next GoP starts from it) and log the choice; returns the model
+    that codes this GoP's ``frames`` (``base`` when the base encoder was cheapest)."""
+    with torch.no_grad():
+        for p, value in zip(parameters, choice.best or initial):
+            p.copy_(value)
+    log.info("GoP %d, %s: kept %s, coded RD cost %.6f against the base encoder's %.6f (%+.2f%%)", gop, frames,
+             "the base encoder" if choice.best is None else f"the adapters after {choice.best_pass} {unit}",
+             choice.best_cost, choice.base_cost, 100.0 * (choice.best_cost / choice.base_cost - 1.0))
+    context.log({"phase": phase, "gop": gop, kept_key: choice.best_pass, "cost": choice.best_cost,
+                 "base_cost": choice.base_cost})
+    return base if choice.best is None else adapted
 
 
 def _restore(saved, names, parameters, optimizer, counters: dict) -> tuple[int, int]:
