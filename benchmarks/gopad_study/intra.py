@@ -46,5 +46,6 @@ for step in range(1, steps + 1):
     c = coded_intra_cost(adapted, tables, x, picture, lmbda)
     best = min(best, (c['cost'], step))
     print(f"step {step} loss {float(terms['loss'].detach()):.5f} coded {c['cost']:.5f} "
-          f"({100 * (c['cost'] / c0['cost'] - 1):+.2f}%) bits {c['bits']} s {time.perf_counter() - began:.0f}", flush=True)
+          f"({100 * (c['cost'] / c0['cost'] - 1):+.2f}%) bits {c['bits']} s {time.perf_counter() - began:.0f}",
+          flush=True)
 print(f"BEST {name} q{q} gop{gop} lr{lr}: {100 * (best[0] / c0['cost'] - 1):+.2f}% at {best[1]}")

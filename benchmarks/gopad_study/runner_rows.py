@@ -34,8 +34,8 @@ def coded_against_estimate(rows) -> str:
     return f"{coded / estimate - 1:+.2%}"
 
 
-print("| video | q | decision | I-frames adapted | kept I-frame cost | P GoPs adapted | bpp none | PSNR none | bpp | PSNR "
-      "| RD cost vs none | I coded vs est. | P coded vs est. | s (none) | s (gop-adapters) |")
+print("| video | q | decision | I-frames adapted | kept I-frame cost | P GoPs adapted | bpp none | PSNR none | bpp "
+      "| PSNR | RD cost vs none | I coded vs est. | P coded vs est. | s (none) | s (gop-adapters) |")
 print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 bd_rates = {}
 for video in sorted({v for v, _, _ in units}):
@@ -52,7 +52,8 @@ for video in sorted({v for v, _, _ in units}):
               f"{change:+.2%} | {sum(c['kept_pass'] > 0 for c in inter)}/{len(inter)} | {n['bpp_with_payload']:.5f} | "
               f"{n['psnr_rgb']:.3f} | {r['bpp_with_payload']:.5f} | {r['psnr_rgb']:.3f} | "
               f"{r['rd_cost'] / n['rd_cost'] - 1:+.2%} | {coded_against_estimate(i_rows)} | "
-              f"{coded_against_estimate(p_rows) if p_rows else '-'} | {n['adapt_seconds']:.0f} | {r['adapt_seconds']:.0f} |")
+              f"{coded_against_estimate(p_rows) if p_rows else '-'} | {n['adapt_seconds']:.0f} | "
+              f"{r['adapt_seconds']:.0f} |")
         anchor.append((n["bpp_with_payload"], n["psnr_rgb"]))
         test.append((r["bpp_with_payload"], r["psnr_rgb"]))
     bd_rates[video] = bd_rate(anchor, test).percent if len(anchor) >= 4 else None

@@ -46,13 +46,11 @@ class GopAdaptersConfig(BaseModel):
                              "a far-tail symbol costs the ~24 bits the coder pays, not the ~31 the float density "
                              "charges: the estimate is then the coded rate (mobile q1 P-frames: coded 0.18% below "
                              "it, against 3.23% below the rounded proxy's; benchmarks/RESULTS.md gopad-coder-proxy)")
-    intra_steps: int = Field(64, ge=0, description="Adam steps of the I-frame adapters per GoP, on the whole I-frame, "
-                                                   "each step's state coded and the cheapest (or the base encoder) "
-                                                   "kept; 0: the I-frames are coded by the base encoder, as in the "
-                                                   "paper (which adapts P-frames only). I-frame RD cost, GoP 0, best of "
-                                                   "64 steps at lr 1e-2: carphone q1 -28.6%, q4 -11.8%; foreman q4 "
-                                                   "-16.9%; mobile q1 -16.2%; calendar q1 -23.6% (benchmarks/RESULTS.md "
-                                                   "gopad-intra)")
+    intra_steps: int = Field(64, ge=0, description=(
+        "Adam steps of the I-frame adapters per GoP, on the whole I-frame, each step's state coded and the cheapest "
+        "(or the base encoder) kept; 0: the I-frames are coded by the base encoder, as in the paper (which adapts "
+        "P-frames only). I-frame RD cost, GoP 0, best of 64 steps at lr 1e-2: carphone q1 -28.6%, q4 -11.8%; "
+        "foreman q4 -16.9%; mobile q1 -16.2%; calendar q1 -23.6% (benchmarks/RESULTS.md gopad-intra)"))
     intra_learning_rate: float = Field(1e-2, gt=0, description="Adam's, for the I-frame adapters; 1e-3 and 3e-3 "
                                                                "gained less in the same steps on every clip tried")
     keep_best: bool = Field(True, description="per GoP, code its P-frames with the base encoder and with the adapters "

@@ -93,8 +93,8 @@ def _adapted_copy(model: ScaleSpaceFlow, config: GopAdaptersConfig, encoder_name
         for hyperprior_name in hyperprior_names:
             hyperprior = getattr(adapted, hyperprior_name)
             channels = model.architecture.hyper_channels
-            hyperprior.hyper_encoder = SerialAdapted(hyperprior.hyper_encoder,
-                                                     Adapter(channels, channels, config.hidden_channels, config.kernel_size, 1))
+            adapter = Adapter(channels, channels, config.hidden_channels, config.kernel_size, 1)
+            hyperprior.hyper_encoder = SerialAdapted(hyperprior.hyper_encoder, adapter)
     adapted.to(next(model.parameters()).device)  # adapters are drawn on the CPU (seeded), trained on the model's device
     # adapters change what reaches the entropy models: train on exactly the symbols the coder will code
     tables = model.entropy_tables()

@@ -20,8 +20,8 @@ import constriction
 import numpy as np
 import torch
 
-from workers.codec.entropy_models import (CODER_PROBABILITY_FLOOR, CODING_MIN_RANGE, CODING_TAIL_STDS, EntropyBottleneck,
-                                          scale_table)
+from workers.codec.entropy_models import (CODER_PROBABILITY_FLOOR, CODING_MIN_RANGE, CODING_TAIL_STDS,
+                                          EntropyBottleneck, scale_table)
 from workers.errors import BitstreamError, exception_line
 
 FACTORIZED_TAIL_MASS = 1e-9   # per side; mass beyond is folded into the outermost bins

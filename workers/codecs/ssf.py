@@ -125,7 +125,8 @@ class SSFCodec(BaseCodec):
         model = options.get("model") or self.loaded.model
         header = self.header(video, intra_period, options.get("method", "none"), options.get("payload"))
         encoded = encode_sequence(model, model.entropy_tables(), video.frames_rgb(), header,
-                                  intra_encoder=options.get("intra_encoder"), inter_encoder=options.get("inter_encoder"))
+                                  intra_encoder=options.get("intra_encoder"),
+                                  inter_encoder=options.get("inter_encoder"))
         return Encoded(encoded.data, encoded.reconstruction, encoded.bits)
 
     def decode(self, data: bytes, source: str | Path | None = None, payload: bytes | None = None,

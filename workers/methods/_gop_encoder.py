@@ -36,15 +36,21 @@ def coded_gop_cost(model, tables, intra_hat: torch.Tensor, p_frames: list[torch.
     D is). The frames are coded exactly as the sequence coder codes them (same tables, same references), so
     the bytes counted are the bytes the stream will hold for these frames (less the per-frame framing, the
     same for every encoder). Returns cost, bits (of the four latent streams) and mse (mean over P-frames)."""
-    height, width = picture
     reference, cost, bits, squared = intra_hat, 0.0, 0, 0.0
     for x in p_frames:
         reference, motion, residual = model.encode_inter(x, reference, tables)
-        frame_bits = 8 * sum(len(s) for s in (motion.y_stream, motion.z_stream, residual.y_stream, residual.z_stream))
-        mse = float(torch.mean((x[..., :height, :width] - reference[..., :height, :width]) ** 2))
-        cost += lmbda * 255.0**2 * mse + frame_bits / (height * width)
-        bits, squared = bits + frame_bits, squared + mse
+        terms = _frame_cost(x, reference, [motion, residual], picture, lmbda)
+        cost, bits, squared = cost + terms["cost"], bits + terms["bits"], squared + terms["mse"]
     return {"cost": cost, "bits": bits, "mse": squared / max(len(p_frames), 1)}
+
+
+def _frame_cost(x: torch.Tensor, x_hat: torch.Tensor, latents: list, picture: tuple[int, int],
+                lmbda: float) -> dict[str, float]:
+    """One coded frame's lambda * 255^2 * MSE (on ``picture``) + bits of its latents' streams / pixels."""
+    height, width = picture
+    bits = 8 * sum(len(latent.y_stream) + len(latent.z_stream) for latent in latents)
+    mse = float(torch.mean((x[..., :height, :width] - x_hat[..., :height, :width]) ** 2))
+    return {"cost": lmbda * 255.0**2 * mse + bits / (height * width), "bits": bits, "mse": mse}
 
 
 @dataclass
@@ -127,12 +133,9 @@ def gop_adapter_encoders(model, config, context: AdaptContext, counters: dict,
 def coded_intra_cost(model, tables, x: torch.Tensor, picture: tuple[int, int], lmbda: float) -> dict[str, float]:
     """What coding the I-frame ``x`` (1, 3, H, W, padded) with ``model``'s encoder adds to the unit's RD cost,
     in the units of :func:`coded_gop_cost`: lambda * 255^2 * MSE (on ``picture``) + stream bits / pixels."""
-    height, width = picture
     with torch.no_grad():
         x_hat, coded = model.encode_intra(x, tables)
-    bits = 8 * (len(coded.y_stream) + len(coded.z_stream))
-    mse = float(torch.mean((x[..., :height, :width] - x_hat[..., :height, :width]) ** 2))
-    return {"cost": lmbda * 255.0**2 * mse + bits / (height * width), "bits": bits, "mse": mse}
+    return _frame_cost(x, x_hat, [coded], picture, lmbda)
 
 
 class _IntraRun:
@@ -140,8 +143,8 @@ class _IntraRun:
     (lambda * D + R, R priced by ``rate_proxy``), the I-frame coded after every step, and the cheapest of the
     base encoder and those states kept (by :func:`coded_intra_cost`: the I-frame's own cost, the P-frames then
     train on its reconstruction). Their state carries over from GoP to GoP, as the P-frame adapters' does.
-    One checkpoint per GoP, written after its choice (training a GoP takes seconds: 40 steps of a 720x576
-    I-frame, each coded, in 29 s on one core), so a resumed unit codes the same bytes."""
+    One checkpoint per GoP, written after its choice (a GoP's training is short: 64 steps of a 720x576 I-frame,
+    each coded, took 44-50 s on one core), so a resumed unit codes the same bytes."""
 
     def __init__(self, model, config, context: AdaptContext, counters: dict, prefix: str, picture: tuple[int, int]):
         from workers.adapt.adapters import with_intra_adapters
@@ -165,21 +168,16 @@ class _IntraRun:
             log.info("resumed the I-frame adapters of GoP %d from checkpoint %s", gop, path)
         else:
             choice = self._train(gop, x)
-            with torch.no_grad():  # the kept state: this GoP's encoder and the next GoP's start
-                for p, value in zip(self.parameters, choice.best or self.initial):
-                    p.copy_(value)
+        encoder = _keep(choice, self.parameters, self.initial, self.model, self.adapted, self.context, gop,
+                        "gop-adapters-intra-choice", "kept_step", "I-frame", "steps")
+        if saved is None:  # after the kept state is loaded: it is what the next GoP starts from
             opt_tensors, groups = optimizer_tensors(self.optimizer, "opt")
             tensors = {f"adapter.{n}": p.detach().clone() for n, p in zip(self.names, self.parameters)}
             save_state(path, tensors | opt_tensors | choice.tensors(self.names),
                        {"config": self.context.config_json, "step": self.config.intra_steps, "param_groups": groups,
                         "optimizer_steps": self.config.intra_steps} | choice.info())
         self.counters["steps"] += self.config.intra_steps
-        log.info("GoP %d: I-frame coded by %s, RD cost %.6f against the base encoder's %.6f (%+.2f%%)", gop,
-                 "the base encoder" if choice.best is None else f"the adapters after {choice.best_pass} steps",
-                 choice.best_cost, choice.base_cost, 100.0 * (choice.best_cost / choice.base_cost - 1.0))
-        self.context.log({"phase": "gop-adapters-intra-choice", "gop": gop, "kept_step": choice.best_pass,
-                          "cost": choice.best_cost, "base_cost": choice.base_cost})
-        return self.model if choice.best is None else self.adapted
+        return encoder
 
     def _train(self, gop: int, x: torch.Tensor) -> GopChoice:
         from workers.rd_loss import rate_distortion
@@ -244,16 +242,8 @@ class _GopRun:
         return self._kept(choice, gop) if keep_best else self.adapted
 
     def _kept(self, choice: GopChoice, gop: int):
-        """Load the kept state into the adapters (the next GoP starts from it); the encoder for this GoP."""
-        with torch.no_grad():
-            for p, value in zip(self.parameters, choice.best or self.initial):
-                p.copy_(value)
-        log.info("GoP %d: kept %s, coded RD cost %.6f against the base encoder's %.6f (%+.2f%%)", gop,
-                 "the base encoder" if choice.best is None else f"the adapters after {choice.best_pass} passes",
-                 choice.best_cost, choice.base_cost, 100.0 * (choice.best_cost / choice.base_cost - 1.0))
-        self.context.log({"phase": "gop-adapters-choice", "gop": gop, "kept_pass": choice.best_pass,
-                          "cost": choice.best_cost, "base_cost": choice.base_cost})
-        return self.model if choice.best is None else self.adapted
+        return _keep(choice, self.parameters, self.initial, self.model, self.adapted, self.context, gop,
+                     "gop-adapters-choice", "kept_pass", "P-frames", "passes")
 
     def _evaluate(self, encoder, frames, intra_hat, gop: int, passes: int) -> float:
         terms = coded_gop_cost(encoder, self.tables, intra_hat, frames[1:], self.picture, self.context.lmbda)
@@ -288,6 +278,21 @@ class _GopRun:
         train_gop_adapters(self.adapted, self.parameters, self.optimizer, frames, intra_hat, self.picture,
                            self.config, self.context.lmbda, start_step, after_pass, on_log=on_log, gop=gop)
         return steps["n"]
+
+
+def _keep(choice: GopChoice, parameters, initial, base, adapted, context: AdaptContext, gop: int, phase: str,
+          kept_key: str, frames: str, unit: str):
+    """Load the kept state into the adapters (the next GoP starts from it) and log the choice; returns the model
+    that codes this GoP's ``frames`` (``base`` when the base encoder was cheapest)."""
+    with torch.no_grad():
+        for p, value in zip(parameters, choice.best or initial):
+            p.copy_(value)
+    log.info("GoP %d, %s: kept %s, coded RD cost %.6f against the base encoder's %.6f (%+.2f%%)", gop, frames,
+             "the base encoder" if choice.best is None else f"the adapters after {choice.best_pass} {unit}",
+             choice.best_cost, choice.base_cost, 100.0 * (choice.best_cost / choice.base_cost - 1.0))
+    context.log({"phase": phase, "gop": gop, kept_key: choice.best_pass, "cost": choice.best_cost,
+                 "base_cost": choice.base_cost})
+    return base if choice.best is None else adapted
 
 
 def _restore(saved, names, parameters, optimizer, counters: dict) -> tuple[int, int]:
