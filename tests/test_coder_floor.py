@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from workers.codec.entropy_coding import FactorizedTable, gaussian_table
-from workers.codec.entropy_models import CODER_PROBABILITY_FLOOR, EntropyBottleneck, GaussianConditional
+from workers.codec.entropy_models import EntropyBottleneck, GaussianConditional
+from tests.test_snapped_scale_rate import symbols_under_the_tables
 from workers.rd_loss import likelihood_bits
 
 STATE_BITS = 64  # ANS initial state and final flush per stream (as in test_entropy_coding.py)
@@ -74,11 +75,7 @@ def _latent_with_tails(seed: int = 0, shape=(1, 8, 12, 16)):
 
 def test_the_coder_proxy_prices_latents_at_the_coders_information_content():
     y, scales, means = _latent_with_tails()
-    conditional = GaussianConditional().eval()
-    table = gaussian_table()
-    indexes = conditional.indexes(scales)
-    symbols = table.quantize(y - means, indexes)
-    assert table.escape_count(symbols, indexes) == 0
+    conditional, table, indexes, symbols = symbols_under_the_tables(y, scales, means)
     coded = 8 * len(table.encode(symbols, indexes))
     y_hat = symbols.to(torch.float32) + means
     coder = float(likelihood_bits([conditional.coder_likelihood(y_hat, scales, means)]))

@@ -28,13 +28,19 @@ def _bits(conditional: GaussianConditional, y, scales, means) -> float:
     return float(likelihood_bits([conditional(y, scales, means)[1]]))
 
 
-def test_snapped_estimate_is_the_coding_tables_information_content():
-    y, scales, means = _latent()
+def symbols_under_the_tables(y, scales, means):
+    """(eval-mode GaussianConditional, the coding table, y's table indexes, y's symbols), none escaped."""
     conditional = GaussianConditional().eval()
     table = gaussian_table()
     indexes = conditional.indexes(scales)
     symbols = table.quantize(y - means, indexes)
     assert table.escape_count(symbols, indexes) == 0
+    return conditional, table, indexes, symbols
+
+
+def test_snapped_estimate_is_the_coding_tables_information_content():
+    y, scales, means = _latent()
+    conditional, table, indexes, symbols = symbols_under_the_tables(y, scales, means)
     ideal = table.ideal_bits(symbols, indexes)
     continuous = _bits(conditional, y, scales, means)
     conditional.snap_scales = True
