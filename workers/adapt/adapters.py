@@ -8,8 +8,8 @@ hyper-encoder (F <- h(F) + adapter(h(F))).
 - P-frames (the paper): the motion and residual encoders and hyper-encoders (:func:`with_adapters`).
 - I-frames (beyond the paper, which adapts P-frames only, at an intra period of 32): the image encoder and
   hyper-encoder (:func:`with_intra_adapters`). At our intra period of 12 the I-frames are 20-46% of an
-  eval-dev unit's bits, and the shipped image encoder leaves 3-21% of an I-frame's RD cost on the table
-  (issue 14, benchmarks/RESULTS.md gopad-intra). Nothing is sent for them either.
+  eval-dev unit's bits, and the shipped image encoder leaves 10-32% of an I-frame's RD cost on the table
+  (mean over a unit's GoPs; issue 14, benchmarks/RESULTS.md gopad-intra and gopad-runner). Nothing is sent for them either.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 
 from schemas.adapt import GopAdaptersConfig
-from workers.codec.ssf import ScaleSpaceFlow
+from workers.codec.ssf import EntropyTables, ScaleSpaceFlow
 
 ADAPTED_ENCODERS = ("motion_encoder", "res_encoder")
 ADAPTED_HYPERPRIORS = ("motion_hyperprior", "res_hyperprior")
@@ -63,21 +63,25 @@ class SerialAdapted(nn.Module):
         return y + self.adapter(y)
 
 
-def with_adapters(model: ScaleSpaceFlow, config: GopAdaptersConfig) -> tuple[ScaleSpaceFlow, list[nn.Parameter]]:
+def with_adapters(model: ScaleSpaceFlow, config: GopAdaptersConfig,
+                  tables: EntropyTables | None = None) -> tuple[ScaleSpaceFlow, list[nn.Parameter]]:
     """A copy of ``model`` with zero-output adapters on its P-frame encoders (deterministic initialisation
     from ``config.seed``), its base weights frozen, and its motion and residual entropy models quantizing as
     the coder does (Hyperprior.match_coder: z clamped to its tables, y rounded and escape-coded, never
-    clamped; rates priced by ``config.rate_proxy``); returns it and the adapter parameters."""
-    return _adapted_copy(model, config, ADAPTED_ENCODERS, ADAPTED_HYPERPRIORS)
+    clamped; rates priced by ``config.rate_proxy``); returns it and the adapter parameters. ``tables``: the
+    model's coding tables, when the caller has them (built otherwise)."""
+    return _adapted_copy(model, config, ADAPTED_ENCODERS, ADAPTED_HYPERPRIORS, tables)
 
 
-def with_intra_adapters(model: ScaleSpaceFlow, config: GopAdaptersConfig) -> tuple[ScaleSpaceFlow, list[nn.Parameter]]:
+def with_intra_adapters(model: ScaleSpaceFlow, config: GopAdaptersConfig,
+                        tables: EntropyTables | None = None) -> tuple[ScaleSpaceFlow, list[nn.Parameter]]:
     """As :func:`with_adapters`, for the I-frame path: adapters on the image encoder and hyper-encoder."""
-    return _adapted_copy(model, config, INTRA_ENCODERS, INTRA_HYPERPRIORS)
+    return _adapted_copy(model, config, INTRA_ENCODERS, INTRA_HYPERPRIORS, tables)
 
 
 def _adapted_copy(model: ScaleSpaceFlow, config: GopAdaptersConfig, encoder_names: tuple[str, ...],
-                  hyperprior_names: tuple[str, ...]) -> tuple[ScaleSpaceFlow, list[nn.Parameter]]:
+                  hyperprior_names: tuple[str, ...],
+                  tables: EntropyTables | None) -> tuple[ScaleSpaceFlow, list[nn.Parameter]]:
     adapted = copy.deepcopy(model)
     for p in adapted.parameters():
         p.requires_grad_(False)
@@ -97,7 +101,7 @@ def _adapted_copy(model: ScaleSpaceFlow, config: GopAdaptersConfig, encoder_name
             hyperprior.hyper_encoder = SerialAdapted(hyperprior.hyper_encoder, adapter)
     adapted.to(next(model.parameters()).device)  # adapters are drawn on the CPU (seeded), trained on the model's device
     # adapters change what reaches the entropy models: train on exactly the symbols the coder will code
-    tables = model.entropy_tables()
+    tables = tables or model.entropy_tables()
     table_of = {"img_hyperprior": tables.intra, "motion_hyperprior": tables.motion, "res_hyperprior": tables.residual}
     for name in hyperprior_names:
         getattr(adapted, name).match_coder(table_of[name], rate_noise=config.rate_proxy == "noise",

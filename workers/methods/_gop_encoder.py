@@ -106,10 +106,12 @@ def gop_adapter_encoders(model, config, context: AdaptContext, counters: dict,
     header = context.codec.header(context.video, context.intra_period)
     device = module_device(model)  # the adapters train where the model was placed (workers/device.py)
     padded = SourceFrames(context.video, lambda frame: pad_frame(frame.unsqueeze(0).to(device)))  # (1, 3, H16, W16)
-    adapted, parameters = with_adapters(model, config)
+    tables = model.entropy_tables()  # one build for both runs and their adapted copies
+    adapted, parameters = with_adapters(model, config, tables)
     picture = (header.height, header.width)
-    gop_run = _GopRun(model, adapted, parameters, config, context, counters, checkpoint_prefix, picture)
-    intra_run = _IntraRun(model, config, context, counters, checkpoint_prefix, picture) if config.intra_steps else None
+    gop_run = _GopRun(model, adapted, parameters, config, context, counters, checkpoint_prefix, picture, tables)
+    intra_run = (_IntraRun(model, config, context, counters, checkpoint_prefix, picture, tables)
+                 if config.intra_steps else None)
     starts = [i for i in range(header.frame_count) if header.is_intra(i)]
 
     def timed(run):
@@ -146,16 +148,17 @@ class _IntraRun:
     One checkpoint per GoP, written after its choice (a GoP's training is short: 64 steps of a 720x576 I-frame,
     each coded, took 44-50 s on one core), so a resumed unit codes the same bytes."""
 
-    def __init__(self, model, config, context: AdaptContext, counters: dict, prefix: str, picture: tuple[int, int]):
+    def __init__(self, model, config, context: AdaptContext, counters: dict, prefix: str, picture: tuple[int, int],
+                 tables):
         from workers.adapt.adapters import with_intra_adapters
 
         self.model, self.config, self.context, self.counters = model, config, context, counters
         self.prefix, self.picture = prefix, picture
-        self.adapted, self.parameters = with_intra_adapters(model, config)
+        self.adapted, self.parameters = with_intra_adapters(model, config, tables)
         self.optimizer = torch.optim.Adam(self.parameters, lr=config.intra_learning_rate)
         self.names = [n for n, p in self.adapted.named_parameters() if p.requires_grad]
         self.initial = [p.detach().clone() for p in self.parameters]
-        self.tables = model.entropy_tables()
+        self.tables = tables
 
     def encoder_for(self, gop: int, x: torch.Tensor):
         from workers.adapt.state import load_state, optimizer_tensors, save_state
@@ -212,13 +215,13 @@ class _GopRun:
     Algorithm 1), with the per-GoP checkpoints and choice."""
 
     def __init__(self, model, adapted, parameters, config, context: AdaptContext, counters: dict, prefix: str,
-                 picture: tuple[int, int]):
+                 picture: tuple[int, int], tables):
         self.model, self.adapted, self.parameters, self.config = model, adapted, parameters, config
         self.context, self.counters, self.prefix, self.picture = context, counters, prefix, picture
         self.optimizer = torch.optim.Adam(parameters, lr=config.learning_rate)
         self.names = [n for n, p in adapted.named_parameters() if p.requires_grad]
         self.initial = [p.detach().clone() for p in parameters]  # zero-output adapters: the base encoder
-        self.tables = model.entropy_tables()
+        self.tables = tables
 
     def encoder_for(self, gop: int, frames: list[torch.Tensor], intra_hat: torch.Tensor):
         from workers.adapt.state import load_state
