@@ -161,7 +161,7 @@ class _IntraRun:
         self.tables = tables
 
     def encoder_for(self, gop: int, x: torch.Tensor):
-        from workers.adapt.state import load_state, optimizer_tensors, save_state
+        from workers.adapt.state import load_state
 
         path = self.context.checkpoint_dir / f"{self.prefix}-intra-gop{gop:05d}.safetensors"
         saved = load_state(path, self.context.config_json)
@@ -174,11 +174,8 @@ class _IntraRun:
         encoder = _keep(choice, self.parameters, self.initial, self.model, self.adapted, self.context, gop,
                         "gop-adapters-intra-choice", "kept_step", "I-frame", "steps")
         if saved is None:  # after the kept state is loaded: it is what the next GoP starts from
-            opt_tensors, groups = optimizer_tensors(self.optimizer, "opt")
-            tensors = {f"adapter.{n}": p.detach().clone() for n, p in zip(self.names, self.parameters)}
-            save_state(path, tensors | opt_tensors | choice.tensors(self.names),
-                       {"config": self.context.config_json, "step": self.config.intra_steps, "param_groups": groups,
-                        "optimizer_steps": self.config.intra_steps} | choice.info())
+            _save(path, self.names, self.parameters, self.optimizer, self.context.config_json, self.config.intra_steps,
+                  self.config.intra_steps, choice)
         self.counters["steps"] += self.config.intra_steps
         return encoder
 
@@ -257,7 +254,6 @@ class _GopRun:
                choice: GopChoice | None) -> int:
         """Train one GoP's adapters from ``start_step``; after every pass, evaluate (every ``eval_every``
         passes and after the last, when keeping the best) and checkpoint. Returns the GoP's optimizer steps."""
-        from workers.adapt.state import optimizer_tensors, save_state
         from workers.adapt.training import train_gop_adapters
 
         steps = {"n": gop_steps}
@@ -270,13 +266,7 @@ class _GopRun:
             if choice is not None and (step % self.config.eval_every == 0 or step == self.config.steps):
                 cost = self._evaluate(self.adapted, frames, intra_hat, gop, step)
                 choice.offer(cost, step, [p.detach().clone() for p in self.parameters])
-            opt_tensors, groups = optimizer_tensors(self.optimizer, "opt")
-            tensors = {f"adapter.{n}": p.detach().clone() for n, p in zip(self.names, self.parameters)} | opt_tensors
-            info = {"config": self.context.config_json, "step": step, "param_groups": groups,
-                    "optimizer_steps": steps["n"]}
-            if choice is not None:
-                tensors, info = tensors | choice.tensors(self.names), info | choice.info()
-            save_state(path, tensors, info)
+            _save(path, self.names, self.parameters, self.optimizer, self.context.config_json, step, steps["n"], choice)
 
         train_gop_adapters(self.adapted, self.parameters, self.optimizer, frames, intra_hat, self.picture,
                            self.config, self.context.lmbda, start_step, after_pass, on_log=on_log, gop=gop)
@@ -296,6 +286,20 @@ def _keep(choice: GopChoice, parameters, initial, base, adapted, context: AdaptC
     context.log({"phase": phase, "gop": gop, kept_key: choice.best_pass, "cost": choice.best_cost,
                  "base_cost": choice.base_cost})
     return base if choice.best is None else adapted
+
+
+def _save(path: Path, names, parameters, optimizer, config_json: str, step: int, optimizer_steps: int,
+          choice: GopChoice | None) -> None:
+    """Checkpoint adapters (their current state), optimizer and, when keeping the best, the choice so far: what
+    :func:`_restore` and :meth:`GopChoice.restored` read back."""
+    from workers.adapt.state import optimizer_tensors, save_state
+
+    opt_tensors, groups = optimizer_tensors(optimizer, "opt")
+    tensors = {f"adapter.{n}": p.detach().clone() for n, p in zip(names, parameters)} | opt_tensors
+    info = {"config": config_json, "step": step, "param_groups": groups, "optimizer_steps": optimizer_steps}
+    if choice is not None:
+        tensors, info = tensors | choice.tensors(names), info | choice.info()
+    save_state(path, tensors, info)
 
 
 def _restore(saved, names, parameters, optimizer, counters: dict) -> tuple[int, int]:
